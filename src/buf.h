@@ -1,0 +1,29 @@
+/*
+ * A growable byte buffer used for request bodies, URLs and responses.
+ * Contents are always NUL-terminated, so they can be passed to C
+ * functions that expect a string; the length excludes the NUL.
+ */
+#ifndef AC_BUF_H
+#define AC_BUF_H
+
+#include <stddef.h>
+
+typedef struct ac_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+  int failed;  /* set when an append ran out of memory */
+} ac_buf;
+
+/* Each returns 0 on success and -1 when memory runs out, leaving the
+ * contents as they were and setting failed, so a builder can make many
+ * appends and check once at the end. */
+int ac_buf_reserve(ac_buf *b, size_t extra);
+int ac_buf_add(ac_buf *b, const char *s, size_t n);
+int ac_buf_adds(ac_buf *b, const char *s);
+int ac_buf_addc(ac_buf *b, char c);
+
+void ac_buf_reset(ac_buf *b);
+void ac_buf_free(ac_buf *b);
+
+#endif

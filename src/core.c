@@ -1,0 +1,730 @@
+/*
+ * appcenter.core: the Lua binding.
+ *
+ * A client userdata owns one libcurl easy handle and everything a call
+ * needs, so a Lua error at any point leaves nothing behind: __gc frees
+ * it. Wrong option types raise; bad values and every data or network
+ * failure return nil and an error table.
+ *
+ * Caveats: a client serves one call at a time and must not be shared
+ * between OS threads. Retries live in the Lua wrapper, not here.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "compat.h"
+#include "error.h"
+#include "region.h"
+#include "request.h"
+#include "response.h"
+#include "sign.h"
+#include "transport.h"
+
+#define AC_VERSION "0.1.0"
+#define AC_CLIENT_MT "appcenter.core.client"
+
+/* IAM tokens are about 6-20 KiB; the limit only stops runaway input. */
+#ifndef AC_MAX_TOKEN_BYTES
+#define AC_MAX_TOKEN_BYTES (256 * 1024)
+#endif
+
+/* Upper bounds for millisecond options: one day. */
+#define AC_MAX_TIMEOUT_MS 86400000L
+
+#define AC_MAX_BODY_LIMIT (1024L * 1024 * 1024)
+
+#if defined(__GNUC__)
+#define AC_EXPORT __attribute__((visibility("default")))
+#else
+#define AC_EXPORT
+#endif
+
+AC_EXPORT int luaopen_appcenter_core(lua_State *L);
+
+typedef struct ac_client {
+  ac_transport transport;
+  ac_endpoint endpoint;
+  char *project_id;
+  char *token;
+  char *ak;
+  char *sk;
+  size_t sk_len;
+  char *security_token;
+  ac_buf url;
+  size_t path_at;              /* where the path starts in url */
+  ac_buf body;
+  ac_buf authorization;
+  struct curl_slist *headers;  /* fixed headers sent on every call */
+  const char *secrets[4];      /* redacted from every error message */
+  int open;
+} ac_client;
+
+
+/* ---------------------------------------------------------------------
+ * Option tables
+ * ------------------------------------------------------------------- */
+
+typedef struct ac_option {
+  const char *name;
+  int type;
+} ac_option;
+
+static const ac_option client_options[] = {
+  {"endpoint", LUA_TSTRING},
+  {"region", LUA_TSTRING},
+  {"project_id", LUA_TSTRING},
+  {"token", LUA_TSTRING},
+  {"ak", LUA_TSTRING},
+  {"sk", LUA_TSTRING},
+  {"security_token", LUA_TSTRING},
+  {"timeout_ms", LUA_TNUMBER},
+  {"connect_timeout_ms", LUA_TNUMBER},
+  {"ca_file", LUA_TSTRING},
+  {"verify_tls", LUA_TBOOLEAN},
+  {"proxy", LUA_TSTRING},
+  {"allow_http", LUA_TBOOLEAN},
+  {"max_body_bytes", LUA_TNUMBER},
+  {"file_name", LUA_TSTRING},  /* one-shot create_credential only */
+  {NULL, 0}
+};
+
+static const ac_option call_options[] = {
+  {"timeout_ms", LUA_TNUMBER},
+  {NULL, 0}
+};
+
+
+/* Raises for a key that is not an option name or a value of the wrong
+ * type; these are programming errors. */
+static void check_options(lua_State *L, int idx, const ac_option *list,
+                          const char *fname, int allow_file_name) {
+  const ac_option *o;
+
+  idx = ac_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    const char *key = lua_type(L, -2) == LUA_TSTRING
+                    ? lua_tostring(L, -2) : NULL;
+
+    for (o = list; key != NULL && o->name != NULL; o++)
+      if (strcmp(o->name, key) == 0)
+        break;
+    if (key == NULL || o->name == NULL
+        || (!allow_file_name && strcmp(key, "file_name") == 0))
+      luaL_error(L, "%s: unknown option '%s'", fname,
+                 key ? key : luaL_typename(L, -2));
+    if (lua_type(L, -1) != o->type)
+      luaL_error(L, "%s: option '%s' must be a %s, got %s", fname, key,
+                 lua_typename(L, o->type), luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+
+static const char *opt_string(lua_State *L, int idx, const char *name,
+                              size_t *len) {
+  const char *s;
+
+  lua_getfield(L, idx, name);
+  s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);  /* the string stays alive in the options table */
+  return s;
+}
+
+
+static int opt_bool(lua_State *L, int idx, const char *name, int def) {
+  int v;
+
+  lua_getfield(L, idx, name);
+  v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+
+/* Reads a whole number in [1, max] into *out; def when absent. */
+static int opt_count(lua_State *L, int idx, const char *name, long def,
+                     long max, long *out, char *msg) {
+  lua_Number v;
+
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    *out = def;
+    return 0;
+  }
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v >= 1 && v <= (lua_Number)max) || floor(v) != v) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: %.14g is not a whole number "
+             "from 1 to %ld", name, (double)v, max);
+    return -1;
+  }
+  *out = (long)v;
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Client lifetime
+ * ------------------------------------------------------------------- */
+
+/* Overwrites a secret before freeing it, so it does not linger in freed
+ * heap memory. */
+static void free_secret(char *s) {
+  volatile char *p = s;
+
+  if (s == NULL)
+    return;
+  while (*p)
+    *p++ = '\0';
+  free(s);
+}
+
+
+static void client_release(ac_client *c) {
+  ac_transport_free(&c->transport);
+  ac_endpoint_free(&c->endpoint);
+  curl_slist_free_all(c->headers);
+  free(c->project_id);
+  free(c->ak);
+  free_secret(c->token);
+  free_secret(c->sk);
+  free_secret(c->security_token);
+  ac_buf_free(&c->url);
+  ac_buf_free(&c->body);
+  ac_buf_free(&c->authorization);
+  memset(c, 0, sizeof *c);
+}
+
+
+static char *copy_string(const char *s, size_t len) {
+  char *copy = malloc(len + 1);
+
+  if (copy != NULL) {
+    memcpy(copy, s, len);
+    copy[len] = '\0';
+  }
+  return copy;
+}
+
+
+static ac_client *check_client(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, AC_CLIENT_MT);
+}
+
+
+static ac_client *check_open_client(lua_State *L, int idx) {
+  ac_client *c = check_client(L, idx);
+
+  if (!c->open)
+    luaL_error(L, "appcenter.core: the client is closed");
+  return c;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Client configuration
+ * ------------------------------------------------------------------- */
+
+static int configure_endpoint(lua_State *L, int opts, ac_client *c,
+                              char *msg) {
+  char from_region[AC_MAX_ENDPOINT_BYTES + 1];
+  const char *endpoint, *region;
+  size_t len;
+
+  endpoint = opt_string(L, opts, "endpoint", &len);
+  region = opt_string(L, opts, "region", NULL);
+  if (endpoint == NULL && region == NULL) {
+    snprintf(msg, AC_MSG_SIZE, "missing endpoint: pass endpoint = "
+             "\"https://...\" or region = \"cn-north-4\"");
+    return -1;
+  }
+  if (endpoint == NULL) {
+    if (ac_region_endpoint(region, from_region, sizeof from_region,
+                           msg) != 0)
+      return -1;
+    endpoint = from_region;
+    len = strlen(from_region);
+  }
+  return ac_parse_endpoint(endpoint, len,
+                           opt_bool(L, opts, "allow_http", 0),
+                           &c->endpoint, msg);
+}
+
+
+/* Exactly one of token or ak+sk; security_token only with ak+sk. */
+static int check_auth_combination(const char *token, const char *ak,
+                                  const char *sk, const char *st,
+                                  char *msg) {
+  const char *why = NULL;
+
+  if (token != NULL && (ak != NULL || sk != NULL))
+    why = "pass either token or ak and sk, not both";
+  else if ((ak == NULL) != (sk == NULL))
+    why = ak ? "ak needs sk" : "sk needs ak";
+  else if (st != NULL && ak == NULL)
+    why = "security_token needs ak and sk";
+  else if (token == NULL && ak == NULL)
+    why = "missing credentials: pass token, or ak and sk";
+  if (why == NULL)
+    return 0;
+  snprintf(msg, AC_MSG_SIZE, "invalid credentials: %s", why);
+  return -1;
+}
+
+
+static int configure_auth(lua_State *L, int opts, ac_client *c,
+                          char *msg) {
+  size_t token_len = 0, ak_len = 0, sk_len = 0, st_len = 0;
+  const char *token = opt_string(L, opts, "token", &token_len);
+  const char *ak = opt_string(L, opts, "ak", &ak_len);
+  const char *sk = opt_string(L, opts, "sk", &sk_len);
+  const char *st = opt_string(L, opts, "security_token", &st_len);
+
+  if (check_auth_combination(token, ak, sk, st, msg) != 0)
+    return -1;
+  if (token_len > AC_MAX_TOKEN_BYTES || st_len > AC_MAX_TOKEN_BYTES) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: longer than the maximum of "
+             "%d bytes", token ? "token" : "security_token",
+             AC_MAX_TOKEN_BYTES);
+    return -1;
+  }
+  if ((token && ac_check_header_value("token", token, token_len, msg))
+      || (ak && ac_check_header_value("ak", ak, ak_len, msg))
+      || (st && ac_check_header_value("security_token", st, st_len, msg)))
+    return -1;
+  if (sk != NULL && sk_len == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid sk: it is empty");
+    return -1;
+  }
+
+  c->token = token ? copy_string(token, token_len) : NULL;
+  c->ak = ak ? copy_string(ak, ak_len) : NULL;
+  c->sk = sk ? copy_string(sk, sk_len) : NULL;
+  c->sk_len = sk_len;
+  c->security_token = st ? copy_string(st, st_len) : NULL;
+  c->secrets[0] = c->token;
+  c->secrets[1] = c->sk;
+  c->secrets[2] = c->security_token;
+  c->secrets[3] = NULL;
+  if ((token && !c->token) || (ak && !c->ak) || (sk && !c->sk)
+      || (st && !c->security_token)) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  return 0;
+}
+
+
+static int configure_transport(lua_State *L, int opts, ac_client *c,
+                               char *msg) {
+  ac_transport_opts t;
+  char user_agent[160];
+  long max_body;
+
+  memset(&t, 0, sizeof t);
+  if (opt_count(L, opts, "timeout_ms", AC_DEFAULT_TIMEOUT_MS,
+                AC_MAX_TIMEOUT_MS, &t.timeout_ms, msg) != 0
+      || opt_count(L, opts, "connect_timeout_ms",
+                   AC_DEFAULT_CONNECT_TIMEOUT_MS, AC_MAX_TIMEOUT_MS,
+                   &t.connect_timeout_ms, msg) != 0
+      || opt_count(L, opts, "max_body_bytes", AC_DEFAULT_MAX_BODY_BYTES,
+                   AC_MAX_BODY_LIMIT, &max_body, msg) != 0)
+    return -1;
+
+  snprintf(user_agent, sizeof user_agent, "lua-appcenter/%s libcurl/%s %s",
+           AC_VERSION, curl_version_info(CURLVERSION_NOW)->version,
+           AC_LUA_NAME);
+  t.max_body_bytes = (size_t)max_body;
+  t.verify_tls = opt_bool(L, opts, "verify_tls", 1);
+  t.ca_file = opt_string(L, opts, "ca_file", NULL);
+  t.proxy = opt_string(L, opts, "proxy", NULL);
+  t.user_agent = user_agent;
+  return ac_transport_init(&c->transport, &t, msg);
+}
+
+
+/* Builds the headers every call sends. With AK/SK the date-dependent
+ * ones are added per call. */
+static int build_fixed_headers(ac_client *c) {
+  struct curl_slist *h = NULL;
+  ac_buf line = {0};
+
+  h = curl_slist_append(h, "Content-Type: application/json");
+  h = h ? curl_slist_append(h, "Expect:") : NULL;
+  if (h != NULL && c->token != NULL) {
+    ac_buf_adds(&line, "X-Auth-Token: ");
+    ac_buf_adds(&line, c->token);
+    h = line.failed ? NULL : curl_slist_append(h, line.data);
+    /* The line held the token; clear it before freeing. */
+    if (line.data != NULL)
+      memset(line.data, 0, line.len);
+    ac_buf_free(&line);
+  }
+  c->headers = h;
+  return h ? 0 : -1;
+}
+
+
+static int configure_client(lua_State *L, int opts, ac_client *c,
+                            char *msg) {
+  size_t len;
+  const char *project_id;
+  long path_at;
+
+  if (configure_endpoint(L, opts, c, msg) != 0)
+    return -1;
+
+  project_id = opt_string(L, opts, "project_id", &len);
+  if (project_id == NULL) {
+    snprintf(msg, AC_MSG_SIZE, "missing project_id: pass the project "
+             "id of the region");
+    return -1;
+  }
+  if (ac_check_project_id(project_id, len, msg) != 0
+      || configure_auth(L, opts, c, msg) != 0
+      || configure_transport(L, opts, c, msg) != 0)
+    return -1;
+
+  c->project_id = copy_string(project_id, len);
+  path_at = c->project_id ? ac_build_url(&c->url, &c->endpoint,
+                                         c->project_id) : -1;
+  if (path_at < 0 || build_fixed_headers(c) != 0) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  c->path_at = (size_t)path_at;
+  c->open = 1;
+  return 0;
+}
+
+
+/* Pushes a new client for the options at opts; on a bad value pushes
+ * nil and an error instead. Returns the number of values pushed. */
+static int push_client(lua_State *L, int opts, const char *fname,
+                       int allow_file_name) {
+  ac_client *c;
+  char msg[AC_MSG_SIZE];
+
+  luaL_checktype(L, opts, LUA_TTABLE);
+  check_options(L, opts, client_options, fname, allow_file_name);
+
+  c = ac_newuserdata(L, sizeof *c);
+  memset(c, 0, sizeof *c);
+  luaL_getmetatable(L, AC_CLIENT_MT);
+  lua_setmetatable(L, -2);
+
+  if (configure_client(L, opts, c, msg) != 0) {
+    client_release(c);
+    return ac_return_invalid(L, msg);
+  }
+  return 1;
+}
+
+
+/* ---------------------------------------------------------------------
+ * One call
+ * ------------------------------------------------------------------- */
+
+/* Signs the request and returns the per-call header list, or NULL when
+ * memory runs out. */
+static struct curl_slist *signed_headers(ac_client *c) {
+  char date[AC_SDK_DATE_SIZE];
+  ac_header h[5];
+  ac_sign_input in;
+  struct curl_slist *list = NULL;
+  ac_buf line = {0};
+  size_t i, n = 0;
+
+#define HEADER(name_, value_) do { \
+    h[n].name = name_; h[n].name_len = sizeof name_ - 1; \
+    h[n].value = value_; h[n].value_len = strlen(value_); n++; \
+  } while (0)
+
+  ac_sdk_date(time(NULL), date);
+  HEADER("Content-Type", "application/json");
+  HEADER("Host", c->endpoint.host);
+  HEADER("X-Project-Id", c->project_id);
+  HEADER("X-Sdk-Date", date);
+  if (c->security_token != NULL)
+    HEADER("X-Security-Token", c->security_token);
+#undef HEADER
+
+  memset(&in, 0, sizeof in);
+  in.method = "POST";
+  in.path = c->url.data + c->path_at;
+  in.path_len = c->url.len - c->path_at;
+  in.headers = h;
+  in.header_count = n;
+  in.body = c->body.data;
+  in.body_len = c->body.len;
+  in.ak = c->ak;
+  in.sk = c->sk;
+  in.sk_len = c->sk_len;
+  in.sdk_date = date;
+  if (ac_sign(&in, &c->authorization) != 0)
+    return NULL;
+
+  for (i = 0; i <= n; i++) {
+    ac_buf_reset(&line);
+    ac_buf_adds(&line, i < n ? h[i].name : "Authorization");
+    ac_buf_adds(&line, ": ");
+    ac_buf_adds(&line, i < n ? h[i].value : c->authorization.data);
+    list = line.failed ? NULL : curl_slist_append(list, line.data);
+    if (list == NULL)
+      break;
+  }
+  if (line.data != NULL)
+    memset(line.data, 0, line.cap);
+  ac_buf_free(&line);
+  if (list != NULL && curl_slist_append(list, "Expect:") == NULL) {
+    curl_slist_free_all(list);
+    list = NULL;
+  }
+  return list;
+}
+
+
+static const char *curl_kind(CURLcode rc) {
+  switch (rc) {
+  case CURLE_OPERATION_TIMEDOUT:
+    return AC_KIND_TIMEOUT;
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_SSL_ENGINE_INITFAILED:
+  case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_CLIENTCERT:
+    return AC_KIND_TLS;
+  default:
+    return AC_KIND_NETWORK;
+  }
+}
+
+
+/* Pushes nil and the error for a failed libcurl transfer. */
+static int push_transfer_error(lua_State *L, ac_client *c, CURLcode rc,
+                               long status) {
+  ac_transport *t = &c->transport;
+  ac_error_info e = {0};
+  char message[AC_MSG_SIZE];
+
+  if (rc == CURLE_WRITE_ERROR && t->body_too_large) {
+    snprintf(message, sizeof message, "invalid response: the body is "
+             "larger than max_body_bytes (%lu bytes)",
+             (unsigned long)t->max_body_bytes);
+    e.kind = AC_KIND_INVALID_RESPONSE;
+    e.status = status;
+  } else {
+    snprintf(message, sizeof message, "%s",
+             t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    ac_redact(message, c->secrets);
+    e.kind = curl_kind(rc);
+    e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0;
+  }
+  e.message = message;
+  e.request_id = t->request_id;
+  lua_pushnil(L);
+  ac_push_error(L, &e);
+  return 2;
+}
+
+
+static int perform(lua_State *L, ac_client *c, const char *file_name,
+                   size_t len, long timeout_ms) {
+  ac_transport *t = &c->transport;
+  struct curl_slist *per_call = NULL;
+  ac_response r;
+  char msg[AC_MSG_SIZE];
+  curl_off_t total_us = 0;
+  long status = 0;
+  CURLcode rc;
+
+  if (ac_check_file_name(file_name, len, msg) != 0)
+    return ac_return_invalid(L, msg);
+  if (ac_build_body(&c->body, file_name, len) != 0)
+    return luaL_error(L, "appcenter.core: not enough memory");
+  if (c->ak != NULL && (per_call = signed_headers(c)) == NULL)
+    return luaL_error(L, "appcenter.core: signing the request failed");
+
+  rc = ac_transport_post(t, c->url.data, per_call ? per_call : c->headers,
+                         c->body.data, c->body.len, timeout_ms, &status);
+  curl_slist_free_all(per_call);
+  if (rc != CURLE_OK)
+    return push_transfer_error(L, c, rc, status);
+
+  curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
+  memset(&r, 0, sizeof r);
+  r.status = status;
+  r.body = t->body.data;
+  r.body_len = t->body.len;
+  r.request_id = t->request_id;
+  r.retry_after = t->retry_after;
+  r.elapsed_ms = (double)total_us / 1000.0;
+  r.secrets = c->secrets;
+  return ac_push_response(L, &r);
+}
+
+
+/* ---------------------------------------------------------------------
+ * Lua functions
+ * ------------------------------------------------------------------- */
+
+static int l_new(lua_State *L) {
+  return push_client(L, 1, "appcenter.core.new", 0);
+}
+
+
+static int l_client_create_credential(lua_State *L) {
+  ac_client *c = check_open_client(L, 1);
+  size_t len;
+  const char *file_name = luaL_checklstring(L, 2, &len);
+  long timeout_ms = 0;
+  char msg[AC_MSG_SIZE];
+
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    check_options(L, 3, call_options, "create_credential", 0);
+    if (opt_count(L, 3, "timeout_ms", 0, AC_MAX_TIMEOUT_MS, &timeout_ms,
+                  msg) != 0)
+      return ac_return_invalid(L, msg);
+  }
+  return perform(L, c, file_name, len, timeout_ms);
+}
+
+
+static int l_create_credential(lua_State *L) {
+  ac_client *c;
+  size_t len;
+  const char *file_name;
+  int n;
+
+  if (push_client(L, 1, "appcenter.core.create_credential", 1) == 2)
+    return 2;
+  c = lua_touserdata(L, -1);
+
+  lua_getfield(L, 1, "file_name");
+  file_name = lua_tolstring(L, -1, &len);
+  if (file_name == NULL) {
+    client_release(c);
+    return ac_return_invalid(L, "missing file_name: pass the complete "
+                             "file name, e.g. \"setup.exe\"");
+  }
+  n = perform(L, c, file_name, len, 0);
+  client_release(c);
+  return n;
+}
+
+
+static int l_client_close(lua_State *L) {
+  client_release(check_client(L, 1));
+  return 0;
+}
+
+
+static int l_client_tostring(lua_State *L) {
+  ac_client *c = check_client(L, 1);
+
+  if (c->open)
+    lua_pushfstring(L, "appcenter.core.client (%s, project %s)",
+                    c->endpoint.base, c->project_id);
+  else
+    lua_pushliteral(L, "appcenter.core.client (closed)");
+  return 1;
+}
+
+
+static int l_monotonic(lua_State *L) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+
+static int l_sleep(lua_State *L) {
+  lua_Number seconds = luaL_checknumber(L, 1);
+  struct timespec ts;
+
+  luaL_argcheck(L, seconds >= 0 && seconds <= AC_MAX_TIMEOUT_MS / 1000,
+                1, "seconds must be from 0 to 86400");
+  ts.tv_sec = (time_t)seconds;
+  ts.tv_nsec = (long)((seconds - (lua_Number)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    ;
+  return 0;
+}
+
+
+/* Defined in sign_lua.c. */
+int ac_l_sign(lua_State *L);
+
+static const luaL_Reg client_methods[] = {
+  {"create_credential", l_client_create_credential},
+  {"close", l_client_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg module_functions[] = {
+  {"new", l_new},
+  {"create_credential", l_create_credential},
+  {"sign", ac_l_sign},
+  {"monotonic", l_monotonic},
+  {"sleep", l_sleep},
+  {NULL, NULL}
+};
+
+
+static void register_client_metatable(lua_State *L) {
+  if (!luaL_newmetatable(L, AC_CLIENT_MT)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  luaL_setfuncs(L, client_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_client_close);
+  lua_setfield(L, -2, "__gc");
+#if LUA_VERSION_NUM >= 504
+  lua_pushcfunction(L, l_client_close);
+  lua_setfield(L, -2, "__close");
+#endif
+  lua_pushcfunction(L, l_client_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
+
+
+int luaopen_appcenter_core(lua_State *L) {
+  CURLcode rc = ac_transport_global_init();
+
+  if (rc != CURLE_OK)
+    return luaL_error(L, "appcenter.core: libcurl initialisation failed: "
+                      "%s", curl_easy_strerror(rc));
+  ac_response_init(L);
+  ac_error_register(L);
+  register_client_metatable(L);
+
+  lua_newtable(L);
+  luaL_setfuncs(L, module_functions, 0);
+  lua_pushliteral(L, AC_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl_version");
+  return 1;
+}

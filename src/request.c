@@ -1,0 +1,348 @@
+/*
+ * Request building and input validation (no I/O).
+ *
+ * Caveats: endpoints are checked for shape (scheme, host, no query,
+ * fragment or user info), not resolved; a host name is not checked
+ * against DNS rules beyond rejecting spaces and control characters.
+ */
+#include "request.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+
+/* ---------------------------------------------------------------------
+ * UTF-8
+ * ------------------------------------------------------------------- */
+
+size_t ac_utf8_char(const unsigned char *s, size_t len) {
+  unsigned c = s[0];
+  size_t n, i;
+  unsigned long cp;
+
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+    cp = c & 0x1F;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    cp = c & 0x0F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (len < n)
+    return 0;
+
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80)
+      return 0;
+    cp = (cp << 6) | (s[i] & 0x3F);
+  }
+
+  /* Reject overlong forms, UTF-16 surrogates and code points past
+   * U+10FFFF. */
+  if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000))
+    return 0;
+  if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+    return 0;
+  return n;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Field checks
+ * ------------------------------------------------------------------- */
+
+int ac_check_file_name(const char *s, size_t len, char *msg) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0, n;
+
+  if (len == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid file_name: it is empty; "
+             "pass the complete file name, e.g. \"setup.exe\"");
+    return -1;
+  }
+  if (len > AC_MAX_FILE_NAME_BYTES) {
+    snprintf(msg, AC_MSG_SIZE, "invalid file_name: %lu bytes is longer "
+             "than the maximum of %d bytes; use a shorter name",
+             (unsigned long)len, AC_MAX_FILE_NAME_BYTES);
+    return -1;
+  }
+
+  while (i < len) {
+    if (u[i] < 0x20 || u[i] == 0x7F) {
+      snprintf(msg, AC_MSG_SIZE, "invalid file_name: control character "
+               "0x%02X at byte %lu; remove it", u[i], (unsigned long)i + 1);
+      return -1;
+    }
+    if (u[i] < 0x80 && strchr(AC_FILE_NAME_FORBIDDEN, u[i]) != NULL) {
+      snprintf(msg, AC_MSG_SIZE, "invalid file_name: character '%c' at "
+               "byte %lu is not allowed (the API rejects any of %s); "
+               "rename the file", u[i], (unsigned long)i + 1,
+               AC_FILE_NAME_FORBIDDEN);
+      return -1;
+    }
+    n = ac_utf8_char(u + i, len - i);
+    if (n == 0) {
+      snprintf(msg, AC_MSG_SIZE, "invalid file_name: invalid UTF-8 at "
+               "byte %lu; pass the name encoded as UTF-8",
+               (unsigned long)i + 1);
+      return -1;
+    }
+    /* C1 control characters U+0080..U+009F are encoded as C2 80..9F. */
+    if (n == 2 && u[i] == 0xC2 && u[i + 1] < 0xA0) {
+      snprintf(msg, AC_MSG_SIZE, "invalid file_name: control character "
+               "U+%04X at byte %lu; remove it", u[i + 1],
+               (unsigned long)i + 1);
+      return -1;
+    }
+    i += n;
+  }
+  return 0;
+}
+
+
+int ac_check_project_id(const char *s, size_t len, char *msg) {
+  size_t i;
+
+  if (len == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid project_id: it is empty; pass "
+             "the project id of the region (IAM console, My Credentials)");
+    return -1;
+  }
+  if (len > AC_MAX_PROJECT_ID_BYTES) {
+    snprintf(msg, AC_MSG_SIZE, "invalid project_id: %lu bytes is longer "
+             "than the maximum of %d", (unsigned long)len,
+             AC_MAX_PROJECT_ID_BYTES);
+    return -1;
+  }
+
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 0x20 || c >= 0x7F) {
+      snprintf(msg, AC_MSG_SIZE, "invalid project_id: white space, "
+               "control or non-ASCII byte 0x%02X at byte %lu; pass the "
+               "id alone", c, (unsigned long)i + 1);
+      return -1;
+    }
+    if (strchr("/?#%", c) != NULL) {
+      snprintf(msg, AC_MSG_SIZE, "invalid project_id: character '%c' at "
+               "byte %lu is not allowed; pass the id alone, not a path "
+               "or URL", c, (unsigned long)i + 1);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+
+/* Header values must not contain CR, LF or NUL, because those would end
+ * the header early or inject another one. The value itself is never put
+ * into the message: it may be a secret. */
+int ac_check_header_value(const char *field, const char *s, size_t len,
+                          char *msg) {
+  size_t i;
+
+  if (len == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: it is empty", field);
+    return -1;
+  }
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '\r' || c == '\n' || c == '\0') {
+      snprintf(msg, AC_MSG_SIZE, "invalid %s: %s at byte %lu; remove "
+               "line breaks (a trailing newline from a file is a common "
+               "cause)", field, c == '\0' ? "NUL byte" : "line break",
+               (unsigned long)i + 1);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Endpoint
+ * ------------------------------------------------------------------- */
+
+static int is_loopback_host(const char *h, size_t n) {
+  size_t i;
+
+  if (n == 9 && strncmp(h, "localhost", 9) == 0)
+    return 1;
+  if (n == 5 && strncmp(h, "[::1]", 5) == 0)
+    return 1;
+  if (n < 9 || strncmp(h, "127.", 4) != 0)
+    return 0;
+  for (i = 4; i < n; i++) {
+    if (!isdigit((unsigned char)h[i]) && h[i] != '.')
+      return 0;
+  }
+  return 1;
+}
+
+
+static int endpoint_error(char *msg, const char *why, const char *s,
+                          size_t len) {
+  /* Echo the endpoint only when it cannot carry a password. */
+  if (memchr(s, '@', len) == NULL && len <= 100)
+    snprintf(msg, AC_MSG_SIZE, "invalid endpoint \"%.*s\": %s", (int)len,
+             s, why);
+  else
+    snprintf(msg, AC_MSG_SIZE, "invalid endpoint: %s", why);
+  return -1;
+}
+
+
+/* Splits scheme://authority/path; returns the scheme length (0 without a
+ * scheme) and sets *https. */
+static size_t endpoint_scheme(const char *s, size_t len, int *https) {
+  const char *sep = NULL;
+  size_t i;
+
+  for (i = 0; i + 2 < len; i++) {
+    if (s[i] == ':' && s[i + 1] == '/' && s[i + 2] == '/') {
+      sep = s + i;
+      break;
+    }
+    if (s[i] == '/')
+      break;
+  }
+  if (sep == NULL)
+    return 0;
+
+  *https = (i == 5 && strncasecmp(s, "https", 5) == 0);
+  if (*https || (i == 4 && strncasecmp(s, "http", 4) == 0))
+    return i + 3;
+  return (size_t)-1;
+}
+
+
+int ac_parse_endpoint(const char *s, size_t len, int allow_http,
+                      ac_endpoint *out, char *msg) {
+  size_t start, host_len, i;
+  int https = 1;
+  const char *host, *slash;
+
+  memset(out, 0, sizeof *out);
+  if (len == 0)
+    return endpoint_error(msg, "it is empty; pass e.g. "
+                          "https://workspace.cn-north-4.myhuaweicloud.com"
+                          " or set region", s, len);
+  if (len > AC_MAX_ENDPOINT_BYTES)
+    return endpoint_error(msg, "it is too long", s, len);
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 0x20 || c >= 0x7F)
+      return endpoint_error(msg, "it contains white space, a control "
+                            "or a non-ASCII byte", s, len);
+  }
+  if (memchr(s, '?', len) != NULL || memchr(s, '#', len) != NULL)
+    return endpoint_error(msg, "a query or fragment is not allowed; pass "
+                          "only scheme, host and port", s, len);
+
+  start = endpoint_scheme(s, len, &https);
+  if (start == (size_t)-1)
+    return endpoint_error(msg, "the scheme must be http or https", s, len);
+
+  host = s + start;
+  slash = memchr(host, '/', len - start);
+  host_len = slash ? (size_t)(slash - host) : len - start;
+  if (host_len == 0)
+    return endpoint_error(msg, "the host is missing", s, len);
+  if (memchr(host, '@', host_len) != NULL)
+    return endpoint_error(msg, "user info (user:password@) is not "
+                          "allowed; pass credentials as options", s, len);
+
+  out->https = https;
+  out->loopback = is_loopback_host(host, host_len);
+  if (!https && !out->loopback && !allow_http)
+    return endpoint_error(msg, "plain http to a non-loopback host sends "
+                          "the token unencrypted; use https or set "
+                          "allow_http = true", s, len);
+
+  /* Drop trailing slashes so that the route can be appended. */
+  while (len > start + host_len && s[len - 1] == '/')
+    len--;
+
+  out->host = malloc(host_len + 1);
+  out->base = malloc(len + (start ? 0 : 8) + 1);
+  if (out->host == NULL || out->base == NULL) {
+    ac_endpoint_free(out);
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  memcpy(out->host, host, host_len);
+  out->host[host_len] = '\0';
+  sprintf(out->base, "%s%.*s", start ? "" : "https://", (int)len, s);
+  return 0;
+}
+
+
+void ac_endpoint_free(ac_endpoint *ep) {
+  free(ep->base);
+  free(ep->host);
+  ep->base = ep->host = NULL;
+}
+
+
+/* ---------------------------------------------------------------------
+ * URL and body
+ * ------------------------------------------------------------------- */
+
+long ac_build_url(ac_buf *url, const ac_endpoint *ep,
+                  const char *project_id) {
+  const char *authority;
+  long path_at;
+
+  ac_buf_reset(url);
+  if (ac_buf_adds(url, ep->base) != 0)
+    return -1;
+
+  authority = strstr(url->data, "://") + 3;
+  path_at = (long)(strchr(authority, '/') ? strchr(authority, '/')
+                                          - url->data : (long)url->len);
+
+  ac_buf_adds(url, "/v1/");
+  ac_buf_adds(url, project_id);
+  ac_buf_adds(url, AC_ROUTE);
+  return url->failed ? -1 : path_at;
+}
+
+
+int ac_build_body(ac_buf *body, const char *file_name, size_t len) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i;
+
+  ac_buf_reset(body);
+  if (ac_buf_reserve(body, len * 6 + 32) != 0)
+    return -1;
+  ac_buf_adds(body, "{\"file_name\":\"");
+
+  /* Valid UTF-8 is sent as is; only quotes, backslashes and control
+   * characters need escapes. */
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)file_name[i];
+    char esc[6] = {'\\', 'u', '0', '0', 0, 0};
+
+    if (c == '"' || c == '\\') {
+      esc[1] = (char)c;
+      ac_buf_add(body, esc, 2);
+    } else if (c < 0x20 || c == 0x7F) {
+      esc[4] = hex[c >> 4];
+      esc[5] = hex[c & 0xF];
+      ac_buf_add(body, esc, 6);
+    } else {
+      ac_buf_addc(body, (char)c);
+    }
+  }
+  ac_buf_add(body, "\"}", 2);
+  return body->failed ? -1 : 0;
+}

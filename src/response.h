@@ -1,0 +1,33 @@
+/*
+ * Response shaping: decodes the body with lua-cjson and builds either the
+ * result table or an error table. No libcurl, so another transport can
+ * reuse it.
+ */
+#ifndef AC_RESPONSE_H
+#define AC_RESPONSE_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+typedef struct ac_response {
+  long status;
+  const char *body;
+  size_t body_len;
+  const char *request_id;   /* "" when the server sent none */
+  const char *retry_after;  /* "" when the server sent none */
+  double elapsed_ms;
+  const char *const *secrets; /* NULL-terminated; redacted from messages */
+} ac_response;
+
+/* Loads lua-cjson into the registry; raises when it is not installed. */
+void ac_response_init(lua_State *L);
+
+/* Pushes `result, meta` or `nil, err` and returns 2. */
+int ac_push_response(lua_State *L, const ac_response *r);
+
+/* Replaces every occurrence of each secret in s with "***". Secrets
+ * shorter than 4 bytes are left alone, since they would match too much. */
+void ac_redact(char *s, const char *const *secrets);
+
+#endif

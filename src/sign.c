@@ -1,0 +1,331 @@
+/*
+ * SDK-HMAC-SHA256 signing with OpenSSL libcrypto.
+ *
+ * Caveats: each header name may appear once; query parameters are split
+ * on '&' and '=' only (';' is not a separator) and '+' stays a plus sign.
+ */
+#include "sign.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+
+/* A header list longer than this is a caller bug, not a request. */
+#define AC_MAX_SIGNED_HEADERS 64
+
+static const char hex_lower[] = "0123456789abcdef";
+static const char hex_upper[] = "0123456789ABCDEF";
+
+
+/* ---------------------------------------------------------------------
+ * Encoding helpers
+ * ------------------------------------------------------------------- */
+
+static void add_hex(ac_buf *b, const unsigned char *d, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    ac_buf_addc(b, hex_lower[d[i] >> 4]);
+    ac_buf_addc(b, hex_lower[d[i] & 0xF]);
+  }
+}
+
+
+static int is_unreserved(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+      || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_'
+      || c == '~';
+}
+
+
+/* Appends s percent-encoded: unreserved bytes as is, others as %XX. */
+static void add_encoded(ac_buf *b, const char *s, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (is_unreserved(c)) {
+      ac_buf_addc(b, (char)c);
+    } else {
+      char esc[3] = {'%', hex_upper[c >> 4], hex_upper[c & 0xF]};
+      ac_buf_add(b, esc, 3);
+    }
+  }
+}
+
+
+static int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+
+/* Appends s with %XX sequences decoded; malformed ones stay as they are. */
+static void add_decoded(ac_buf *b, const char *s, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    int hi, lo;
+    if (s[i] == '%' && i + 2 < n
+        && (hi = hex_value(s[i + 1])) >= 0
+        && (lo = hex_value(s[i + 2])) >= 0) {
+      ac_buf_addc(b, (char)(hi * 16 + lo));
+      i += 2;
+    } else {
+      ac_buf_addc(b, s[i]);
+    }
+  }
+}
+
+
+/* ---------------------------------------------------------------------
+ * Canonical request parts
+ * ------------------------------------------------------------------- */
+
+/* Decodes the path, encodes each segment and makes sure of a final '/'. */
+static void add_canonical_uri(ac_buf *b, const char *path, size_t n) {
+  ac_buf plain = {0};
+  size_t start = 0, i;
+
+  add_decoded(&plain, path, n);
+  for (i = 0; i <= plain.len; i++) {
+    if (i == plain.len || plain.data[i] == '/') {
+      add_encoded(b, plain.data + start, i - start);
+      if (i < plain.len)
+        ac_buf_addc(b, '/');
+      start = i + 1;
+    }
+  }
+  if (b->len == 0 || b->data[b->len - 1] != '/')
+    ac_buf_addc(b, '/');
+  ac_buf_free(&plain);
+}
+
+
+typedef struct param {
+  char *key;
+  size_t key_len;
+  char *value;
+  size_t value_len;
+} param;
+
+
+static int compare_bytes(const char *a, size_t an, const char *b,
+                         size_t bn) {
+  int c = memcmp(a, b, an < bn ? an : bn);
+  if (c != 0)
+    return c;
+  return an < bn ? -1 : an > bn;
+}
+
+
+static int compare_params(const void *x, const void *y) {
+  const param *a = x, *b = y;
+  int c = compare_bytes(a->key, a->key_len, b->key, b->key_len);
+  return c ? c : compare_bytes(a->value, a->value_len, b->value,
+                               b->value_len);
+}
+
+
+/* Decodes each key and value, sorts by key then value, re-encodes. */
+static int add_canonical_query(ac_buf *b, const char *q, size_t n) {
+  param *params;
+  ac_buf store = {0};
+  size_t count = 1, used = 0, i, start = 0;
+
+  if (n == 0)
+    return 0;
+  for (i = 0; i < n; i++)
+    count += q[i] == '&';
+  params = calloc(count, sizeof *params);
+  if (params == NULL || ac_buf_reserve(&store, n * 2 + 2) != 0) {
+    free(params);
+    return -1;
+  }
+
+  /* Decoded keys and values are stored back to back in store, which has
+   * room for all of them, so the pointers stay valid. */
+  for (i = 0; i <= n; i++) {
+    if (i < n && q[i] != '&')
+      continue;
+    if (i > start) {
+      const char *eq = memchr(q + start, '=', i - start);
+      size_t key_end = eq ? (size_t)(eq - q) : i;
+      param *p = &params[used++];
+
+      p->key = store.data + store.len;
+      add_decoded(&store, q + start, key_end - start);
+      p->key_len = (size_t)(store.data + store.len - p->key);
+      p->value = store.data + store.len;
+      if (eq)
+        add_decoded(&store, eq + 1, i - key_end - 1);
+      p->value_len = (size_t)(store.data + store.len - p->value);
+    }
+    start = i + 1;
+  }
+
+  if (store.failed) {
+    free(params);
+    ac_buf_free(&store);
+    return -1;
+  }
+  qsort(params, used, sizeof *params, compare_params);
+  for (i = 0; i < used; i++) {
+    if (i > 0)
+      ac_buf_addc(b, '&');
+    add_encoded(b, params[i].key, params[i].key_len);
+    ac_buf_addc(b, '=');
+    add_encoded(b, params[i].value, params[i].value_len);
+  }
+  free(params);
+  ac_buf_free(&store);
+  return 0;
+}
+
+
+typedef struct lower_header {
+  char name[128];
+  const char *value;
+  size_t value_len;
+} lower_header;
+
+
+static int compare_headers(const void *x, const void *y) {
+  return strcmp(((const lower_header *)x)->name,
+                ((const lower_header *)y)->name);
+}
+
+
+/* Appends "name:value\n" per header, then the signed names to names. */
+static int add_canonical_headers(ac_buf *b, ac_buf *names,
+                                 const ac_header *h, size_t count) {
+  lower_header sorted[AC_MAX_SIGNED_HEADERS];
+  size_t i, j;
+
+  if (count > AC_MAX_SIGNED_HEADERS)
+    return -1;
+  for (i = 0; i < count; i++) {
+    const char *v = h[i].value;
+    size_t n = h[i].value_len;
+
+    if (h[i].name_len >= sizeof sorted[i].name)
+      return -1;
+    for (j = 0; j < h[i].name_len; j++) {
+      char c = h[i].name[j];
+      sorted[i].name[j] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    sorted[i].name[j] = '\0';
+    while (n > 0 && *v == ' ') {
+      v++;
+      n--;
+    }
+    while (n > 0 && v[n - 1] == ' ')
+      n--;
+    sorted[i].value = v;
+    sorted[i].value_len = n;
+  }
+  qsort(sorted, count, sizeof *sorted, compare_headers);
+
+  for (i = 0; i < count; i++) {
+    ac_buf_adds(b, sorted[i].name);
+    ac_buf_addc(b, ':');
+    ac_buf_add(b, sorted[i].value, sorted[i].value_len);
+    ac_buf_addc(b, '\n');
+    if (i > 0)
+      ac_buf_addc(names, ';');
+    ac_buf_adds(names, sorted[i].name);
+  }
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Signing
+ * ------------------------------------------------------------------- */
+
+void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]) {
+  struct tm tm;
+
+  gmtime_r(&t, &tm);
+  strftime(out, AC_SDK_DATE_SIZE, "%Y%m%dT%H%M%SZ", &tm);
+}
+
+
+/* Builds the canonical request; names receives the signed header list. */
+static int build_canonical(const ac_sign_input *in, ac_buf *out,
+                           ac_buf *names) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  const char *m;
+
+  ac_buf_reset(out);
+  for (m = in->method; *m; m++)
+    ac_buf_addc(out, (*m >= 'a' && *m <= 'z') ? (char)(*m - 32) : *m);
+  ac_buf_addc(out, '\n');
+  add_canonical_uri(out, in->path, in->path_len);
+  ac_buf_addc(out, '\n');
+  if (add_canonical_query(out, in->query, in->query_len) != 0)
+    return -1;
+  ac_buf_addc(out, '\n');
+  if (add_canonical_headers(out, names, in->headers,
+                            in->header_count) != 0)
+    return -1;
+  ac_buf_addc(out, '\n');
+  ac_buf_add(out, names->data ? names->data : "", names->len);
+  ac_buf_addc(out, '\n');
+
+  SHA256((const unsigned char *)(in->body ? in->body : ""), in->body_len,
+         digest);
+  add_hex(out, digest, sizeof digest);
+  return out->failed ? -1 : 0;
+}
+
+
+int ac_canonical_request(const ac_sign_input *in, ac_buf *out) {
+  ac_buf names = {0};
+  int rc = build_canonical(in, out, &names);
+
+  ac_buf_free(&names);
+  return rc;
+}
+
+
+int ac_sign(const ac_sign_input *in, ac_buf *out) {
+  ac_buf canonical = {0}, names = {0}, to_sign = {0};
+  unsigned char digest[SHA256_DIGEST_LENGTH], mac[EVP_MAX_MD_SIZE];
+  unsigned int mac_len = 0;
+  int rc = -1;
+
+  if (build_canonical(in, &canonical, &names) != 0)
+    goto done;
+  SHA256((const unsigned char *)canonical.data, canonical.len, digest);
+
+  ac_buf_adds(&to_sign, AC_SIGN_ALGORITHM "\n");
+  ac_buf_adds(&to_sign, in->sdk_date);
+  ac_buf_addc(&to_sign, '\n');
+  add_hex(&to_sign, digest, sizeof digest);
+  if (to_sign.failed
+      || HMAC(EVP_sha256(), in->sk, (int)in->sk_len,
+              (const unsigned char *)to_sign.data, to_sign.len, mac,
+              &mac_len) == NULL)
+    goto done;
+
+  ac_buf_reset(out);
+  ac_buf_adds(out, AC_SIGN_ALGORITHM " Access=");
+  ac_buf_adds(out, in->ak);
+  ac_buf_adds(out, ", SignedHeaders=");
+  ac_buf_add(out, names.data ? names.data : "", names.len);
+  ac_buf_adds(out, ", Signature=");
+  add_hex(out, mac, mac_len);
+  rc = out->failed || names.failed ? -1 : 0;
+
+done:
+  ac_buf_free(&canonical);
+  ac_buf_free(&names);
+  ac_buf_free(&to_sign);
+  return rc;
+}

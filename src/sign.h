@@ -1,0 +1,52 @@
+/*
+ * AK/SK request signing (SDK-HMAC-SHA256), the scheme Huawei Cloud's API
+ * gateway checks. A pure function of its inputs and a date string, so it
+ * can be tested with fixed times. No I/O and no libcurl.
+ */
+#ifndef AC_SIGN_H
+#define AC_SIGN_H
+
+#include <stddef.h>
+#include <time.h>
+
+#include "buf.h"
+
+#define AC_SIGN_ALGORITHM "SDK-HMAC-SHA256"
+
+/* "YYYYMMDDTHHMMSSZ" plus the NUL. */
+#define AC_SDK_DATE_SIZE 17
+
+typedef struct ac_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+} ac_header;
+
+typedef struct ac_sign_input {
+  const char *method;
+  const char *path;        /* as sent, without the query */
+  size_t path_len;
+  const char *query;       /* without the '?', may be empty */
+  size_t query_len;
+  const ac_header *headers;/* the headers to sign, X-Sdk-Date included */
+  size_t header_count;
+  const char *body;
+  size_t body_len;
+  const char *ak;
+  const char *sk;
+  size_t sk_len;
+  const char *sdk_date;    /* the X-Sdk-Date value */
+} ac_sign_input;
+
+/* Formats t (seconds since the epoch) as an X-Sdk-Date value. */
+void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]);
+
+/* Writes the Authorization header value into out. Returns 0, or -1 when
+ * memory runs out or libcrypto fails. */
+int ac_sign(const ac_sign_input *in, ac_buf *out);
+
+/* Writes the canonical request (for tests and debugging). */
+int ac_canonical_request(const ac_sign_input *in, ac_buf *out);
+
+#endif

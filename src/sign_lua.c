@@ -1,0 +1,202 @@
+/*
+ * core.sign{method, url, headers, body, ak, sk, date}: the AK/SK signer
+ * for Lua, for tests and for callers who send requests another way.
+ *
+ * It signs exactly the headers in `headers` plus X-Sdk-Date; include Host
+ * there to have it signed, as the official SDKs do. It returns a table of
+ * the headers to add (X-Sdk-Date and Authorization) and the canonical
+ * request as a second value, for debugging signature mismatches.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "compat.h"
+#include "sign.h"
+
+#define AC_SIGN_MAX_HEADERS 63
+
+int ac_l_sign(lua_State *L);
+
+
+typedef struct url_parts {
+  const char *path;
+  size_t path_len;
+  const char *query;
+  size_t query_len;
+} url_parts;
+
+
+static void split_url(const char *url, size_t len, url_parts *u) {
+  const char *end = url + len, *p = strstr(url, "://"), *q;
+
+  p = p ? p + 3 : url;
+  while (p < end && *p != '/' && *p != '?' && *p != '#')
+    p++;
+
+  u->path = p;
+  while (p < end && *p != '?' && *p != '#')
+    p++;
+  u->path_len = (size_t)(p - u->path);
+  if (u->path_len == 0) {
+    u->path = "/";
+    u->path_len = 1;
+  }
+
+  u->query = "";
+  u->query_len = 0;
+  if (p < end && *p == '?') {
+    q = ++p;
+    while (p < end && *p != '#')
+      p++;
+    u->query = q;
+    u->query_len = (size_t)(p - q);
+  }
+}
+
+
+static const char *field_string(lua_State *L, const char *key,
+                                size_t *len, int required) {
+  const char *s;
+
+  lua_getfield(L, 1, key);
+  if (lua_isnil(L, -1) && !required) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "appcenter.core.sign: field '%s' must be a string, "
+               "got %s", key, luaL_typename(L, -1));
+  s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);  /* the string stays alive in the argument table */
+  return s;
+}
+
+
+/* Reads `date`: an X-Sdk-Date string, or seconds since the epoch, or
+ * nil for now. */
+static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
+  size_t len;
+
+  lua_getfield(L, 1, "date");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *s = lua_tolstring(L, -1, &len);
+    luaL_argcheck(L, len == AC_SDK_DATE_SIZE - 1, 1,
+                  "date must look like 20060102T150405Z");
+    memcpy(out, s, len + 1);
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    ac_sdk_date((time_t)lua_tonumber(L, -1), out);
+  } else if (lua_isnil(L, -1)) {
+    ac_sdk_date(time(NULL), out);
+  } else {
+    luaL_error(L, "appcenter.core.sign: field 'date' must be a string or "
+               "a number, got %s", luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+}
+
+
+/* Collects headers from the `headers` table, except X-Sdk-Date, which
+ * the signer sets; returns how many. The names and values stay alive in
+ * that table. */
+static size_t read_headers(lua_State *L, int idx, ac_header *h) {
+  size_t n = 0;
+
+  if (lua_isnil(L, idx))
+    return 0;
+  luaL_argcheck(L, lua_istable(L, idx), 1, "headers must be a table");
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "appcenter.core.sign: headers must map strings to "
+                 "strings");
+    if (n == AC_SIGN_MAX_HEADERS)
+      luaL_error(L, "appcenter.core.sign: more than %d headers",
+                 AC_SIGN_MAX_HEADERS);
+    h[n].name = lua_tolstring(L, -2, &h[n].name_len);
+    h[n].value = lua_tolstring(L, -1, &h[n].value_len);
+    if (strcasecmp(h[n].name, "x-sdk-date") != 0)
+      n++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+
+#define AC_SCRATCH_MT "appcenter.core.sign_buffers"
+
+static int free_scratch(lua_State *L) {
+  ac_buf *b = lua_touserdata(L, 1);
+
+  ac_buf_free(&b[0]);
+  ac_buf_free(&b[1]);
+  return 0;
+}
+
+
+/* Pushes a userdata holding two buffers that __gc frees, so a memory
+ * error while building the result cannot leak them. */
+static ac_buf *push_scratch(lua_State *L) {
+  ac_buf *b = ac_newuserdata(L, 2 * sizeof *b);
+
+  memset(b, 0, 2 * sizeof *b);
+  if (luaL_newmetatable(L, AC_SCRATCH_MT)) {
+    lua_pushcfunction(L, free_scratch);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+
+int ac_l_sign(lua_State *L) {
+  ac_header h[AC_SIGN_MAX_HEADERS + 1];
+  char date[AC_SDK_DATE_SIZE];
+  ac_sign_input in;
+  ac_buf *auth, *canonical;
+  url_parts u;
+  size_t url_len, n;
+  const char *url;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&in, 0, sizeof in);
+  in.method = field_string(L, "method", NULL, 0);
+  if (in.method == NULL)
+    in.method = "POST";
+  url = field_string(L, "url", &url_len, 1);
+  in.body = field_string(L, "body", &in.body_len, 0);
+  in.ak = field_string(L, "ak", NULL, 1);
+  in.sk = field_string(L, "sk", &in.sk_len, 1);
+  read_date(L, date);
+  in.sdk_date = date;
+
+  lua_getfield(L, 1, "headers");
+  n = read_headers(L, lua_gettop(L), h);
+  split_url(url, url_len, &u);
+  h[n].name = "X-Sdk-Date";
+  h[n].name_len = 10;
+  h[n].value = date;
+  h[n++].value_len = AC_SDK_DATE_SIZE - 1;
+
+  in.path = u.path;
+  in.path_len = u.path_len;
+  in.query = u.query;
+  in.query_len = u.query_len;
+  in.headers = h;
+  in.header_count = n;
+
+  auth = push_scratch(L);
+  canonical = auth + 1;
+  if (ac_sign(&in, auth) != 0 || ac_canonical_request(&in, canonical) != 0)
+    return luaL_error(L, "appcenter.core.sign: signing failed (out of "
+                      "memory or an over-long header name)");
+
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, date);
+  lua_setfield(L, -2, "X-Sdk-Date");
+  lua_pushlstring(L, auth->data, auth->len);
+  lua_setfield(L, -2, "Authorization");
+  lua_pushlstring(L, canonical->data, canonical->len);
+  return 2;
+}

@@ -1,0 +1,66 @@
+/*
+ * Transport: one reused libcurl easy handle per client, so connections,
+ * TLS sessions and DNS answers are kept between calls.
+ */
+#ifndef AC_TRANSPORT_H
+#define AC_TRANSPORT_H
+
+#include <curl/curl.h>
+
+#include "buf.h"
+
+/* A credential response is about 2 KiB; 1 MiB leaves room for large
+ * error pages while bounding memory per client. */
+#ifndef AC_DEFAULT_MAX_BODY_BYTES
+#define AC_DEFAULT_MAX_BODY_BYTES (1024 * 1024)
+#endif
+
+#ifndef AC_DEFAULT_TIMEOUT_MS
+#define AC_DEFAULT_TIMEOUT_MS 30000
+#endif
+
+#ifndef AC_DEFAULT_CONNECT_TIMEOUT_MS
+#define AC_DEFAULT_CONNECT_TIMEOUT_MS 5000
+#endif
+
+/* Request ids are UUIDs or hex strings; longer values are cut. */
+#define AC_REQUEST_ID_SIZE 128
+#define AC_RETRY_AFTER_SIZE 64
+
+typedef struct ac_transport_opts {
+  long timeout_ms;
+  long connect_timeout_ms;
+  int verify_tls;
+  const char *ca_file;      /* NULL: the system store */
+  const char *proxy;        /* NULL: libcurl's environment variables */
+  const char *user_agent;
+  size_t max_body_bytes;
+} ac_transport_opts;
+
+typedef struct ac_transport {
+  CURL *curl;
+  long timeout_ms;
+  size_t max_body_bytes;
+  ac_buf body;              /* response body of the last call */
+  int body_too_large;
+  char request_id[AC_REQUEST_ID_SIZE];
+  char retry_after[AC_RETRY_AFTER_SIZE];
+  char errbuf[CURL_ERROR_SIZE];
+} ac_transport;
+
+/* Initialises libcurl for the process; safe to call from many threads
+ * and Lua states. Returns CURLE_OK or libcurl's failure code. */
+CURLcode ac_transport_global_init(void);
+
+/* Returns 0, or -1 with a message in msg (AC_MSG_SIZE bytes). */
+int ac_transport_init(ac_transport *t, const ac_transport_opts *o,
+                      char *msg);
+void ac_transport_free(ac_transport *t);
+
+/* Sends one POST and fills t->body, t->request_id and t->retry_after.
+ * timeout_ms <= 0 uses the client's timeout. */
+CURLcode ac_transport_post(ac_transport *t, const char *url,
+                           struct curl_slist *headers, const char *body,
+                           size_t body_len, long timeout_ms, long *status);
+
+#endif
