@@ -37,7 +37,7 @@ lua_cflags = $(shell pkg-config --cflags $(call lua_pc,$(1)) 2>/dev/null) \
 DEB_PACKAGES = gcc make pkg-config python3 curl valgrind \
                libcurl4-openssl-dev libssl-dev \
                lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-               lua-cjson lua-busted lua-socket
+               lua-cjson lua-busted lua-socket luarocks
 
 MODULES = $(foreach l,$(LUAS),build/$(l)/appcenter/core.so)
 BUSTED = /usr/bin/busted
