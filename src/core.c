@@ -592,10 +592,12 @@ static int l_new(lua_State *L) {
 static int l_client_create_credential(lua_State *L) {
   ac_client *c = check_open_client(L, 1);
   size_t len;
-  const char *file_name = luaL_checklstring(L, 2, &len);
+  const char *file_name;
   long timeout_ms = 0;
   char msg[AC_MSG_SIZE];
 
+  luaL_checktype(L, 2, LUA_TSTRING);
+  file_name = lua_tolstring(L, 2, &len);
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
     check_options(L, 3, call_options, "create_credential", 0);

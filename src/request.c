@@ -172,8 +172,15 @@ int ac_check_header_value(const char *field, const char *s, size_t len,
  * Endpoint
  * ------------------------------------------------------------------- */
 
+/* h is host[:port]; the port is ignored. */
 static int is_loopback_host(const char *h, size_t n) {
+  const char *colon = memchr(h, ':', n);
   size_t i;
+
+  if (h[0] != '[' && colon != NULL)
+    n = (size_t)(colon - h);
+  else if (h[0] == '[' && memchr(h, ']', n) != NULL)
+    n = (size_t)((const char *)memchr(h, ']', n) - h) + 1;
 
   if (n == 9 && strncmp(h, "localhost", 9) == 0)
     return 1;

@@ -1,0 +1,567 @@
+-- appcenter.core against the local emulator: results, validation, HTTP
+-- errors, transport failures, keep-alive and secrets.
+
+local core = require("appcenter.core")
+local cjson = require("cjson")
+local emulator = require("spec.support.emulator")
+
+local FORBIDDEN = { ":", "^", ";", "|", "~", "`", "{", "}", "[", "]", "<", ">" }
+
+describe("appcenter.core", function()
+  local emu
+
+  setup(function()
+    emu = emulator.start()
+  end)
+
+  teardown(function()
+    emu:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local function options(extra)
+    local opts = {
+      endpoint = emu.url,
+      project_id = emu.project_id,
+      token = emu.token,
+    }
+    for k, v in pairs(extra or {}) do
+      opts[k] = v
+    end
+    return opts
+  end
+
+  local function new_client(extra)
+    local client, err = core.new(options(extra))
+    assert.is_nil(err)
+    return client
+  end
+
+  local function error_body(code, message)
+    return cjson.encode({ error_code = code, error_msg = message })
+  end
+
+  describe("result", function()
+    local result, meta
+
+    setup(function()
+      emu:reset()
+      result, meta = new_client():create_credential("setup.exe")
+    end)
+
+    it("has the top-level strings", function()
+      assert.is_string(result.server_end_point)
+      assert.is_string(result.bucket_name)
+      assert.matches("setup%.exe$", result.object_path)
+    end)
+
+    it("has the policy", function()
+      local statement = result.policy.statement
+      assert.equals("1.1", result.policy.version)
+      assert.equals("Allow", statement.effect)
+      assert.same({ "obs:object:PutObject" }, statement.action)
+      assert.matches(result.object_path, statement.resource[1], 1, true)
+    end)
+
+    it("has the credential", function()
+      assert.is_string(result.credential.access)
+      assert.is_string(result.credential.secret)
+      assert.is_string(result.credential.security_token)
+    end)
+
+    it("has the meta", function()
+      assert.equals(200, meta.status)
+      assert.is_string(meta.request_id)
+      assert.equals(1, meta.attempts)
+      assert.is_number(meta.elapsed_ms)
+    end)
+  end)
+
+  describe("request", function()
+    it("sends method, path and headers", function()
+      assert.is_table(new_client():create_credential("a.txt"))
+      local last = emu:stats().last_request
+      assert.equals("POST", last.method)
+      assert.equals("/v1/" .. emu.project_id
+        .. "/app-center/buckets/actions/create-credential", last.path)
+      assert.equals("application/json", last.headers["content-type"])
+      assert.equals(emu.token, last.headers["x-auth-token"])
+    end)
+
+    it("names module, libcurl and Lua in User-Agent", function()
+      assert.is_table(new_client():create_credential("a.txt"))
+      local agent = emu:stats().last_request.headers["user-agent"]
+      assert.matches("^lua%-appcenter/%d+%.%d+%.%d+ libcurl/%S+ %S+", agent)
+    end)
+
+    it("escapes JSON and keeps UTF-8 as is", function()
+      local name = 'r\195\169sum\195\169 "v2" \\ \230\138\165\229\145\138.txt'
+      assert.is_table(new_client():create_credential(name))
+      local body = emu:stats().last_request.body
+      assert.equals(name, cjson.decode(body).file_name)
+      assert.truthy(body:find("\230\138\165", 1, true))
+      assert.truthy(body:find('\\"v2\\"', 1, true))
+    end)
+
+    it("accepts a 32 KiB token", function()
+      local token = ("fake-token-"):rep(3000)
+      assert.is_true(#token >= 32 * 1024)
+      local big = emulator.start({ args = { "--token", token } })
+      local result, meta = core.create_credential({
+        endpoint = big.url, project_id = big.project_id, token = token,
+        file_name = "big-token.bin",
+      })
+      big:stop()
+      assert.is_table(result)
+      assert.equals(200, meta.status)
+    end)
+
+    it("works as a one-shot call", function()
+      local opts = options({ file_name = "one-shot.zip" })
+      local result, meta = core.create_credential(opts)
+      assert.matches("one%-shot%.zip$", result.object_path)
+      assert.equals(200, meta.status)
+    end)
+  end)
+
+  describe("validation", function()
+    local function assert_invalid(field, value_or_call)
+      local client = new_client()
+      local result, err = client:create_credential(value_or_call)
+      assert.is_nil(result)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches(field, err.message, 1, true)
+      assert.is_false(err.retryable)
+      assert.equals(0, emu:stats().requests)
+    end
+
+    for _, char in ipairs(FORBIDDEN) do
+      it("rejects file_name with " .. char, function()
+        assert_invalid("file_name", "bad" .. char .. "name.txt")
+      end)
+    end
+
+    local bad_names = {
+      { "empty", "" },
+      { "NUL byte", "a\0b" },
+      { "newline", "a\nb" },
+      { "DEL", "a\127b" },
+      { "C1 control", "a\194\133b" },
+      { "invalid UTF-8", "a\255b" },
+      { "overlong UTF-8", "a\192\175b" },
+      { "UTF-16 surrogate", "a\237\160\128b" },
+      { "truncated UTF-8", "a\230\138" },
+      { "256 bytes", ("x"):rep(256) },
+    }
+    for _, case in ipairs(bad_names) do
+      it("rejects file_name: " .. case[1], function()
+        assert_invalid("file_name", case[2])
+      end)
+    end
+
+    it("accepts file_name of 255 bytes", function()
+      local result, meta = new_client():create_credential(("x"):rep(255))
+      assert.is_table(result)
+      assert.equals(200, meta.status)
+    end)
+
+    local bad_options = {
+      { "project_id", { project_id = "" } },
+      { "project_id", { project_id = "a/b" } },
+      { "project_id", { project_id = "a?b" } },
+      { "project_id", { project_id = "a#b" } },
+      { "project_id", { project_id = "a%b" } },
+      { "project_id", { project_id = "a b" } },
+      { "project_id", { project_id = "a\tb" } },
+      { "endpoint", { endpoint = "ftp://127.0.0.1" } },
+      { "endpoint", { endpoint = "http://127.0.0.1:1/?q=1" } },
+      { "endpoint", { endpoint = "http://127.0.0.1:1/#top" } },
+      { "endpoint", { endpoint = "http://user:pw@127.0.0.1:1" } },
+      { "endpoint", { endpoint = "http://" } },
+      { "endpoint", { endpoint = "http://app.example.com" } },
+      { "token", { token = "abc\r\nX-Evil: 1" } },
+      { "token", { token = "abc\n" } },
+      { "timeout_ms", { timeout_ms = 0 } },
+      { "timeout_ms", { timeout_ms = 1.5 } },
+      { "max_body_bytes", { max_body_bytes = -1 } },
+      { "region", { endpoint = false, region = "mars-north-1" } },
+    }
+    for _, case in ipairs(bad_options) do
+      local field, extra = case[1], case[2]
+      it("rejects bad " .. field .. " " .. tostring(next(extra)), function()
+        local opts = options(extra)
+        if extra.endpoint == false then
+          opts.endpoint = nil
+        end
+        local client, err = core.new(opts)
+        assert.is_nil(client)
+        assert.equals("invalid_argument", err.kind)
+        assert.matches(field, err.message, 1, true)
+      end)
+    end
+
+    it("allows plain http elsewhere with allow_http", function()
+      local client = core.new(options({
+        endpoint = "http://app.example.com", allow_http = true,
+      }))
+      assert.matches("http://app.example.com", tostring(client), 1, true)
+      client:close()
+    end)
+
+    it("adds https:// to an endpoint without scheme", function()
+      local client = core.new(options({ endpoint = "app.example.com" }))
+      assert.matches("https://app.example.com", tostring(client), 1, true)
+      client:close()
+    end)
+
+    it("maps a region to its endpoint", function()
+      local opts = options({ region = "cn-north-4" })
+      opts.endpoint = nil
+      local client = core.new(opts)
+      assert.matches("https://workspace.cn-north-4.myhuaweicloud.com",
+        tostring(client), 1, true)
+    end)
+
+    it("rejects token together with ak", function()
+      local client, err = core.new(options({ ak = "AK", sk = "SK" }))
+      assert.is_nil(client)
+      assert.matches("either token or ak and sk", err.message, 1, true)
+    end)
+
+    it("rejects security_token without ak", function()
+      local client, err = core.new(options({ security_token = "st" }))
+      assert.is_nil(client)
+      assert.matches("security_token needs ak and sk", err.message, 1, true)
+    end)
+
+    it("rejects ak without sk", function()
+      local opts = options({ ak = "AK" })
+      opts.token = nil
+      local client, err = core.new(opts)
+      assert.is_nil(client)
+      assert.matches("ak needs sk", err.message, 1, true)
+    end)
+
+    it("raises on a wrong option type", function()
+      assert.has_error(function()
+        core.new(options({ timeout_ms = "30" }))
+      end, "appcenter.core.new: option 'timeout_ms' must be a number, got string")
+    end)
+
+    it("raises on an unknown option", function()
+      assert.has_error(function()
+        core.new(options({ timout_ms = 30 }))
+      end, "appcenter.core.new: unknown option 'timout_ms'")
+    end)
+
+    it("raises on a file_name that is not a string", function()
+      local client = new_client()
+      assert.has_error(function()
+        client:create_credential(42)
+      end)
+    end)
+  end)
+
+  describe("HTTP errors", function()
+    local statuses = {
+      { 400, "WKS.0400", false },
+      { 401, "APIGW.0307", false },
+      { 403, "WKS.0403", false },
+      { 404, "WKS.0404", false },
+      { 405, "WKS.0405", false },
+      { 429, "APIGW.0308", true },
+      { 500, "WKS.0500", true },
+      { 502, "WKS.0502", true },
+      { 503, "WKS.0503", true },
+      { 504, "WKS.0504", true },
+    }
+    for _, case in ipairs(statuses) do
+      local status, code, retryable = case[1], case[2], case[3]
+      it("maps status " .. status, function()
+        emu:fault({
+          status = status,
+          body = error_body(code, "failure " .. status),
+          headers = { ["X-Request-Id"] = "req-" .. status },
+        })
+        local result, err = new_client():create_credential("a.txt")
+        assert.is_nil(result)
+        assert.equals("http", err.kind)
+        assert.equals(status, err.status)
+        assert.equals(code, err.code)
+        assert.equals("failure " .. status, err.message)
+        assert.equals("req-" .. status, err.request_id)
+        assert.equals(retryable, err.retryable)
+      end)
+    end
+
+    it("maps a real 401 for a wrong token", function()
+      local _, err = new_client({ token = "fake-wrong-token" })
+        :create_credential("a.txt")
+      assert.equals(401, err.status)
+      assert.equals("APIGW.0307", err.code)
+      assert.is_string(err.request_id)
+    end)
+
+    it("maps a real 404 for an unknown project", function()
+      local _, err = new_client({ project_id = "ffffffffffffffffffffffffffffffff" })
+        :create_credential("a.txt")
+      assert.equals(404, err.status)
+      assert.is_false(err.retryable)
+    end)
+
+    it("reads errorCode and errorMsg", function()
+      emu:fault({ status = 400, body = '{"errorCode":"E1","errorMsg":"camel"}' })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("E1", err.code)
+      assert.equals("camel", err.message)
+    end)
+
+    it("reads code and message one object down", function()
+      emu:fault({ status = 400,
+        body = '{"error":{"code":"E2","message":"nested"}}' })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("E2", err.code)
+      assert.equals("nested", err.message)
+    end)
+
+    it("summarises an HTML 502 page", function()
+      emu:fault({ status = 502, body = "<html><head><title>502 Bad Gateway"
+        .. "</title></head><body><h1>502 Bad Gateway</h1></body></html>" })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("502", err.code)
+      assert.matches("502 Bad Gateway", err.message, 1, true)
+      assert.is_nil(err.message:find("<", 1, true))
+      assert.is_true(err.retryable)
+    end)
+
+    it("bounds a long non-JSON message", function()
+      emu:fault({ status = 500, body = ("oops "):rep(10000) })
+      local _, err = new_client():create_credential("a.txt")
+      assert.is_true(#err.message < 200)
+    end)
+
+    it("reports an empty error body", function()
+      emu:fault({ status = 503, body = "" })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("503", err.code)
+      assert.matches("empty body", err.message, 1, true)
+    end)
+
+    it("keeps Retry-After", function()
+      emu:fault({ status = 503, body = "", headers = { ["Retry-After"] = "7" } })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("7", err.retry_after)
+    end)
+
+    it("does not follow redirects", function()
+      emu:fault({ status = 302, body = "",
+        headers = { Location = "http://127.0.0.1:9/elsewhere" } })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("http", err.kind)
+      assert.equals(302, err.status)
+      assert.is_false(err.retryable)
+    end)
+
+    it("prints one line with tostring", function()
+      emu:fault({ status = 503, body = error_body("WKS.0503", "down"),
+        headers = { ["X-Request-Id"] = "abc" } })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("appcenter: http WKS.0503: down (request id abc)",
+        tostring(err))
+    end)
+  end)
+
+  describe("invalid responses", function()
+    local function shaped(body)
+      emu:fault({ status = 200, body = body })
+      return new_client():create_credential("a.txt")
+    end
+
+    local function valid_body()
+      return {
+        server_end_point = "obs.example", bucket_name = "b",
+        object_path = "app-file/a.txt",
+        policy = { version = "1.1", statement = {
+          effect = "Allow", action = { "obs:object:PutObject" },
+          resource = { "obs:*:*:object:b/app-file/a.txt" } } },
+        credential = { access = "A", secret = "S", security_token = "T" },
+      }
+    end
+
+    it("rejects an empty 200 body", function()
+      local _, err = shaped("")
+      assert.equals("invalid_response", err.kind)
+      assert.matches("empty", err.message)
+    end)
+
+    it("rejects a non-JSON 200 body", function()
+      local _, err = shaped("<html>ok</html>")
+      assert.equals("invalid_response", err.kind)
+      assert.matches("not valid JSON", err.message, 1, true)
+    end)
+
+    it("rejects a JSON array", function()
+      local _, err = shaped("[1,2]")
+      assert.equals("invalid_response", err.kind)
+    end)
+
+    it("names a missing field by path", function()
+      local body = valid_body()
+      body.credential.secret = nil
+      local _, err = shaped(cjson.encode(body))
+      assert.equals("invalid_response", err.kind)
+      assert.matches("credential.secret is missing", err.message, 1, true)
+    end)
+
+    it("names a wrongly typed field by path", function()
+      local body = valid_body()
+      body.policy.statement.action = { "ok", 5 }
+      local _, err = shaped(cjson.encode(body))
+      assert.matches("policy.statement.action[2] must be a string, got number",
+        err.message, 1, true)
+    end)
+
+    it("rejects null in a credential field", function()
+      local body = valid_body()
+      body.credential.access = cjson.null
+      local _, err = shaped(cjson.encode(body))
+      assert.matches("credential.access must be a string, got null",
+        err.message, 1, true)
+    end)
+
+    it("ignores extra fields and maps nulls to nil", function()
+      local body = valid_body()
+      body.extra = { deep = { 1, 2, 3 } }
+      body.policy.version = cjson.null
+      body.policy.statement.effect = cjson.null
+      body.credential.expires_at = "2026-12-04T00:00:00Z"
+      local result = shaped(cjson.encode(body))
+      assert.is_table(result)
+      assert.is_nil(result.extra)
+      assert.is_nil(result.policy.version)
+      assert.is_nil(result.policy.statement.effect)
+      assert.is_nil(result.credential.expires_at)
+      assert.equals("S", result.credential.secret)
+    end)
+
+    it("returns a list of statements as a list", function()
+      local body = valid_body()
+      local one = body.policy.statement
+      body.policy.statement = { one, one }
+      local result = shaped(cjson.encode(body))
+      assert.equals(2, #result.policy.statement)
+      assert.equals("Allow", result.policy.statement[2].effect)
+    end)
+
+    it("caps the body at max_body_bytes", function()
+      emu:fault({ oversize_bytes = 5000 })
+      local client = new_client({ max_body_bytes = 4096 })
+      local _, err = client:create_credential("a.txt")
+      assert.equals("invalid_response", err.kind)
+      assert.matches("max_body_bytes", err.message, 1, true)
+    end)
+
+    it("caps the body at 1 MiB by default", function()
+      emu:fault({ oversize_bytes = 1024 * 1024 + 1 })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("invalid_response", err.kind)
+    end)
+  end)
+
+  describe("transport", function()
+    it("times out", function()
+      emu:fault({ delay_ms = 1500 })
+      local _, err = new_client({ timeout_ms = 200 }):create_credential("a.txt")
+      assert.equals("timeout", err.kind)
+      assert.is_true(err.retryable)
+    end)
+
+    it("applies a per-call timeout", function()
+      emu:fault({ delay_ms = 1500 })
+      local _, err = new_client():create_credential("a.txt", { timeout_ms = 200 })
+      assert.equals("timeout", err.kind)
+    end)
+
+    it("reports connection refused", function()
+      local client = new_client({ endpoint = "http://127.0.0.1:1" })
+      local _, err = client:create_credential("a.txt")
+      assert.equals("network", err.kind)
+      assert.is_true(err.retryable)
+      assert.is_string(err.message)
+    end)
+
+    it("reports a dropped connection", function()
+      emu:fault({ drop = true })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("network", err.kind)
+    end)
+
+    it("reports a truncated body", function()
+      emu:fault({ truncate = true })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("network", err.kind)
+    end)
+
+    it("reuses one connection for 100 calls", function()
+      local client = new_client()
+      for _ = 1, 100 do
+        assert.is_table(client:create_credential("a.txt"))
+      end
+      assert.equals(100, emu:stats().requests)
+      assert.equals(1, emu:stats().connections)
+    end)
+  end)
+
+  describe("client", function()
+    it("raises when used after close", function()
+      local client = new_client()
+      client:close()
+      assert.has_error(function()
+        client:create_credential("a.txt")
+      end, "appcenter.core: the client is closed")
+    end)
+
+    it("allows close twice", function()
+      local client = new_client()
+      client:close()
+      client:close()
+      assert.equals("appcenter.core.client (closed)", tostring(client))
+    end)
+  end)
+
+  describe("secrets", function()
+    local token = "fake-token-SECRET-4f1c9e"
+
+    local function assert_hidden(err)
+      assert.is_nil(tostring(err):find(token, 1, true))
+      assert.is_nil((err.message or ""):find(token, 1, true))
+    end
+
+    it("hides the token echoed by the server", function()
+      emu:fault({ status = 401, body = error_body("APIGW.0307",
+        "token " .. token .. " expired") })
+      local _, err = new_client({ token = token }):create_credential("a.txt")
+      assert.matches("token *** expired", err.message, 1, true)
+      assert_hidden(err)
+    end)
+
+    it("hides the token in a non-JSON body", function()
+      emu:fault({ status = 500, body = "<p>bad token " .. token .. "</p>" })
+      local _, err = new_client({ token = token }):create_credential("a.txt")
+      assert_hidden(err)
+    end)
+
+    it("keeps the token out of validation errors", function()
+      local _, err = core.new(options({ token = token .. "\n" }))
+      assert_hidden(err)
+    end)
+
+    it("keeps the token out of tostring(client)", function()
+      local client = new_client({ token = token })
+      assert.is_nil(tostring(client):find(token, 1, true))
+    end)
+  end)
+end)
