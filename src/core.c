@@ -29,7 +29,8 @@
 #define AC_VERSION "0.1.0"
 #define AC_CLIENT_MT "appcenter.core.client"
 
-/* IAM tokens are about 6-20 KiB; the limit only stops runaway input. */
+/* Real IAM tokens run to tens of KiB (an estimate from PKI tokens with
+ * large catalogs), so this limit only stops runaway input. */
 #ifndef AC_MAX_TOKEN_BYTES
 #define AC_MAX_TOKEN_BYTES (256 * 1024)
 #endif
@@ -263,19 +264,19 @@ static int configure_endpoint(lua_State *L, int opts, ac_client *c,
 static int check_auth_combination(const char *token, const char *ak,
                                   const char *sk, const char *st,
                                   char *msg) {
-  const char *why = NULL;
+  const char *problem = NULL;
 
   if (token != NULL && (ak != NULL || sk != NULL))
-    why = "pass either token or ak and sk, not both";
+    problem = "pass either token or ak and sk, not both";
   else if ((ak == NULL) != (sk == NULL))
-    why = ak ? "ak needs sk" : "sk needs ak";
+    problem = ak ? "ak needs sk" : "sk needs ak";
   else if (st != NULL && ak == NULL)
-    why = "security_token needs ak and sk";
+    problem = "security_token needs ak and sk";
   else if (token == NULL && ak == NULL)
-    why = "missing credentials: pass token, or ak and sk";
-  if (why == NULL)
+    problem = "missing credentials: pass token, or ak and sk";
+  if (problem == NULL)
     return 0;
-  snprintf(msg, AC_MSG_SIZE, "invalid credentials: %s", why);
+  snprintf(msg, AC_MSG_SIZE, "invalid credentials: %s", problem);
   return -1;
 }
 
