@@ -26,7 +26,8 @@ BASE_CFLAGS = -std=c99 -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
 LIBS = $(shell pkg-config --libs libcurl libcrypto 2>/dev/null || echo -lcurl -lcrypto) -pthread
 
 SRCS = src/buf.c src/request.c src/sign.c src/region.c src/error.c \
-       src/response.c src/transport.c src/sign_lua.c src/core.c
+       src/response.c src/transport.c src/multi.c src/sign_lua.c \
+       src/core.c
 HDRS = $(wildcard src/*.h)
 
 # Per-Lua settings: pkg-config name, include flags, install dirs.

@@ -25,10 +25,20 @@
 
 #endif
 
-#if LUA_VERSION_NUM < 504
+/* Userdata with one user value: a table, so that Lua 5.1's environment
+ * and Lua 5.2+'s user value work the same way. */
+#if LUA_VERSION_NUM >= 504
+#define ac_newuserdata(L, size) lua_newuserdatauv((L), (size), 1)
+#define ac_getuservalue(L, i) ((void)lua_getiuservalue((L), (i), 1))
+#define ac_setuservalue(L, i) ((void)lua_setiuservalue((L), (i), 1))
+#elif LUA_VERSION_NUM >= 502
 #define ac_newuserdata(L, size) lua_newuserdata((L), (size))
+#define ac_getuservalue(L, i) ((void)lua_getuservalue((L), (i)))
+#define ac_setuservalue(L, i) lua_setuservalue((L), (i))
 #else
-#define ac_newuserdata(L, size) lua_newuserdatauv((L), (size), 0)
+#define ac_newuserdata(L, size) lua_newuserdata((L), (size))
+#define ac_getuservalue(L, i) lua_getfenv((L), (i))
+#define ac_setuservalue(L, i) ((void)lua_setfenv((L), (i)))
 #endif
 
 /* The Lua flavour the module was built for, used in the User-Agent.

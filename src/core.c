@@ -18,6 +18,7 @@
 
 #include <curl/curl.h>
 
+#include "client.h"
 #include "compat.h"
 #include "error.h"
 #include "region.h"
@@ -27,7 +28,6 @@
 #include "transport.h"
 
 #define AC_VERSION "0.1.0"
-#define AC_CLIENT_MT "appcenter.core.client"
 
 /* Real IAM tokens run to tens of KiB (an estimate from PKI tokens with
  * large catalogs), so this limit only stops runaway input. */
@@ -40,6 +40,9 @@
 
 #define AC_MAX_BODY_LIMIT (1024L * 1024 * 1024)
 
+/* More connections than this to one service is a configuration error. */
+#define AC_MAX_CONNECTIONS 1024
+
 #if defined(__GNUC__)
 #define AC_EXPORT __attribute__((visibility("default")))
 #else
@@ -48,23 +51,6 @@
 
 AC_EXPORT int luaopen_appcenter_core(lua_State *L);
 
-typedef struct ac_client {
-  ac_transport transport;
-  ac_endpoint endpoint;
-  char *project_id;
-  char *token;
-  char *ak;
-  char *sk;
-  size_t sk_len;
-  char *security_token;
-  ac_buf url;
-  size_t path_at;              /* where the path starts in url */
-  ac_buf body;
-  ac_buf authorization;
-  struct curl_slist *headers;  /* fixed headers sent on every call */
-  const char *secrets[4];      /* redacted from every error message */
-  int open;
-} ac_client;
 
 
 /* ---------------------------------------------------------------------
@@ -91,6 +77,7 @@ static const ac_option client_options[] = {
   {"proxy", LUA_TSTRING},
   {"allow_http", LUA_TBOOLEAN},
   {"max_body_bytes", LUA_TNUMBER},
+  {"max_connections", LUA_TNUMBER},
   {"file_name", LUA_TSTRING},  /* one-shot create_credential only */
   {NULL, 0}
 };
@@ -190,11 +177,14 @@ static void free_secret(char *s) {
 
 
 static void client_release(ac_client *c) {
+  ac_multi_close(NULL, 0, c);
   ac_transport_free(&c->transport);
   ac_endpoint_free(&c->endpoint);
   curl_slist_free_all(c->headers);
   free(c->project_id);
   free(c->ak);
+  free(c->ca_file);
+  free(c->proxy);
   free_secret(c->token);
   free_secret(c->sk);
   free_secret(c->security_token);
@@ -326,29 +316,39 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
 
 static int configure_transport(lua_State *L, int opts, ac_client *c,
                                char *msg) {
-  ac_transport_opts t;
-  char user_agent[160];
+  ac_transport_opts *t = &c->transport_opts;
+  const char *ca_file = opt_string(L, opts, "ca_file", NULL);
+  const char *proxy = opt_string(L, opts, "proxy", NULL);
   long max_body;
 
-  memset(&t, 0, sizeof t);
   if (opt_count(L, opts, "timeout_ms", AC_DEFAULT_TIMEOUT_MS,
-                AC_MAX_TIMEOUT_MS, &t.timeout_ms, msg) != 0
+                AC_MAX_TIMEOUT_MS, &t->timeout_ms, msg) != 0
       || opt_count(L, opts, "connect_timeout_ms",
                    AC_DEFAULT_CONNECT_TIMEOUT_MS, AC_MAX_TIMEOUT_MS,
-                   &t.connect_timeout_ms, msg) != 0
+                   &t->connect_timeout_ms, msg) != 0
       || opt_count(L, opts, "max_body_bytes", AC_DEFAULT_MAX_BODY_BYTES,
-                   AC_MAX_BODY_LIMIT, &max_body, msg) != 0)
+                   AC_MAX_BODY_LIMIT, &max_body, msg) != 0
+      || opt_count(L, opts, "max_connections", AC_DEFAULT_MAX_CONNECTIONS,
+                   AC_MAX_CONNECTIONS, &c->max_connections, msg) != 0)
     return -1;
 
-  snprintf(user_agent, sizeof user_agent, "lua-appcenter/%s libcurl/%s %s",
-           AC_VERSION, curl_version_info(CURLVERSION_NOW)->version,
-           AC_LUA_NAME);
-  t.max_body_bytes = (size_t)max_body;
-  t.verify_tls = opt_bool(L, opts, "verify_tls", 1);
-  t.ca_file = opt_string(L, opts, "ca_file", NULL);
-  t.proxy = opt_string(L, opts, "proxy", NULL);
-  t.user_agent = user_agent;
-  return ac_transport_init(&c->transport, &t, msg);
+  /* The multi interface configures new handles later, so the strings
+   * are copied out of the options table. */
+  c->ca_file = ca_file ? copy_string(ca_file, strlen(ca_file)) : NULL;
+  c->proxy = proxy ? copy_string(proxy, strlen(proxy)) : NULL;
+  if ((ca_file && !c->ca_file) || (proxy && !c->proxy)) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  snprintf(c->user_agent, sizeof c->user_agent,
+           "lua-appcenter/%s libcurl/%s %s", AC_VERSION,
+           curl_version_info(CURLVERSION_NOW)->version, AC_LUA_NAME);
+  t->max_body_bytes = (size_t)max_body;
+  t->verify_tls = opt_bool(L, opts, "verify_tls", 1);
+  t->ca_file = c->ca_file;
+  t->proxy = c->proxy;
+  t->user_agent = c->user_agent;
+  return ac_transport_init(&c->transport, t, msg);
 }
 
 
@@ -421,6 +421,8 @@ static int push_client(lua_State *L, int opts, const char *fname,
   memset(c, 0, sizeof *c);
   luaL_getmetatable(L, AC_CLIENT_MT);
   lua_setmetatable(L, -2);
+  lua_newtable(L);  /* callbacks of requests in flight */
+  ac_setuservalue(L, -2);
 
   if (configure_client(L, opts, c, msg) != 0) {
     client_release(c);
@@ -436,7 +438,7 @@ static int push_client(lua_State *L, int opts, const char *fname,
 
 /* Signs the request and returns the per-call header list, or NULL when
  * memory runs out. */
-static struct curl_slist *signed_headers(ac_client *c) {
+static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body) {
   char date[AC_SDK_DATE_SIZE];
   ac_header h[5];
   ac_sign_input in;
@@ -464,8 +466,8 @@ static struct curl_slist *signed_headers(ac_client *c) {
   in.path_len = c->url.len - c->path_at;
   in.headers = h;
   in.header_count = n;
-  in.body = c->body.data;
-  in.body_len = c->body.len;
+  in.body = body->data;
+  in.body_len = body->len;
   in.ak = c->ak;
   in.sk = c->sk;
   in.sk_len = c->sk_len;
@@ -518,9 +520,8 @@ static const char *curl_kind(CURLcode rc) {
 
 
 /* Pushes nil and the error for a failed libcurl transfer. */
-static int push_transfer_error(lua_State *L, ac_client *c, CURLcode rc,
-                               long status) {
-  ac_transport *t = &c->transport;
+static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
+                               CURLcode rc, long status) {
   ac_error_info e = {0};
   char message[AC_MSG_SIZE];
 
@@ -545,28 +546,13 @@ static int push_transfer_error(lua_State *L, ac_client *c, CURLcode rc,
 }
 
 
-static int perform(lua_State *L, ac_client *c, const char *file_name,
-                   size_t len, long timeout_ms) {
-  ac_transport *t = &c->transport;
-  struct curl_slist *per_call = NULL;
+int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
+                           CURLcode rc, long status) {
   ac_response r;
-  char msg[AC_MSG_SIZE];
   curl_off_t total_us = 0;
-  long status = 0;
-  CURLcode rc;
 
-  if (ac_check_file_name(file_name, len, msg) != 0)
-    return ac_return_invalid(L, msg);
-  if (ac_build_body(&c->body, file_name, len) != 0)
-    return luaL_error(L, "appcenter.core: not enough memory");
-  if (c->ak != NULL && (per_call = signed_headers(c)) == NULL)
-    return luaL_error(L, "appcenter.core: signing the request failed");
-
-  rc = ac_transport_post(t, c->url.data, per_call ? per_call : c->headers,
-                         c->body.data, c->body.len, timeout_ms, &status);
-  curl_slist_free_all(per_call);
   if (rc != CURLE_OK)
-    return push_transfer_error(L, c, rc, status);
+    return push_transfer_error(L, c, t, rc, status);
 
   curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
   memset(&r, 0, sizeof r);
@@ -578,6 +564,42 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
   r.elapsed_ms = (double)total_us / 1000.0;
   r.secrets = c->secrets;
   return ac_push_response(L, &r);
+}
+
+
+int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
+                      ac_buf *body, struct curl_slist **per_call,
+                      char *msg) {
+  *per_call = NULL;
+  if (ac_check_file_name(file_name, len, msg) != 0)
+    return -1;
+  if (ac_build_body(body, file_name, len) != 0)
+    return -2;
+  if (c->ak != NULL && (*per_call = signed_headers(c, body)) == NULL)
+    return -2;
+  return 0;
+}
+
+
+static int perform(lua_State *L, ac_client *c, const char *file_name,
+                   size_t len, long timeout_ms) {
+  struct curl_slist *per_call;
+  char msg[AC_MSG_SIZE];
+  long status = 0;
+  CURLcode rc;
+
+  switch (ac_client_prepare(c, file_name, len, &c->body, &per_call, msg)) {
+  case -1:
+    return ac_return_invalid(L, msg);
+  case -2:
+    return luaL_error(L, "appcenter.core: not enough memory");
+  }
+
+  rc = ac_transport_post(&c->transport, c->url.data,
+                         per_call ? per_call : c->headers, c->body.data,
+                         c->body.len, timeout_ms, &status);
+  curl_slist_free_all(per_call);
+  return ac_client_push_outcome(L, c, &c->transport, rc, status);
 }
 
 
@@ -633,7 +655,21 @@ static int l_create_credential(lua_State *L) {
 }
 
 
+/* Closes the client. Requests in flight get their callbacks called with
+ * a cancelled error; __gc frees them without calling back. */
 static int l_client_close(lua_State *L) {
+  ac_client *c = check_client(L, 1);
+  int failed = 0;
+
+  lua_settop(L, 1);
+  if (c->open)
+    failed = ac_multi_close(L, 1, c);
+  client_release(c);
+  return failed ? lua_error(L) : 0;
+}
+
+
+static int l_client_gc(lua_State *L) {
   client_release(check_client(L, 1));
   return 0;
 }
@@ -700,8 +736,9 @@ static void register_client_metatable(lua_State *L) {
   }
   lua_newtable(L);
   luaL_setfuncs(L, client_methods, 0);
+  ac_multi_add_methods(L);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_client_close);
+  lua_pushcfunction(L, l_client_gc);
   lua_setfield(L, -2, "__gc");
 #if LUA_VERSION_NUM >= 504
   lua_pushcfunction(L, l_client_close);
@@ -722,6 +759,7 @@ int luaopen_appcenter_core(lua_State *L) {
   ac_response_init(L);
   ac_error_register(L);
   register_client_metatable(L);
+  ac_multi_register(L);
 
   lua_newtable(L);
   luaL_setfuncs(L, module_functions, 0);

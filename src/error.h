@@ -17,6 +17,7 @@
 #define AC_KIND_TLS "tls"
 #define AC_KIND_HTTP "http"
 #define AC_KIND_INVALID_RESPONSE "invalid_response"
+#define AC_KIND_CANCELLED "cancelled"
 
 typedef struct ac_error_info {
   const char *kind;

@@ -155,18 +155,16 @@ void ac_transport_free(ac_transport *t) {
 /* Large responses are rare, so a buffer grown by one is released. */
 #define AC_KEEP_BODY_BYTES (64 * 1024)
 
-CURLcode ac_transport_post(ac_transport *t, const char *url,
-                           struct curl_slist *headers, const char *body,
-                           size_t body_len, long timeout_ms, long *status) {
+void ac_transport_prepare(ac_transport *t, const char *url,
+                          struct curl_slist *headers, const char *body,
+                          size_t body_len, long timeout_ms) {
   CURL *c = t->curl;
-  CURLcode rc;
 
   if (t->body.cap > AC_KEEP_BODY_BYTES)
     ac_buf_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';
-  *status = 0;
 
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
@@ -174,8 +172,17 @@ CURLcode ac_transport_post(ac_transport *t, const char *url,
   curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
                    timeout_ms > 0 ? timeout_ms : t->timeout_ms);
+}
 
-  rc = curl_easy_perform(c);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+
+CURLcode ac_transport_post(ac_transport *t, const char *url,
+                           struct curl_slist *headers, const char *body,
+                           size_t body_len, long timeout_ms, long *status) {
+  CURLcode rc;
+
+  ac_transport_prepare(t, url, headers, body, body_len, timeout_ms);
+  *status = 0;
+  rc = curl_easy_perform(t->curl);
+  curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, status);
   return rc;
 }

@@ -57,6 +57,12 @@ int ac_transport_init(ac_transport *t, const ac_transport_opts *o,
                       char *msg);
 void ac_transport_free(ac_transport *t);
 
+/* Sets up the handle for one POST without sending it, for the multi
+ * interface. The body and headers must stay alive until it completes. */
+void ac_transport_prepare(ac_transport *t, const char *url,
+                          struct curl_slist *headers, const char *body,
+                          size_t body_len, long timeout_ms);
+
 /* Sends one POST and fills t->body, t->request_id and t->retry_after.
  * timeout_ms <= 0 uses the client's timeout. */
 CURLcode ac_transport_post(ac_transport *t, const char *url,

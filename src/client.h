@@ -1,0 +1,84 @@
+/*
+ * The client shared by the blocking calls (core.c) and the multi
+ * interface (multi.c).
+ */
+#ifndef AC_CLIENT_H
+#define AC_CLIENT_H
+
+#include <curl/curl.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "buf.h"
+#include "request.h"
+#include "transport.h"
+
+#define AC_CLIENT_MT "appcenter.core.client"
+
+/* Concurrent connections of one client's multi interface; transfers past
+ * the limit wait in libcurl's queue. */
+#ifndef AC_DEFAULT_MAX_CONNECTIONS
+#define AC_DEFAULT_MAX_CONNECTIONS 16
+#endif
+
+#define AC_USER_AGENT_SIZE 160
+
+typedef struct ac_request ac_request;
+
+typedef struct ac_socket {
+  curl_socket_t fd;
+  int what;                    /* CURL_POLL_IN, _OUT or _INOUT */
+} ac_socket;
+
+typedef struct ac_client {
+  ac_transport transport;      /* the blocking calls' easy handle */
+  ac_transport_opts transport_opts;
+  char *ca_file;
+  char *proxy;
+  char user_agent[AC_USER_AGENT_SIZE];
+  ac_endpoint endpoint;
+  char *project_id;
+  char *token;
+  char *ak;
+  char *sk;
+  size_t sk_len;
+  char *security_token;
+  ac_buf url;
+  size_t path_at;              /* where the path starts in url */
+  ac_buf body;
+  ac_buf authorization;
+  struct curl_slist *headers;  /* fixed headers sent on every call */
+  const char *secrets[4];      /* redacted from every error message */
+
+  CURLM *multi;                /* created by the first start() */
+  ac_request *requests;        /* in flight, doubly linked */
+  int request_count;
+  long max_connections;
+  int polling;                 /* set while poll() runs callbacks */
+  ac_socket *sockets;          /* what libcurl waits for, per socket */
+  size_t socket_count;
+  size_t socket_cap;
+  int open;
+} ac_client;
+
+/* Validates file_name, writes the JSON body into body and, with AK/SK,
+ * the signed per-call headers into *per_call. Returns 0; -1 with msg for
+ * invalid input; -2 when memory runs out. */
+int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
+                      ac_buf *body, struct curl_slist **per_call,
+                      char *msg);
+
+/* Pushes `result, meta` or `nil, err` for a finished transfer. */
+int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
+                           CURLcode rc, long status);
+
+/* multi.c: the non-blocking requests. */
+void ac_multi_register(lua_State *L);
+void ac_multi_add_methods(lua_State *L);
+/* Cancels every request in flight. With L, their callbacks are called
+ * with a cancelled error (the client is at index idx) and the stack index
+ * of the first callback error is returned, or 0. Without L they are only
+ * freed, as in __gc. */
+int ac_multi_close(lua_State *L, int idx, ac_client *c);
+
+#endif

@@ -1,0 +1,528 @@
+/*
+ * Non-blocking requests on libcurl's multi interface.
+ *
+ *   local req = client:start(file_name, function(result, meta_or_err) end)
+ *   client:poll(timeout_ms)   -- drives transfers, runs callbacks
+ *
+ * Each request is a userdata with its own easy handle; the client's multi
+ * handle shares one connection cache among them. References:
+ *   client uservalue[lightuserdata(req)] = request userdata (while in
+ *   flight, so an unreferenced request still completes);
+ *   request uservalue = {client userdata, callback}.
+ * Every started request gets exactly one callback call: its outcome, or
+ * a `cancelled` error from cancel() or close(). When a client is garbage
+ * collected with requests in flight, they are freed without callbacks.
+ *
+ * Caveats: callbacks run inside poll(), never from libcurl callbacks;
+ * poll() may not be called from a callback.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client.h"
+#include "compat.h"
+#include "error.h"
+
+#define AC_REQUEST_MT "appcenter.core.request"
+
+enum { AC_REQ_RUNNING = 1, AC_REQ_DONE, AC_REQ_CANCELLED };
+
+struct ac_request {
+  ac_transport transport;
+  ac_buf body;
+  struct curl_slist *headers;  /* per call (AK/SK); NULL: the client's */
+  ac_client *client;           /* NULL once finished */
+  ac_request *prev;
+  ac_request *next;
+  int state;
+};
+
+
+/* ---------------------------------------------------------------------
+ * Bookkeeping without Lua
+ * ------------------------------------------------------------------- */
+
+static double now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+
+/* Takes r out of its client's multi handle and list and frees its
+ * transfer state. The userdata itself stays for Lua to collect. */
+static void detach(ac_request *r, int state) {
+  ac_client *c = r->client;
+
+  if (c != NULL) {
+    curl_multi_remove_handle(c->multi, r->transport.curl);
+    if (r->prev != NULL)
+      r->prev->next = r->next;
+    else
+      c->requests = r->next;
+    if (r->next != NULL)
+      r->next->prev = r->prev;
+    c->request_count--;
+  }
+  r->client = NULL;
+  r->prev = r->next = NULL;
+  r->state = state;
+}
+
+
+static void free_transfer(ac_request *r) {
+  ac_transport_free(&r->transport);
+  ac_buf_free(&r->body);
+  curl_slist_free_all(r->headers);
+  r->headers = NULL;
+}
+
+
+/* libcurl's socket callback: records what it waits for on each socket,
+ * for client:sockets(). */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *ud,
+                     void *socket_ud) {
+  ac_client *c = ud;
+  size_t i;
+
+  (void)easy;
+  (void)socket_ud;
+  for (i = 0; i < c->socket_count; i++)
+    if (c->sockets[i].fd == fd)
+      break;
+
+  if (what == CURL_POLL_REMOVE) {
+    if (i < c->socket_count)
+      c->sockets[i] = c->sockets[--c->socket_count];
+    return 0;
+  }
+  if (i == c->socket_count) {
+    if (c->socket_count == c->socket_cap) {
+      size_t cap = c->socket_cap ? c->socket_cap * 2 : 8;
+      ac_socket *grown = realloc(c->sockets, cap * sizeof *grown);
+      if (grown == NULL)
+        return -1;
+      c->sockets = grown;
+      c->socket_cap = cap;
+    }
+    c->socket_count++;
+  }
+  c->sockets[i].fd = fd;
+  c->sockets[i].what = what;
+  return 0;
+}
+
+
+static int ensure_multi(ac_client *c) {
+  CURLM *m;
+
+  if (c->multi != NULL)
+    return 0;
+  m = curl_multi_init();
+  if (m == NULL)
+    return -1;
+  curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, c->max_connections);
+  curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, c->max_connections);
+  curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, c->max_connections);
+  curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(m, CURLMOPT_SOCKETDATA, c);
+  c->multi = m;
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Completion: one callback call per request
+ * ------------------------------------------------------------------- */
+
+/* Pushes the request userdata for r and drops the client's reference to
+ * it. The client userdata is at client_idx. */
+static void take_request(lua_State *L, int client_idx, ac_request *r) {
+  ac_getuservalue(L, client_idx);
+  lua_pushlightuserdata(L, r);
+  lua_rawget(L, -2);
+  lua_pushlightuserdata(L, r);
+  lua_pushnil(L);
+  lua_rawset(L, -4);
+  lua_remove(L, -2);
+}
+
+
+/* Pushes the callback of the request at req_idx and forgets it. */
+static void take_callback(lua_State *L, int req_idx) {
+  ac_getuservalue(L, req_idx);
+  lua_rawgeti(L, -1, 2);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, 2);
+  lua_remove(L, -2);
+}
+
+
+static void push_cancelled(lua_State *L, const char *message) {
+  ac_error_info e = {0};
+
+  e.kind = AC_KIND_CANCELLED;
+  e.message = message;
+  lua_pushnil(L);
+  ac_push_error(L, &e);
+}
+
+
+/* Finishes r and calls its callback in protected mode. With cancel_reason
+ * the outcome is a cancelled error, else the transfer's result. Returns
+ * 0, or -1 with the callback's error on the stack. */
+static int complete(lua_State *L, int client_idx, ac_request *r,
+                    CURLcode rc, const char *cancel_reason) {
+  ac_client *c = r->client;
+  long status = 0;
+  int req_idx;
+
+  take_request(L, client_idx, r);
+  req_idx = lua_gettop(L);
+  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &status);
+  detach(r, cancel_reason ? AC_REQ_CANCELLED : AC_REQ_DONE);
+
+  take_callback(L, req_idx);
+  if (cancel_reason != NULL)
+    push_cancelled(L, cancel_reason);
+  else
+    ac_client_push_outcome(L, c, &r->transport, rc, status);
+  free_transfer(r);
+  lua_remove(L, req_idx);
+
+  return lua_pcall(L, 2, 0, 0) == 0 ? 0 : -1;
+}
+
+
+/* Keeps the first callback error at *saved (0: none yet) and drops the
+ * rest, so that one bad callback does not hide the others' results. */
+static void keep_first_error(lua_State *L, int *saved) {
+  if (*saved == 0)
+    *saved = lua_gettop(L);
+  else
+    lua_pop(L, 1);
+}
+
+
+/* Runs the callbacks of finished transfers; returns how many. */
+static int drain(lua_State *L, int client_idx, ac_client *c, int *saved) {
+  CURLMsg *msg;
+  int left, done = 0;
+
+  while (c->open && c->multi != NULL
+         && (msg = curl_multi_info_read(c->multi, &left)) != NULL) {
+    ac_request *r = NULL;
+
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    if (complete(L, client_idx, r, msg->data.result, NULL) != 0)
+      keep_first_error(L, saved);
+    done++;
+  }
+  return done;
+}
+
+
+int ac_multi_close(lua_State *L, int idx, ac_client *c) {
+  int saved = 0;
+
+  while (c->requests != NULL) {
+    ac_request *r = c->requests;
+
+    if (L != NULL) {
+      if (complete(L, idx, r, CURLE_OK, "the client was closed") != 0)
+        keep_first_error(L, &saved);
+    } else {
+      detach(r, AC_REQ_CANCELLED);
+      free_transfer(r);
+    }
+  }
+  if (c->multi != NULL)
+    curl_multi_cleanup(c->multi);
+  c->multi = NULL;
+  free(c->sockets);
+  c->sockets = NULL;
+  c->socket_count = c->socket_cap = 0;
+  return saved;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Client methods
+ * ------------------------------------------------------------------- */
+
+static ac_client *check_open(lua_State *L) {
+  ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
+
+  if (!c->open)
+    luaL_error(L, "appcenter.core: the client is closed");
+  return c;
+}
+
+
+/* Reads the optional {timeout_ms = n} table at idx; 0 when absent. */
+static long call_timeout(lua_State *L, int idx) {
+  lua_Number v;
+
+  if (lua_isnoneornil(L, idx))
+    return 0;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING
+        || strcmp(lua_tostring(L, -2), "timeout_ms") != 0)
+      luaL_error(L, "start: unknown option '%s'",
+                 lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2)
+                                                : luaL_typename(L, -2));
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, idx, "timeout_ms");
+  v = luaL_checknumber(L, -1);
+  luaL_argcheck(L, v >= 1 && v <= 86400000, idx,
+                "timeout_ms must be from 1 to 86400000");
+  lua_pop(L, 1);
+  return (long)v;
+}
+
+
+static int l_start(lua_State *L) {
+  ac_client *c = check_open(L);
+  ac_request *r;
+  const char *file_name;
+  char msg[AC_MSG_SIZE];
+  size_t len;
+  long timeout_ms;
+
+  luaL_checktype(L, 2, LUA_TSTRING);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  timeout_ms = call_timeout(L, 4);
+  file_name = lua_tolstring(L, 2, &len);
+
+  r = ac_newuserdata(L, sizeof *r);
+  memset(r, 0, sizeof *r);
+  luaL_getmetatable(L, AC_REQUEST_MT);
+  lua_setmetatable(L, -2);
+
+  switch (ac_client_prepare(c, file_name, len, &r->body, &r->headers,
+                            msg)) {
+  case -1:
+    return ac_return_invalid(L, msg);
+  case -2:
+    return luaL_error(L, "appcenter.core: not enough memory");
+  }
+  if (ensure_multi(c) != 0
+      || ac_transport_init(&r->transport, &c->transport_opts, msg) != 0)
+    return luaL_error(L, "appcenter.core: cannot start a request: %s",
+                      c->multi ? msg : "curl_multi_init failed");
+
+  ac_transport_prepare(&r->transport, c->url.data,
+                       r->headers ? r->headers : c->headers, r->body.data,
+                       r->body.len, timeout_ms);
+  curl_easy_setopt(r->transport.curl, CURLOPT_PRIVATE, (char *)r);
+
+  /* Lua references first: nothing below may raise once libcurl owns
+   * the handle without the client knowing about it. */
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2);
+  ac_setuservalue(L, -2);
+  ac_getuservalue(L, 1);
+  lua_pushlightuserdata(L, r);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+
+  if (curl_multi_add_handle(c->multi, r->transport.curl) != CURLM_OK) {
+    take_request(L, 1, r);
+    lua_pop(L, 1);
+    return luaL_error(L, "appcenter.core: curl_multi_add_handle failed");
+  }
+  r->client = c;
+  r->state = AC_REQ_RUNNING;
+  r->next = c->requests;
+  if (c->requests != NULL)
+    c->requests->prev = r;
+  c->requests = r;
+  c->request_count++;
+  return 1;
+}
+
+
+static int l_poll(lua_State *L) {
+  ac_client *c = check_open(L);
+  lua_Integer timeout_ms = luaL_optinteger(L, 2, 0);
+  double deadline = now_ms() + (double)timeout_ms;
+  int done = 0, saved = 0, running;
+
+  luaL_argcheck(L, timeout_ms >= 0, 2, "timeout_ms must not be negative");
+  if (c->polling)
+    return luaL_error(L, "appcenter.core: poll called from a request "
+                      "callback");
+  lua_settop(L, 1);
+
+  c->polling = 1;
+  while (c->open && c->request_count > 0) {
+    double left;
+
+    curl_multi_perform(c->multi, &running);
+    done += drain(L, 1, c, &saved);
+    left = deadline - now_ms();
+    if (done > 0 || !c->open || c->request_count == 0 || left < 1)
+      break;
+    curl_multi_poll(c->multi, NULL, 0, (int)left, NULL);
+  }
+  c->polling = 0;
+
+  if (saved != 0) {
+    lua_pushvalue(L, saved);
+    return lua_error(L);
+  }
+  lua_pushinteger(L, done);
+  return 1;
+}
+
+
+static int l_perform(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushinteger(L, 0);
+  return l_poll(L);
+}
+
+
+static int l_pending(lua_State *L) {
+  ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
+
+  lua_pushinteger(L, c->request_count);
+  return 1;
+}
+
+
+/* Returns the sockets libcurl waits on, as {fd, read, write} tables. */
+static int l_sockets(lua_State *L) {
+  ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
+  size_t i;
+
+  lua_createtable(L, (int)c->socket_count, 0);
+  for (i = 0; i < c->socket_count; i++) {
+    int what = c->sockets[i].what;
+
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)c->sockets[i].fd);
+    lua_setfield(L, -2, "fd");
+    lua_pushboolean(L, what == CURL_POLL_IN || what == CURL_POLL_INOUT);
+    lua_setfield(L, -2, "read");
+    lua_pushboolean(L, what == CURL_POLL_OUT || what == CURL_POLL_INOUT);
+    lua_setfield(L, -2, "write");
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  return 1;
+}
+
+
+/* Returns the milliseconds until libcurl needs poll() again, or nil
+ * when it has no timer set. */
+static int l_timeout(lua_State *L) {
+  ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
+  long ms = -1;
+
+  if (c->multi != NULL)
+    curl_multi_timeout(c->multi, &ms);
+  if (ms < 0)
+    lua_pushnil(L);
+  else
+    lua_pushinteger(L, ms);
+  return 1;
+}
+
+
+static const luaL_Reg client_methods[] = {
+  {"start", l_start},
+  {"poll", l_poll},
+  {"perform", l_perform},
+  {"pending", l_pending},
+  {"sockets", l_sockets},
+  {"timeout", l_timeout},
+  {NULL, NULL}
+};
+
+
+void ac_multi_add_methods(lua_State *L) {
+  luaL_setfuncs(L, client_methods, 0);
+}
+
+
+/* ---------------------------------------------------------------------
+ * Request methods
+ * ------------------------------------------------------------------- */
+
+static int l_request_cancel(lua_State *L) {
+  ac_request *r = luaL_checkudata(L, 1, AC_REQUEST_MT);
+
+  if (r->client == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+
+  /* The client userdata is the first entry of the request's uservalue. */
+  lua_settop(L, 1);
+  ac_getuservalue(L, 1);
+  lua_rawgeti(L, -1, 1);
+  if (complete(L, 3, r, CURLE_OK, "the request was cancelled") != 0)
+    return lua_error(L);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+static int l_request_status(lua_State *L) {
+  ac_request *r = luaL_checkudata(L, 1, AC_REQUEST_MT);
+  static const char *const names[] = {"new", "running", "done",
+                                      "cancelled"};
+
+  lua_pushstring(L, names[r->state]);
+  return 1;
+}
+
+
+static int l_request_tostring(lua_State *L) {
+  l_request_status(L);
+  lua_pushfstring(L, "appcenter.core.request (%s)", lua_tostring(L, -1));
+  return 1;
+}
+
+
+static int l_request_gc(lua_State *L) {
+  ac_request *r = luaL_checkudata(L, 1, AC_REQUEST_MT);
+
+  detach(r, AC_REQ_CANCELLED);
+  free_transfer(r);
+  return 0;
+}
+
+
+static const luaL_Reg request_methods[] = {
+  {"cancel", l_request_cancel},
+  {"status", l_request_status},
+  {NULL, NULL}
+};
+
+
+void ac_multi_register(lua_State *L) {
+  if (!luaL_newmetatable(L, AC_REQUEST_MT)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  luaL_setfuncs(L, request_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_request_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_request_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
