@@ -13,9 +13,14 @@
  * a `cancelled` error from cancel() or close(). When a client is garbage
  * collected with requests in flight, they are freed without callbacks.
  *
+ * Transfers are driven with curl_multi_socket_action: libcurl's socket
+ * callback keeps the list of sockets it waits on, poll(2) waits on them,
+ * and the ready ones are handed back to libcurl.
+ *
  * Caveats: callbacks run inside poll(), never from libcurl callbacks;
  * poll() may not be called from a callback.
  */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -353,13 +358,72 @@ static int l_start(lua_State *L) {
 }
 
 
+/* Fires libcurl's timer when it has expired. */
+static void run_expired_timer(ac_client *c) {
+  long ms = -1;
+  int running;
+
+  curl_multi_timeout(c->multi, &ms);
+  if (ms == 0)
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+
+/* Waits at most wait_ms for the sockets libcurl waits on (less when its
+ * timer is due sooner) and hands the ready ones to libcurl. */
+static void service_sockets(ac_client *c, long wait_ms) {
+  struct pollfd stack[32], *fds = stack;
+  size_t i, n;
+  long curl_ms = -1;
+  int running, ready;
+
+  run_expired_timer(c);
+  curl_multi_timeout(c->multi, &curl_ms);
+  if (curl_ms >= 0 && curl_ms < wait_ms)
+    wait_ms = curl_ms;
+
+  /* The socket callback may change c->sockets during socket_action, so
+   * poll(2) works on a copy. */
+  n = c->socket_count;
+  if (n > sizeof stack / sizeof stack[0]
+      && (fds = malloc(n * sizeof *fds)) == NULL) {
+    fds = stack;
+    n = sizeof stack / sizeof stack[0];
+  }
+  for (i = 0; i < n; i++) {
+    int what = c->sockets[i].what;
+    fds[i].fd = c->sockets[i].fd;
+    fds[i].events = (short)((what & CURL_POLL_IN ? POLLIN : 0)
+                            | (what & CURL_POLL_OUT ? POLLOUT : 0));
+    fds[i].revents = 0;
+  }
+
+  ready = poll(fds, (nfds_t)n, (int)wait_ms);
+  for (i = 0; ready > 0 && i < n; i++) {
+    int mask = 0;
+    if (fds[i].revents & (POLLIN | POLLHUP))
+      mask |= CURL_CSELECT_IN;
+    if (fds[i].revents & POLLOUT)
+      mask |= CURL_CSELECT_OUT;
+    if (fds[i].revents & (POLLERR | POLLNVAL))
+      mask |= CURL_CSELECT_ERR;
+    if (mask != 0)
+      curl_multi_socket_action(c->multi, fds[i].fd, mask, &running);
+  }
+  if (fds != stack)
+    free(fds);
+  run_expired_timer(c);
+}
+
+
 static int l_poll(lua_State *L) {
   ac_client *c = check_open(L);
   lua_Integer timeout_ms = luaL_optinteger(L, 2, 0);
   double deadline = now_ms() + (double)timeout_ms;
-  int done = 0, saved = 0, running;
+  int done = 0, saved = 0;
 
-  luaL_argcheck(L, timeout_ms >= 0, 2, "timeout_ms must not be negative");
+  luaL_argcheck(L, timeout_ms >= 0 && timeout_ms <= 86400000, 2,
+                "timeout_ms must be from 0 to 86400000");
   if (c->polling)
     return luaL_error(L, "appcenter.core: poll called from a request "
                       "callback");
@@ -367,14 +431,12 @@ static int l_poll(lua_State *L) {
 
   c->polling = 1;
   while (c->open && c->request_count > 0) {
-    double left;
+    double left = deadline - now_ms();
 
-    curl_multi_perform(c->multi, &running);
+    service_sockets(c, left >= 1 ? (long)left : 0);
     done += drain(L, 1, c, &saved);
-    left = deadline - now_ms();
-    if (done > 0 || !c->open || c->request_count == 0 || left < 1)
+    if (done > 0 || now_ms() >= deadline)
       break;
-    curl_multi_poll(c->multi, NULL, 0, (int)left, NULL);
   }
   c->polling = 0;
 
