@@ -1,0 +1,122 @@
+-- Lua wrapper around appcenter.core: retries with backoff, one deadline per
+-- call and a retry budget per client.
+--
+--   local appcenter = require("appcenter")
+--   local client = appcenter.new{ region = "cn-north-4",
+--     project_id = "...", token = "..." }
+--   local result, meta_or_err = client:create_credential("replay.bin")
+--
+-- Options are those of appcenter.core (endpoint, region, project_id, token,
+-- ak, sk, security_token, timeout_ms, connect_timeout_ms, ca_file,
+-- verify_tls, proxy, allow_http, max_body_bytes) plus:
+--
+--   retry      table, or false for a single attempt:
+--     max_attempts   3      attempts per call, the first one included
+--     base_delay_ms  100    backoff before attempt n + 1 is uniform in
+--     max_delay_ms   5000     [0, min(max_delay_ms, base_delay_ms * 2^(n-1))]
+--     deadline_ms    60000  time for all attempts and delays of one call
+--     budget         table, or false for no budget: the token bucket of
+--                    appcenter/budget.lua (capacity 500, retry_cost 5,
+--                    timeout_cost 10, success_refund 1)
+--     random         function returning a number in [0, 1); math.random
+--     on_retry       function(err, attempt, delay_ms), called before each
+--                    retry, `attempt` being the attempt that just failed
+--   now        function returning seconds; core.monotonic
+--   sleep      function(seconds); core.sleep, which blocks the thread
+--
+-- Only errors with `retryable = true` are retried (429, 500, 502, 503, 504,
+-- network errors and timeouts as appcenter.core flags them). A Retry-After
+-- header on 429 and 503 replaces the backoff, clamped to max_delay_ms. When
+-- the header requests more time than the deadline leaves, the call returns
+-- the error at once. No attempt starts after the deadline, and each attempt's
+-- timeout is min(timeout_ms, time left).
+
+local core = require("appcenter.core")
+local options = require("appcenter.options")
+local retry = require("appcenter.retry")
+
+local appcenter = {}
+
+appcenter.VERSION = "0.1.0"
+
+local Client = {}
+Client.__index = Client
+
+
+-- Fills in credentials that the caller did not pass, from sources outside
+-- the option table, and returns the options for core.new.
+-- TODO: read the environment variables and the profile file here. Until
+-- then the options are returned unchanged.
+local function resolve_credentials(core_opts)
+  return core_opts
+end
+
+local function new_client(opts, caller)
+  local one_shot = caller == "create_credential"
+  local message = options.validate(opts, one_shot)
+  if not message and one_shot and opts.file_name == nil then
+    message = "missing option 'file_name'"
+  end
+  if message then
+    error(("appcenter.%s: %s"):format(caller, message), 3)
+  end
+
+  local core_opts = resolve_credentials(options.core_options(opts))
+  local core_client, err = core.new(core_opts)
+  if not core_client then
+    return nil, err
+  end
+
+  local clock = { now = core.monotonic, sleep = core.sleep }
+  return setmetatable({
+    core_client = core_client,
+    policy = options.build_policy(opts, clock),
+  }, Client)
+end
+
+-- Creates a client that keeps its connection and its retry budget across
+-- calls. Raises when an option has a wrong type, an out-of-range retry
+-- setting or an unknown name. Returns nil and an invalid_argument error
+-- when core.new rejects a value, such as a missing endpoint and region.
+function appcenter.new(opts)
+  return new_client(opts, "new")
+end
+
+-- Requests an upload credential for `file_name`, retrying as configured.
+-- Returns `result, meta` or `nil, err`, where meta.attempts,
+-- meta.elapsed_ms and err.attempts cover all attempts of this call.
+function Client:create_credential(file_name)
+  if type(file_name) ~= "string" then
+    error(("bad argument #1 to 'create_credential' (string expected, got %s)")
+      :format(type(file_name)), 2)
+  end
+
+  local core_client = self.core_client
+  return retry.run(self.policy, function(timeout_ms)
+    local call_opts
+    if timeout_ms then
+      call_opts = { timeout_ms = timeout_ms }
+    end
+    return core_client:create_credential(file_name, call_opts)
+  end)
+end
+
+-- Closes the connection. Garbage collection closes it too.
+function Client:close()
+  self.core_client:close()
+end
+
+-- Requests one credential with a client of its own, which is closed
+-- afterwards, so the retry budget starts full on every call.
+-- `opts.file_name` is the file name.
+function appcenter.create_credential(opts)
+  local client, err = new_client(opts, "create_credential")
+  if not client then
+    return nil, err
+  end
+  local result, info = client:create_credential(opts.file_name)
+  client:close()
+  return result, info
+end
+
+return appcenter

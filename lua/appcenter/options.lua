@@ -1,0 +1,250 @@
+-- Option names, types and ranges of the wrapper, their validation, and the
+-- retry policy built from them.
+--
+-- Wrong types, out-of-range values and unknown names are programming
+-- errors, so the caller raises with the message that validate() returns.
+
+local budget = require("appcenter.budget")
+local retry = require("appcenter.retry")
+
+local options = {}
+
+-- Per-attempt timeout that appcenter.core uses when timeout_ms is not set.
+-- The wrapper needs the number to cut attempts to the deadline.
+options.DEFAULT_TIMEOUT_MS = 30000
+
+-- Options passed on to appcenter.core. core.new raises on any other name,
+-- so this list must match the C module's.
+local CORE_TYPES = {
+  endpoint = "string",
+  region = "string",
+  project_id = "string",
+  token = "string",
+  ak = "string",
+  sk = "string",
+  security_token = "string",
+  timeout_ms = "number",
+  connect_timeout_ms = "number",
+  ca_file = "string",
+  verify_tls = "boolean",
+  proxy = "string",
+  allow_http = "boolean",
+  max_body_bytes = "number",
+}
+
+-- Options of the wrapper itself, which are not passed to core.new.
+local WRAPPER_TYPES = {
+  retry = "table or false",
+  sleep = "function",
+  now = "function",
+}
+
+local RETRY_TYPES = {
+  max_attempts = "number",
+  base_delay_ms = "number",
+  max_delay_ms = "number",
+  deadline_ms = "number",
+  budget = "table or false",
+  random = "function",
+  on_retry = "function",
+}
+
+local BUDGET_TYPES = {
+  capacity = "number",
+  retry_cost = "number",
+  timeout_cost = "number",
+  success_refund = "number",
+}
+
+-- Smallest value of each numeric wrapper option, and whether it must be an
+-- integer. Core options are range-checked by core.new.
+local RANGES = {
+  ["retry.max_attempts"] = { min = 1, integer = true },
+  ["retry.base_delay_ms"] = { min = 0 },
+  ["retry.max_delay_ms"] = { min = 0 },
+  ["retry.deadline_ms"] = { min = 1 },
+  ["retry.budget.capacity"] = { min = 0 },
+  ["retry.budget.retry_cost"] = { min = 0 },
+  ["retry.budget.timeout_cost"] = { min = 0 },
+  ["retry.budget.success_refund"] = { min = 0 },
+}
+
+
+-- Returns the Levenshtein distance between two short strings.
+local function edit_distance(a, b)
+  local previous = {}
+  for j = 0, #b do
+    previous[j] = j
+  end
+
+  for i = 1, #a do
+    local current = { [0] = i }
+    for j = 1, #b do
+      local substitution = previous[j - 1]
+      if a:byte(i) ~= b:byte(j) then
+        substitution = substitution + 1
+      end
+      current[j] = math.min(previous[j] + 1, current[j - 1] + 1, substitution)
+    end
+    previous = current
+  end
+  return previous[#b]
+end
+
+-- Returns the known name closest to `name` when it is a likely typo.
+local function suggest_name(name, types)
+  local best, best_distance = nil, 3
+  for known in pairs(types) do
+    local distance = edit_distance(name, known)
+    if distance < best_distance or
+        (distance == best_distance and best and known < best) then
+      best, best_distance = known, distance
+    end
+  end
+  return best
+end
+
+local function unknown_name_message(path, name, types)
+  local message = ("unknown option '%s%s'"):format(path, tostring(name))
+  local suggestion = type(name) == "string" and suggest_name(name, types)
+  if suggestion then
+    message = message .. (" (did you mean '%s%s'?)"):format(path, suggestion)
+  end
+  return message
+end
+
+
+local function check_type(name, value, expected)
+  local actual = type(value)
+  if actual == expected then
+    return nil
+  end
+  if expected == "table or false" and (actual == "table" or value == false) then
+    return nil
+  end
+  local article = expected:match("^[aeiou]") and "an" or "a"
+  return ("option '%s' must be %s %s, got %s"):format(
+    name, article, expected, actual)
+end
+
+local function check_range(name, value)
+  local range = RANGES[name]
+  if not range then
+    return nil
+  end
+
+  local finite = value == value and value > -math.huge and value < math.huge
+  local whole = finite and value == math.floor(value)
+  if not finite or value < range.min or (range.integer and not whole) then
+    local kind = range.integer and "an integer" or "a number"
+    return ("option '%s' must be %s >= %s, got %s"):format(
+      name, kind, tostring(range.min), tostring(value))
+  end
+  return nil
+end
+
+-- Checks every entry of `tbl` against `types` ("name" = "type") and the
+-- ranges. Returns an error message or nil. `path` prefixes nested names.
+local function check_table(tbl, types, path)
+  for name, value in pairs(tbl) do
+    local expected = types[name]
+    if not expected then
+      return unknown_name_message(path, name, types)
+    end
+
+    local message = check_type(path .. name, value, expected)
+      or (type(value) == "number" and check_range(path .. name, value))
+    if message then
+      return message
+    end
+  end
+  return nil
+end
+
+
+-- Validates the option table of appcenter.new, or of the one-shot
+-- appcenter.create_credential when `with_file_name` is true. Returns nil
+-- when the options are valid, else a message that names the option.
+function options.validate(opts, with_file_name)
+  if type(opts) ~= "table" then
+    return ("options must be a table, got %s"):format(type(opts))
+  end
+
+  local types = {}
+  for name, expected in pairs(CORE_TYPES) do
+    types[name] = expected
+  end
+  for name, expected in pairs(WRAPPER_TYPES) do
+    types[name] = expected
+  end
+  if with_file_name then
+    types.file_name = "string"
+  end
+
+  local message = check_table(opts, types, "")
+  if message or type(opts.retry) ~= "table" then
+    return message
+  end
+
+  message = check_table(opts.retry, RETRY_TYPES, "retry.")
+  if message or type(opts.retry.budget) ~= "table" then
+    return message
+  end
+  return check_table(opts.retry.budget, BUDGET_TYPES, "retry.budget.")
+end
+
+-- Returns a copy of the options that appcenter.core accepts.
+function options.core_options(opts)
+  local core_opts = {}
+  for name in pairs(CORE_TYPES) do
+    core_opts[name] = opts[name]
+  end
+  return core_opts
+end
+
+local function with_defaults(tbl, defaults)
+  local merged = {}
+  for name, default in pairs(defaults) do
+    if tbl[name] == nil then
+      merged[name] = default
+    else
+      merged[name] = tbl[name]
+    end
+  end
+  return merged
+end
+
+-- Builds the policy that retry.run expects from validated options.
+-- `clock.now` and `clock.sleep` are the defaults for the options of the
+-- same names.
+--
+-- NOTE: the default `random` is math.random. Lua 5.4 seeds it randomly
+-- at start-up, but LuaJIT 2.1 starts every process with the same seed, so
+-- on LuaJIT processes that start together draw the same delays unless the
+-- application calls math.randomseed or passes retry.random.
+function options.build_policy(opts, clock)
+  local settings = opts.retry
+  if settings == false then
+    settings = { max_attempts = 1 }
+  elseif settings == nil then
+    settings = {}
+  end
+
+  local policy = with_defaults(settings, retry.DEFAULTS)
+  policy.timeout_ms = opts.timeout_ms or options.DEFAULT_TIMEOUT_MS
+  policy.now = opts.now or clock.now
+  policy.sleep = opts.sleep or clock.sleep
+  policy.random = settings.random or math.random
+  policy.on_retry = settings.on_retry
+
+  if opts.retry == false then
+    -- One attempt, bounded by the core client's own timeout.
+    policy.deadline_ms = nil
+  elseif settings.budget ~= false then
+    policy.budget = budget.new(with_defaults(settings.budget or {},
+      budget.DEFAULTS))
+  end
+  return policy
+end
+
+return options
