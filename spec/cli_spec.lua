@@ -1,0 +1,274 @@
+-- tools/appcenter-credential run as a separate process against the local
+-- App Center emulator.
+
+local cjson = require("cjson")
+local emulator = require("spec.support.emulator")
+
+local TOOL = "tools/appcenter-credential"
+
+local function shell_quote(value)
+  return "'" .. value:gsub("'", "'\\''") .. "'"
+end
+
+local function read_file(path)
+  local file = assert(io.open(path, "rb"))
+  local text = file:read("*a")
+  file:close()
+  return text
+end
+
+local function write_file(path, text)
+  local file = assert(io.open(path, "wb"))
+  file:write(text)
+  file:close()
+end
+
+-- Runs the tool with `args` and the environment variable APPCENTER_TOKEN
+-- set to `token`, or unset when `token` is nil. Returns the exit status,
+-- standard output and standard error.
+local function run_tool(args, token)
+  local stderr_path = os.tmpname()
+  local words = {}
+  for i, value in ipairs(args) do
+    words[i] = shell_quote(value)
+  end
+
+  local env = "env -u APPCENTER_TOKEN"
+  if token then
+    env = "env APPCENTER_TOKEN=" .. shell_quote(token)
+  end
+  local command = ("%s %s %s 2>%s </dev/null; echo \"exit=$?\""):format(
+    env, TOOL, table.concat(words, " "), shell_quote(stderr_path))
+
+  local pipe = assert(io.popen(command, "r"))
+  local output = pipe:read("*a")
+  pipe:close()
+  local stderr = read_file(stderr_path)
+  os.remove(stderr_path)
+
+  local stdout, status = output:match("^(.-)exit=(%d+)\n$")
+  return tonumber(status), stdout, stderr
+end
+
+local function count_lines(text)
+  local _, count = text:gsub("\n", "")
+  return count
+end
+
+describe("appcenter-credential", function()
+  local emu
+
+  setup(function()
+    emu = emulator.start{}
+  end)
+
+  teardown(function()
+    emu:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local function endpoint_args(file_name)
+    return { "--endpoint", emu.url, "--project-id", emu.project_id, file_name }
+  end
+
+  it("prints credential as JSON", function()
+    local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+      emu.token)
+
+    assert.equal(0, status)
+    assert.equal("", stderr)
+    local result = cjson.decode(stdout)
+    assert.is_string(result.credential.access)
+    assert.is_string(result.credential.secret)
+    assert.equal("Allow", result.policy.statement.effect)
+    assert.is_not_nil(result.object_path:find("replay.bin", 1, true))
+  end)
+
+  it("output is indented with sorted keys", function()
+    local _, stdout = run_tool(endpoint_args("replay.bin"), emu.token)
+
+    assert.equal("{\n", stdout:sub(1, 2))
+    assert.equal("}\n", stdout:sub(-2))
+    assert.is_not_nil(stdout:find('\n  "credential": {\n    "access": ', 1,
+      true))
+    assert.is_true(stdout:find('"bucket_name"', 1, true)
+      < stdout:find('"credential"', 1, true))
+    assert.is_nil(stdout:find("\\/", 1, true))
+  end)
+
+  it("reads token from file", function()
+    local token_path = os.tmpname()
+    write_file(token_path, emu.token .. "\n")
+
+    local args = endpoint_args("replay.bin")
+    table.insert(args, 1, token_path)
+    table.insert(args, 1, "--token-file")
+    local status, stdout = run_tool(args, nil)
+    os.remove(token_path)
+
+    assert.equal(0, status)
+    assert.is_table(cjson.decode(stdout))
+  end)
+
+  it("accepts option=value form", function()
+    local status = run_tool({
+      "--endpoint=" .. emu.url, "--project-id=" .. emu.project_id,
+      "--timeout-ms=5000", "replay.bin",
+    }, emu.token)
+
+    assert.equal(0, status)
+  end)
+
+  it("help exits 0", function()
+    local status, stdout, stderr = run_tool({ "--help" }, nil)
+
+    assert.equal(0, status)
+    assert.equal("Usage: ", stdout:sub(1, 7))
+    assert.equal("", stderr)
+  end)
+
+  describe("usage error", function()
+    local cases = {
+      { "missing token", endpoint_args, nil, "missing token" },
+      { "missing file name", function()
+          return { "--endpoint", emu.url, "--project-id", emu.project_id }
+        end, "token", "missing FILE_NAME" },
+      { "two file names", function()
+          local args = endpoint_args("a.bin")
+          args[#args + 1] = "b.bin"
+          return args
+        end, "token", "expected one FILE_NAME, got 2" },
+      { "missing project id", function()
+          return { "--endpoint", emu.url, "replay.bin" }
+        end, "token", "missing --project-id" },
+      { "unknown option", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--verbose"
+          return args
+        end, "token", "unknown option --verbose" },
+      { "invalid timeout", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--timeout-ms"
+          args[#args + 1] = "soon"
+          return args
+        end, "token", "invalid --timeout-ms 'soon'" },
+      { "missing option value", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--ca-file"
+          return args
+        end, "token", "option --ca-file requires a value" },
+      { "unreadable token file", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--token-file"
+          args[#args + 1] = "/nonexistent/token"
+          return args
+        end, nil, "cannot read token file" },
+      { "invalid endpoint", function()
+          return { "--endpoint", "ftp://127.0.0.1", "--project-id",
+            emu.project_id, "replay.bin" }
+        end, "token", "invalid endpoint" },
+    }
+
+    for _, case in ipairs(cases) do
+      local name, make_args, token, expected = case[1], case[2], case[3],
+        case[4]
+
+      it(name .. " exits 2", function()
+        local status, stdout, stderr = run_tool(make_args("replay.bin"),
+          token and emu.token)
+
+        assert.equal(2, status)
+        assert.equal("", stdout)
+        assert.is_not_nil(stderr:find(expected, 1, true), stderr)
+        assert.is_not_nil(stderr:find("--help", 1, true), stderr)
+        assert.equal(0, emu:stats().requests)
+      end)
+    end
+  end)
+
+  it("API error exits 1", function()
+    local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+      "wrong-token")
+
+    assert.equal(1, status)
+    assert.equal("", stdout)
+    assert.equal(1, count_lines(stderr))
+    assert.equal("appcenter-credential: ", stderr:sub(1, 22))
+    assert.is_not_nil(stderr:find("APIGW.0307", 1, true), stderr)
+    assert.is_nil(stderr:find("wrong-token", 1, true))
+  end)
+
+  it("invalid file name exits 1", function()
+    local status, stdout, stderr = run_tool(endpoint_args("bad:name.bin"),
+      emu.token)
+
+    assert.equal(1, status)
+    assert.equal("", stdout)
+    assert.is_not_nil(stderr:find("invalid_argument", 1, true), stderr)
+    assert.equal(0, emu:stats().requests)
+  end)
+
+  it("logs retries on stderr", function()
+    emu:fault{ status = 503, times = 1,
+      body = '{"error_code":"WKS.0503","error_msg":"unavailable"}' }
+
+    local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+      emu.token)
+
+    assert.equal(0, status)
+    assert.is_table(cjson.decode(stdout))
+    assert.equal(1, count_lines(stderr))
+    assert.is_not_nil(stderr:find("attempt 1 failed", 1, true), stderr)
+    assert.equal(2, emu:stats().requests)
+  end)
+
+  describe("over TLS", function()
+    local tls_emu
+
+    setup(function()
+      local cert_path, key_path = emulator.make_certificate()
+      tls_emu = emulator.start{ tls_cert = cert_path, tls_key = key_path }
+    end)
+
+    teardown(function()
+      tls_emu:stop()
+    end)
+
+    local function tls_args(...)
+      local args = { "--endpoint", tls_emu.url, "--project-id",
+        tls_emu.project_id }
+      for _, value in ipairs{ ... } do
+        args[#args + 1] = value
+      end
+      args[#args + 1] = "replay.bin"
+      return args
+    end
+
+    it("trusts --ca-file", function()
+      local status, stdout = run_tool(tls_args("--ca-file", tls_emu.tls_cert),
+        tls_emu.token)
+
+      assert.equal(0, status)
+      assert.is_table(cjson.decode(stdout))
+    end)
+
+    it("rejects untrusted certificate", function()
+      local status, stdout, stderr = run_tool(tls_args(), tls_emu.token)
+
+      assert.equal(1, status)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find(": tls: ", 1, true), stderr)
+      assert.equal(1, count_lines(stderr))
+    end)
+
+    it("--insecure skips verification", function()
+      local status, stdout = run_tool(tls_args("--insecure"), tls_emu.token)
+
+      assert.equal(0, status)
+      assert.is_table(cjson.decode(stdout))
+    end)
+  end)
+end)
