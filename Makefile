@@ -27,7 +27,7 @@ LIBS = $(shell pkg-config --libs libcurl libcrypto 2>/dev/null || echo -lcurl -l
 
 SRCS = src/buf.c src/request.c src/sign.c src/region.c src/error.c \
        src/response.c src/transport.c src/multi.c src/sign_lua.c \
-       src/core.c
+       src/obs.c src/upload.c src/core.c
 HDRS = $(wildcard src/*.h)
 
 # Per-Lua settings: pkg-config name, include flags, install dirs.

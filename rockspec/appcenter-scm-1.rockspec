@@ -35,7 +35,7 @@ build = {
       sources = {
         "src/buf.c", "src/request.c", "src/sign.c", "src/region.c",
         "src/error.c", "src/response.c", "src/transport.c", "src/multi.c",
-        "src/sign_lua.c", "src/core.c",
+        "src/sign_lua.c", "src/obs.c", "src/upload.c", "src/core.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "$(OPENSSL_INCDIR)" },

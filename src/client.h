@@ -32,6 +32,7 @@ typedef struct ac_socket {
 
 typedef struct ac_client {
   ac_transport transport;      /* the blocking calls' easy handle */
+  ac_transport upload;         /* uploads to OBS; set up on first use */
   ac_transport_opts transport_opts;
   char *ca_file;
   char *proxy;
@@ -71,6 +72,9 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 /* Pushes `result, meta` or `nil, err` for a finished transfer. */
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
                            CURLcode rc, long status);
+
+/* upload.c: client:upload. */
+void ac_upload_add_methods(lua_State *L);
 
 /* multi.c: the non-blocking requests. */
 void ac_multi_register(lua_State *L);

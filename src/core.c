@@ -179,6 +179,7 @@ static void free_secret(char *s) {
 static void client_release(ac_client *c) {
   ac_multi_close(NULL, 0, c);
   ac_transport_free(&c->transport);
+  ac_transport_free(&c->upload);
   ac_endpoint_free(&c->endpoint);
   curl_slist_free_all(c->headers);
   free(c->project_id);
@@ -737,6 +738,7 @@ static void register_client_metatable(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, client_methods, 0);
   ac_multi_add_methods(L);
+  ac_upload_add_methods(L);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_client_gc);
   lua_setfield(L, -2, "__gc");

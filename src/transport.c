@@ -80,6 +80,9 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
 
   copy_header(line, len, "X-Request-Id", t->request_id,
               sizeof t->request_id);
+  copy_header(line, len, "x-obs-request-id", t->request_id,
+              sizeof t->request_id);
+  copy_header(line, len, "ETag", t->etag, sizeof t->etag);
   copy_header(line, len, "Retry-After", t->retry_after,
               sizeof t->retry_after);
   return len;
@@ -165,6 +168,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';
+  t->etag[0] = '\0';
 
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);

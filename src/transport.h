@@ -45,6 +45,7 @@ typedef struct ac_transport {
   int body_too_large;
   char request_id[AC_REQUEST_ID_SIZE];
   char retry_after[AC_RETRY_AFTER_SIZE];
+  char etag[AC_REQUEST_ID_SIZE];
   char errbuf[CURL_ERROR_SIZE];
 } ac_transport;
 

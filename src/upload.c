@@ -1,0 +1,556 @@
+/*
+ * client:upload(result, opts): one PUT of the object that a credential
+ * allows, signed with OBS's own signature.
+ *
+ *   opts.path          file to stream from disk, or
+ *   opts.body          a Lua string to send
+ *   opts.content_type  default: guessed from the file extension
+ *   opts.content_md5   true to send Content-MD5 (the file is read twice)
+ *   opts.path_style    true for https://endpoint/bucket/key URLs
+ *   opts.progress      function(sent, total); returning false aborts
+ *   opts.timeout_ms    whole upload; default: no limit, but a transfer
+ *                      that moves no byte for the client's timeout_ms
+ *                      is cut off
+ *
+ * Returns meta {status, url, etag, request_id, bytes, elapsed_ms,
+ * attempts} or nil, err. The scheme is the one of the client's endpoint,
+ * so a client that talks plain http to a loopback emulator uploads over
+ * http too.
+ *
+ * Caveats: the upload handle is separate from the App Center handle and
+ * serves one upload at a time; there is no multipart upload, so objects
+ * are limited to OBS's single-PUT size (5 GiB).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "client.h"
+#include "compat.h"
+#include "error.h"
+#include "obs.h"
+#include "response.h"
+
+/* Progress callbacks are called at most this often, plus once at the
+ * end, so a fast upload does not spend its time in Lua. */
+#define AC_PROGRESS_INTERVAL_MS 200.0
+
+typedef struct upload_source {
+  FILE *file;
+  const char *data;
+  curl_off_t total;
+  curl_off_t offset;           /* position in data */
+} upload_source;
+
+typedef struct upload_progress {
+  lua_State *L;
+  int fn;                      /* stack index of the callback, 0: none */
+  double last_ms;
+  curl_off_t last_sent;
+  int aborted;                 /* the callback returned false */
+  int error_at;                /* stack index of its error, 0: none */
+} upload_progress;
+
+
+/* ---------------------------------------------------------------------
+ * libcurl callbacks: they never raise
+ * ------------------------------------------------------------------- */
+
+static size_t read_body(char *out, size_t size, size_t n, void *ud) {
+  upload_source *src = ud;
+  size_t want = size * n, left;
+
+  if (src->file != NULL) {
+    size_t got = fread(out, 1, want, src->file);
+    return (got == 0 && ferror(src->file)) ? CURL_READFUNC_ABORT : got;
+  }
+  left = (size_t)(src->total - src->offset);
+  if (want > left)
+    want = left;
+  memcpy(out, src->data + src->offset, want);
+  src->offset += (curl_off_t)want;
+  return want;
+}
+
+
+/* Rewinds the body when libcurl has to send it again. */
+static int seek_body(void *ud, curl_off_t offset, int origin) {
+  upload_source *src = ud;
+
+  if (origin != SEEK_SET || offset < 0 || offset > src->total)
+    return CURL_SEEKFUNC_CANTSEEK;
+  if (src->file != NULL)
+    return fseeko(src->file, (off_t)offset, SEEK_SET) == 0
+           ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
+  src->offset = offset;
+  return CURL_SEEKFUNC_OK;
+}
+
+
+static double clock_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+
+/* Calls the Lua progress callback in protected mode; returns 0 to go on
+ * or 1 to abort. */
+static int call_progress(upload_progress *p, curl_off_t sent,
+                         curl_off_t total) {
+  lua_State *L = p->L;
+
+  lua_pushvalue(L, p->fn);
+  lua_pushnumber(L, (lua_Number)sent);
+  lua_pushnumber(L, (lua_Number)total);
+  if (lua_pcall(L, 2, 1, 0) != 0) {
+    p->error_at = lua_gettop(L);  /* left on the stack for later */
+    return 1;
+  }
+  p->aborted = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  p->last_sent = sent;
+  p->last_ms = clock_ms();
+  return p->aborted;
+}
+
+
+static int on_progress(void *ud, curl_off_t dl_total, curl_off_t dl_now,
+                       curl_off_t ul_total, curl_off_t ul_now) {
+  upload_progress *p = ud;
+  int at_end = ul_total > 0 && ul_now == ul_total;
+
+  (void)dl_total;
+  (void)dl_now;
+  if (p->error_at || p->aborted)
+    return 1;
+  if (ul_now == p->last_sent)
+    return 0;
+  if (!at_end && clock_ms() - p->last_ms < AC_PROGRESS_INTERVAL_MS)
+    return 0;
+  return call_progress(p, ul_now, ul_total);
+}
+
+
+/* ---------------------------------------------------------------------
+ * Reading the arguments
+ * ------------------------------------------------------------------- */
+
+/* Reads t[key] as a string; pushes nothing. NULL when not a string. */
+static const char *field(lua_State *L, int t, const char *key) {
+  const char *s;
+
+  lua_getfield(L, t, key);
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  lua_pop(L, 1);  /* the string stays alive in the table */
+  return s;
+}
+
+
+static const char *required_field(lua_State *L, int t, const char *path,
+                                  const char *key, char *msg) {
+  const char *s = field(L, t, key);
+
+  if (s == NULL)
+    snprintf(msg, AC_MSG_SIZE, "invalid result: %s%s must be a string; "
+             "pass the table create_credential returned", path, key);
+  return s;
+}
+
+
+/* Computes the base64 MD5 of the body, reading a file once. */
+static int body_md5(upload_source *src, char out[AC_MD5_BASE64_SIZE]) {
+  unsigned char digest[EVP_MAX_MD_SIZE], chunk[64 * 1024];
+  unsigned int len = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
+
+  if (ok && src->file != NULL) {
+    size_t got;
+    while (ok && (got = fread(chunk, 1, sizeof chunk, src->file)) > 0)
+      ok = EVP_DigestUpdate(ctx, chunk, got);
+    ok = ok && !ferror(src->file) && fseeko(src->file, 0, SEEK_SET) == 0;
+  } else if (ok) {
+    ok = EVP_DigestUpdate(ctx, src->data, (size_t)src->total);
+  }
+  ok = ok && EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  if (ok)
+    EVP_EncodeBlock((unsigned char *)out, digest, (int)len);
+  return ok ? 0 : -1;
+}
+
+
+/* ---------------------------------------------------------------------
+ * The upload
+ * ------------------------------------------------------------------- */
+
+typedef struct upload_call {
+  ac_obs_request req;
+  upload_source src;
+  upload_progress progress;
+  char date[AC_HTTP_DATE_SIZE];
+  char md5[AC_MD5_BASE64_SIZE];
+  const char *path;
+  long timeout_ms;
+  const char *secrets[7];
+} upload_call;
+
+
+/* Fills call from the result table at 2 and the options table at 3.
+ * Returns 0, or -1 with msg for bad input. Raises when either is not a
+ * table. */
+static int read_call(lua_State *L, ac_client *c, upload_call *call,
+                     char *msg) {
+  ac_obs_request *r = &call->req;
+  const char *body;
+  size_t body_len = 0;
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (!(r->server_end_point = required_field(L, 2, "", "server_end_point",
+                                             msg))
+      || !(r->bucket = required_field(L, 2, "", "bucket_name", msg))
+      || !(r->key = required_field(L, 2, "", "object_path", msg)))
+    return -1;
+
+  lua_getfield(L, 2, "credential");
+  if (!lua_istable(L, -1)) {
+    snprintf(msg, AC_MSG_SIZE, "invalid result: credential must be a "
+             "table; pass the table create_credential returned");
+    return -1;
+  }
+  if (!(r->access = required_field(L, -1, "credential.", "access", msg))
+      || !(r->secret = required_field(L, -1, "credential.", "secret", msg))
+      || !(r->security_token = required_field(L, -1, "credential.",
+                                              "security_token", msg)))
+    return -1;
+  lua_pop(L, 1);
+
+  lua_getfield(L, 3, "path_style");
+  r->path_style = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  r->scheme = c->endpoint.https ? "https" : "http";
+  if (ac_obs_check_target(r->server_end_point, r->bucket, r->key,
+                          r->path_style, msg) != 0)
+    return -1;
+
+  call->path = field(L, 3, "path");
+  lua_getfield(L, 3, "body");
+  body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &body_len)
+                                        : NULL;
+  lua_pop(L, 1);
+  if ((call->path == NULL) == (body == NULL)) {
+    snprintf(msg, AC_MSG_SIZE, "invalid upload options: pass exactly one "
+             "of path (a file) or body (a string)");
+    return -1;
+  }
+  call->src.data = body;
+  call->src.total = (curl_off_t)body_len;
+
+  r->content_type = field(L, 3, "content_type");
+  if (r->content_type == NULL)
+    r->content_type = ac_obs_content_type(call->path ? call->path : r->key);
+
+  lua_getfield(L, 3, "timeout_ms");
+  call->timeout_ms = (long)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 3, "progress");
+  if (lua_isfunction(L, -1))
+    call->progress.fn = lua_gettop(L);
+  else
+    lua_pop(L, 1);
+  return 0;
+}
+
+
+/* Opens the file named by call->path; returns -1 with msg naming it. */
+static int open_source(upload_call *call, char *msg) {
+  struct stat st;
+
+  if (call->path == NULL)
+    return 0;
+  call->src.file = fopen(call->path, "rb");
+  if (call->src.file == NULL
+      || fstat(fileno(call->src.file), &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
+             call->src.file ? "not a regular file" : strerror(errno));
+    return -1;
+  }
+  call->src.total = (curl_off_t)st.st_size;
+  return 0;
+}
+
+
+static struct curl_slist *upload_headers(upload_call *call,
+                                         const ac_buf *auth) {
+  const ac_obs_request *r = &call->req;
+  struct curl_slist *list = NULL;
+  ac_buf line = {0};
+  const char *names[] = {"Content-Type", "Content-MD5", "x-obs-date",
+                         "x-obs-security-token", "Authorization"};
+  const char *values[5];
+  size_t i;
+
+  values[0] = r->content_type;
+  values[1] = r->content_md5;
+  values[2] = r->date;
+  values[3] = r->security_token;
+  values[4] = auth->data;
+  for (i = 0; i < 5; i++) {
+    struct curl_slist *grown;
+
+    if (values[i][0] == '\0')
+      continue;
+    ac_buf_reset(&line);
+    ac_buf_adds(&line, names[i]);
+    ac_buf_adds(&line, ": ");
+    ac_buf_adds(&line, values[i]);
+    grown = line.failed ? NULL : curl_slist_append(list, line.data);
+    if (grown == NULL) {
+      curl_slist_free_all(list);
+      list = NULL;
+      break;
+    }
+    list = grown;
+  }
+  if (line.data != NULL)
+    memset(line.data, 0, line.cap);
+  ac_buf_free(&line);
+  return list;
+}
+
+
+static void prepare_handle(ac_client *c, upload_call *call,
+                           const ac_buf *url, struct curl_slist *headers) {
+  CURL *h = c->upload.curl;
+
+  ac_transport_prepare(&c->upload, url->data, headers, NULL, 0, 0);
+  curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(h, CURLOPT_READFUNCTION, read_body);
+  curl_easy_setopt(h, CURLOPT_READDATA, &call->src);
+  curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, seek_body);
+  curl_easy_setopt(h, CURLOPT_SEEKDATA, &call->src);
+  curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, call->src.total);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, call->timeout_ms);
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
+                   (c->transport_opts.timeout_ms + 999) / 1000);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.fn ? 0L : 1L);
+  curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(h, CURLOPT_XFERINFODATA, &call->progress);
+}
+
+
+static void push_meta(lua_State *L, ac_client *c, upload_call *call,
+                      const ac_buf *url, long status) {
+  curl_off_t total_us = 0;
+
+  curl_easy_getinfo(c->upload.curl, CURLINFO_TOTAL_TIME_T, &total_us);
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, (lua_Integer)status);
+  lua_setfield(L, -2, "status");
+  lua_pushlstring(L, url->data, url->len);
+  lua_setfield(L, -2, "url");
+  if (c->upload.etag[0] != '\0') {
+    lua_pushstring(L, c->upload.etag);
+    lua_setfield(L, -2, "etag");
+  }
+  if (c->upload.request_id[0] != '\0') {
+    lua_pushstring(L, c->upload.request_id);
+    lua_setfield(L, -2, "request_id");
+  }
+  lua_pushnumber(L, (lua_Number)call->src.total);
+  lua_setfield(L, -2, "bytes");
+  lua_pushnumber(L, (lua_Number)total_us / 1000.0);
+  lua_setfield(L, -2, "elapsed_ms");
+  lua_pushinteger(L, 1);
+  lua_setfield(L, -2, "attempts");
+}
+
+
+/* Pushes nil and the error for a non-2xx OBS answer. */
+static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
+                           long status) {
+  ac_error_info e = {0};
+  ac_obs_error obs;
+  char message[AC_MSG_SIZE];
+  int expired;
+
+  memset(&obs, 0, sizeof obs);
+  ac_obs_parse_error(c->upload.body.data, c->upload.body.len, &obs);
+  if (obs.message[0] != '\0')
+    snprintf(message, sizeof message, "OBS: %s", obs.message);
+  else
+    snprintf(message, sizeof message, "OBS returned HTTP %ld", status);
+  ac_redact(message, call->secrets);
+  ac_redact(obs.code, call->secrets);
+  expired = strstr(obs.code, "Expired") != NULL
+         || strstr(obs.message, "expired") != NULL
+         || strstr(obs.message, "Expired") != NULL;
+
+  e.kind = AC_KIND_HTTP;
+  e.status = status;
+  e.code = obs.code;
+  e.message = message;
+  e.request_id = c->upload.request_id[0] ? c->upload.request_id
+                                         : obs.request_id;
+  e.retry_after = c->upload.retry_after;
+  e.retryable = ac_status_retryable(status);
+  lua_pushnil(L);
+  ac_push_error(L, &e);
+  if (expired) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "expired");
+  }
+}
+
+
+/* Sends the request and pushes the outcome. Returns the number of values
+ * pushed, -1 with msg when memory runs out, or -2 with the progress
+ * callback's error on the stack. */
+static int send_upload(lua_State *L, ac_client *c, upload_call *call,
+                       char *msg) {
+  ac_buf url = {0}, auth = {0};
+  struct curl_slist *headers;
+  long status = 0;
+  CURLcode rc;
+  int n;
+
+  ac_http_date(time(NULL), call->date);
+  call->req.date = call->date;
+  if (ac_obs_url(&call->req, &url) != 0
+      || ac_obs_authorization(&call->req, &auth) != 0
+      || (headers = upload_headers(call, &auth)) == NULL) {
+    ac_buf_free(&url);
+    ac_buf_free(&auth);
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+
+  prepare_handle(c, call, &url, headers);
+  call->progress.L = L;
+  call->progress.last_ms = clock_ms();
+  rc = curl_easy_perform(c->upload.curl);
+  curl_easy_getinfo(c->upload.curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_setopt(c->upload.curl, CURLOPT_HTTPHEADER, NULL);
+  curl_slist_free_all(headers);
+  ac_buf_free(&auth);
+
+  if (call->progress.error_at) {
+    ac_buf_free(&url);
+    lua_pushvalue(L, call->progress.error_at);
+    return -2;
+  }
+  if (rc == CURLE_ABORTED_BY_CALLBACK && call->progress.aborted) {
+    ac_error_info e = {0};
+    e.kind = AC_KIND_CANCELLED;
+    e.message = "upload aborted by the progress callback";
+    lua_pushnil(L);
+    ac_push_error(L, &e);
+    n = 2;
+  } else if (rc != CURLE_OK) {
+    n = ac_client_push_outcome(L, c, &c->upload, rc, status);
+  } else if (status < 200 || status > 299) {
+    push_obs_error(L, c, call, status);
+    n = 2;
+  } else {
+    if (call->progress.fn && call->progress.last_sent != call->src.total)
+      call_progress(&call->progress, call->src.total, call->src.total);
+    push_meta(L, c, call, &url, status);
+    n = 1;
+  }
+  ac_buf_free(&url);
+  return n;
+}
+
+
+#define AC_UPLOAD_MT "appcenter.core.upload_call"
+
+/* Closes the file when the call ends in any way, a Lua error included. */
+static int upload_call_gc(lua_State *L) {
+  upload_call *call = lua_touserdata(L, 1);
+
+  if (call->src.file != NULL)
+    fclose(call->src.file);
+  call->src.file = NULL;
+  return 0;
+}
+
+
+static upload_call *push_upload_call(lua_State *L) {
+  upload_call *call = ac_newuserdata(L, sizeof *call);
+
+  memset(call, 0, sizeof *call);
+  if (luaL_newmetatable(L, AC_UPLOAD_MT)) {
+    lua_pushcfunction(L, upload_call_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return call;
+}
+
+
+static int l_upload(lua_State *L) {
+  ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
+  upload_call *call;
+  char msg[AC_MSG_SIZE];
+  int n, md5;
+
+  if (!c->open)
+    return luaL_error(L, "appcenter.core: the client is closed");
+  if (lua_isnoneornil(L, 3)) {
+    lua_settop(L, 2);
+    lua_newtable(L);
+  }
+  lua_settop(L, 3);
+  call = push_upload_call(L);
+  if (read_call(L, c, call, msg) != 0)
+    return ac_return_invalid(L, msg);
+
+  call->secrets[0] = c->token;
+  call->secrets[1] = c->sk;
+  call->secrets[2] = c->security_token;
+  call->secrets[3] = call->req.secret;
+  call->secrets[4] = call->req.security_token;
+  call->req.content_md5 = "";
+  if (open_source(call, msg) != 0)
+    return ac_return_invalid(L, msg);
+
+  lua_getfield(L, 3, "content_md5");
+  md5 = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (md5 && body_md5(&call->src, call->md5) != 0)
+    return luaL_error(L, "appcenter.core: reading \"%s\" for Content-MD5 "
+                      "failed", call->path);
+  if (md5)
+    call->req.content_md5 = call->md5;
+
+  if (c->upload.curl == NULL
+      && ac_transport_init(&c->upload, &c->transport_opts, msg) != 0)
+    return luaL_error(L, "appcenter.core: %s", msg);
+
+  n = send_upload(L, c, call, msg);
+  if (n == -2)
+    return lua_error(L);
+  if (n < 0)
+    return luaL_error(L, "appcenter.core: %s", msg);
+  return n;
+}
+
+
+static const luaL_Reg upload_methods[] = {
+  {"upload", l_upload},
+  {NULL, NULL}
+};
+
+
+void ac_upload_add_methods(lua_State *L) {
+  luaL_setfuncs(L, upload_methods, 0);
+}
