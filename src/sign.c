@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -188,6 +189,23 @@ static int add_canonical_query(ac_buf *b, const char *q, size_t n) {
 }
 
 
+static int is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
+
+
+/* Drops spaces and tabs around a header value. HTTP receivers strip them
+ * (RFC 9110 section 5.5), so the gateway checks the value without them. */
+static void trim_blanks(const char **v, size_t *n) {
+  while (*n > 0 && is_blank(**v)) {
+    (*v)++;
+    (*n)--;
+  }
+  while (*n > 0 && is_blank((*v)[*n - 1]))
+    (*n)--;
+}
+
+
 typedef struct lower_header {
   char name[128];
   const char *value;
@@ -220,12 +238,7 @@ static int add_canonical_headers(ac_buf *b, ac_buf *names,
       sorted[i].name[j] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
     sorted[i].name[j] = '\0';
-    while (n > 0 && *v == ' ') {
-      v++;
-      n--;
-    }
-    while (n > 0 && v[n - 1] == ' ')
-      n--;
+    trim_blanks(&v, &n);
     sorted[i].value = v;
     sorted[i].value_len = n;
   }
@@ -256,11 +269,38 @@ void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]) {
 }
 
 
+/* Finds an X-Sdk-Content-Sha256 header, whose value the official SDKs sign
+ * in place of the body hash (UNSIGNED-PAYLOAD for bodies that are not
+ * JSON). The name matches in any case, and the value is trimmed like every
+ * header value. Returns 1 and sets value and len when the header exists. */
+static int find_content_sha256(const ac_sign_input *in, const char **value,
+                               size_t *len) {
+  static const char name[] = "x-sdk-content-sha256";
+  size_t i;
+
+  for (i = 0; i < in->header_count; i++) {
+    const ac_header *h = &in->headers[i];
+    const char *v = h->value;
+    size_t n = h->value_len;
+
+    if (h->name_len != sizeof name - 1
+        || strncasecmp(h->name, name, sizeof name - 1) != 0)
+      continue;
+    trim_blanks(&v, &n);
+    *value = v;
+    *len = n;
+    return 1;
+  }
+  return 0;
+}
+
+
 /* Builds the canonical request; names receives the signed header list. */
 static int build_canonical(const ac_sign_input *in, ac_buf *out,
                            ac_buf *names) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
-  const char *m;
+  const char *m, *payload_hash;
+  size_t payload_hash_len;
 
   ac_buf_reset(out);
   for (m = in->method; *m; m++)
@@ -278,9 +318,13 @@ static int build_canonical(const ac_sign_input *in, ac_buf *out,
   ac_buf_add(out, names->data ? names->data : "", names->len);
   ac_buf_addc(out, '\n');
 
-  SHA256((const unsigned char *)(in->body ? in->body : ""), in->body_len,
-         digest);
-  add_hex(out, digest, sizeof digest);
+  if (find_content_sha256(in, &payload_hash, &payload_hash_len)) {
+    ac_buf_add(out, payload_hash, payload_hash_len);
+  } else {
+    SHA256((const unsigned char *)(in->body ? in->body : ""), in->body_len,
+           digest);
+    add_hex(out, digest, sizeof digest);
+  }
   return out->failed ? -1 : 0;
 }
 

@@ -3,7 +3,9 @@
  * for Lua, for tests and for callers who send requests another way.
  *
  * It signs exactly the headers in `headers` plus X-Sdk-Date; include Host
- * there to have it signed, as the official SDKs do. It returns a table of
+ * there to have it signed, as the official SDKs do. An X-Sdk-Content-Sha256
+ * header in `headers` replaces the body hash with its value (send
+ * UNSIGNED-PAYLOAD for bodies that are not JSON). It returns a table of
  * the headers to add (X-Sdk-Date and Authorization) and the canonical
  * request as a second value, for debugging signature mismatches.
  */
@@ -61,7 +63,10 @@ static const char *field_string(lua_State *L, const char *key,
   const char *s;
 
   lua_getfield(L, 1, key);
-  if (lua_isnil(L, -1) && !required) {
+  if (lua_isnil(L, -1)) {
+    if (required)
+      luaL_error(L, "appcenter.core.sign: missing field '%s' (a string)",
+                 key);
     lua_pop(L, 1);
     return NULL;
   }
@@ -82,8 +87,9 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
   lua_getfield(L, 1, "date");
   if (lua_type(L, -1) == LUA_TSTRING) {
     const char *s = lua_tolstring(L, -1, &len);
-    luaL_argcheck(L, len == AC_SDK_DATE_SIZE - 1, 1,
-                  "date must look like 20060102T150405Z");
+    if (len != AC_SDK_DATE_SIZE - 1)
+      luaL_error(L, "appcenter.core.sign: field 'date' must look like "
+                 "20060102T150405Z, got '%s'", s);
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     ac_sdk_date((time_t)lua_tonumber(L, -1), out);
@@ -105,12 +111,18 @@ static size_t read_headers(lua_State *L, int idx, ac_header *h) {
 
   if (lua_isnil(L, idx))
     return 0;
-  luaL_argcheck(L, lua_istable(L, idx), 1, "headers must be a table");
+  if (!lua_istable(L, idx))
+    luaL_error(L, "appcenter.core.sign: field 'headers' must be a table, "
+               "got %s", luaL_typename(L, idx));
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
-    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "appcenter.core.sign: headers must map strings to "
-                 "strings");
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "appcenter.core.sign: header names must be strings, "
+                 "got %s", luaL_typename(L, -2));
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "appcenter.core.sign: header '%s' must have a string "
+                 "value, got %s", lua_tostring(L, -2),
+                 luaL_typename(L, -1));
     if (n == AC_SIGN_MAX_HEADERS)
       luaL_error(L, "appcenter.core.sign: more than %d headers",
                  AC_SIGN_MAX_HEADERS);
