@@ -1580,7 +1580,8 @@ def parse_arguments(argv):
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="log requests and authentication failures to stderr",
+        help="log requests and authentication failures to stderr. The reader must "
+        "drain stderr, because request threads block while a stderr pipe is full",
     )
     parser.add_argument(
         "--self-test",
@@ -1705,6 +1706,9 @@ def main(argv):
         reason = watch_lifetime(deadline, parent_pid)
     except KeyboardInterrupt:
         reason = "interrupted"
+    # A full stderr pipe that no process reads would block this write forever, so
+    # SIGALRM ends the process if the message cannot be written within 2 seconds.
+    signal.alarm(2)
     sys.stderr.write("emulator: stopping because %s\n" % reason)
     sys.stderr.flush()
     # Daemon threads may be blocked in sleeps or writes, so skip interpreter cleanup.
