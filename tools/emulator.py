@@ -899,7 +899,7 @@ class ApiHandler(JsonRequestHandler):
         )
         state.set_last_canonical_request(canonical.decode("utf-8", "replace"))
         expected = compute_signature(secret_key, string_to_sign(sdk_date, canonical))
-        if not hmac.compare_digest(expected, signature.lower()):
+        if not hmac.compare_digest(expected, signature):
             state.log(
                 "canonical request was:\n%s" % redact_canonical_request(canonical)
             )
