@@ -44,7 +44,11 @@ MODULES = $(foreach l,$(LUAS),build/$(l)/appcenter/core.so)
 BUSTED = /usr/bin/busted
 LUA_PATH_DEV = lua/?.lua;lua/?/init.lua;;
 
-.PHONY: all deps test demo memcheck install uninstall clean rock
+SANITIZE_CFLAGS = -O1 -g -fno-omit-frame-pointer \
+                  -fsanitize=address,undefined -fno-sanitize-recover=undefined
+lua_libs = $(shell pkg-config --libs $(call lua_pc,$(1)) 2>/dev/null)
+
+.PHONY: all deps test demo memcheck sanitize install uninstall clean
 
 all: $(MODULES)
 
@@ -69,6 +73,16 @@ build/.deps: Makefile
 
 deps: build/.deps
 
+build/sanitize-%/appcenter/core.so: $(SRCS) $(HDRS) build/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(SANITIZE_CFLAGS) $(call lua_cflags,$*) -shared \
+	  -o $@ $(SRCS) $(LIBS) $(LDFLAGS)
+
+build/sanitize-%/host: tools/sanitize-host.c build/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(SANITIZE_CFLAGS) $(call lua_cflags,$*) -o $@ $< \
+	  $(call lua_libs,$*) -lm
+
 build/%/appcenter/core.so: $(SRCS) $(HDRS) build/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(call lua_cflags,$*) -shared \
@@ -80,6 +94,23 @@ test: all
 	  echo "== busted under $$l"; \
 	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/$$l/?.so;;" \
 	    $$l $(BUSTED) -o json > build/results-$$l.json; \
+	done; \
+	lua5.4 tools/test-summary.lua build/results-*.json
+
+# A host linked with the sanitizers runs the suite, so that their
+# runtimes stay out of the child processes the specs start. Any report
+# makes the run fail.
+sanitize: $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
+                              build/sanitize-$(l)/host)
+	@rm -f build/results-*.json
+	@for l in $(LUAS); do \
+	  echo "== busted under $$l with AddressSanitizer and UBSan"; \
+	  ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/sanitize-$$l/?.so;;" \
+	    build/sanitize-$$l/host $(BUSTED) -o json \
+	      > build/results-$$l.json || exit 1; \
 	done; \
 	lua5.4 tools/test-summary.lua build/results-*.json
 

@@ -43,6 +43,9 @@ build = {
       libraries = { "curl", "crypto", "pthread" },
     },
     ["appcenter"] = "lua/appcenter/init.lua",
+    ["appcenter.options"] = "lua/appcenter/options.lua",
+    ["appcenter.retry"] = "lua/appcenter/retry.lua",
+    ["appcenter.budget"] = "lua/appcenter/budget.lua",
   },
   install = {
     bin = { ["appcenter-credential"] = "tools/appcenter-credential" },
