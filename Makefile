@@ -38,7 +38,8 @@ lua_cflags = $(shell pkg-config --cflags $(call lua_pc,$(1)) 2>/dev/null) \
 DEB_PACKAGES = gcc make pkg-config python3 curl valgrind \
                libcurl4-openssl-dev libssl-dev \
                lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-               lua-cjson lua-busted lua-socket luarocks
+               lua5.3 liblua5.3-dev lua-cjson lua-busted lua-socket luarocks \
+               nginx-light libnginx-mod-http-lua clang libclang-rt-14-dev
 
 MODULES = $(foreach l,$(LUAS),build/$(l)/appcenter/core.so)
 BUSTED = /usr/bin/busted
