@@ -271,6 +271,21 @@ describe("emulator", function()
     assert.are.equal(1, stats.connections)
   end)
 
+  it("answers keep-alive requests without stalls", function()
+    -- A response split into several TCP writes without TCP_NODELAY waits about
+    -- 40 ms for the client's delayed ACK, so 20 requests would take 0.8 s.
+    local connection = connect(emu)
+    local started = socket.gettime()
+    for attempt = 1, 20 do
+      assert(connection:send(raw_request(emu)))
+      local status = read_response(connection)
+      assert.are.equal(200, status, "attempt " .. attempt)
+    end
+    local elapsed = socket.gettime() - started
+    connection:close()
+    assert.is_true(elapsed < 0.5, string.format("20 requests took %.3f s", elapsed))
+  end)
+
   it("closes the connection after a close fault", function()
     emu:fault{ close = true }
     local connection = connect(emu)
