@@ -37,7 +37,7 @@ lua_cflags = $(shell pkg-config --cflags $(call lua_pc,$(1)) 2>/dev/null) \
 
 DEB_PACKAGES = gcc make pkg-config python3 curl valgrind \
                libcurl4-openssl-dev libssl-dev \
-               lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
+               lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
                lua5.3 liblua5.3-dev lua-cjson lua-busted lua-socket luarocks \
                nginx-light libnginx-mod-http-lua clang libclang-rt-14-dev
 
