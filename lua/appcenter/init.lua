@@ -1,5 +1,7 @@
 -- Lua wrapper around appcenter.core: retries with backoff, one deadline per
--- call and a retry budget per client.
+-- call and a retry budget per client. Credentials and project_id that the
+-- options leave out are read from the environment variables and the
+-- profile file of the official SDKs (appcenter/credentials.lua).
 --
 --   local appcenter = require("appcenter")
 --   local client = appcenter.new{ region = "cn-north-4",
@@ -32,6 +34,7 @@
 -- timeout is min(timeout_ms, time left).
 
 local core = require("appcenter.core")
+local credentials = require("appcenter.credentials")
 local options = require("appcenter.options")
 local retry = require("appcenter.retry")
 
@@ -43,12 +46,12 @@ local Client = {}
 Client.__index = Client
 
 
--- Fills in credentials that the caller did not pass, from sources outside
--- the option table, and returns the options for core.new.
--- TODO: read the environment variables and the profile file here. Until
--- then the options are returned unchanged.
+-- Fills in the credentials and project_id that the caller did not pass,
+-- from the environment and the profile file (see appcenter/credentials.lua
+-- for the order), and returns the options for core.new, or nil and an
+-- invalid_argument error.
 local function resolve_credentials(core_opts)
-  return core_opts
+  return credentials.resolve(core_opts)
 end
 
 local function new_client(opts, caller)
@@ -61,8 +64,12 @@ local function new_client(opts, caller)
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
 
-  local core_opts = resolve_credentials(options.core_options(opts))
-  local core_client, err = core.new(core_opts)
+  local core_opts, err = resolve_credentials(options.core_options(opts))
+  if not core_opts then
+    return nil, err
+  end
+  local core_client
+  core_client, err = core.new(core_opts)
   if not core_client then
     return nil, err
   end
@@ -77,7 +84,9 @@ end
 -- Creates a client that keeps its connection and its retry budget across
 -- calls. Raises when an option has a wrong type, an out-of-range retry
 -- setting or an unknown name. Returns nil and an invalid_argument error
--- when core.new rejects a value, such as a missing endpoint and region.
+-- when core.new rejects a value, such as a missing endpoint and region,
+-- or when a credential source is invalid, such as a malformed profile
+-- file.
 function appcenter.new(opts)
   return new_client(opts, "new")
 end
