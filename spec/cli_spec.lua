@@ -23,22 +23,55 @@ local function write_file(path, text)
   file:close()
 end
 
--- Runs the tool with `args` and the environment variable APPCENTER_TOKEN
--- set to `token`, or unset when `token` is nil. Returns the exit status,
--- standard output and standard error.
-local function run_tool(args, token)
+local function run_command(command)
+  local status = os.execute(command)
+  return status == 0 or status == true
+end
+
+local function make_directory()
+  local path = os.tmpname()
+  os.remove(path)
+  assert(run_command("mkdir -m 700 " .. shell_quote(path)))
+  return path
+end
+
+-- Variables that the tool reads for credentials. run_tool unsets them all,
+-- so the caller's environment cannot change a result.
+local CREDENTIAL_VARIABLES = {
+  "APPCENTER_TOKEN", "HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK",
+  "HUAWEICLOUD_SDK_SECURITY_TOKEN", "HUAWEICLOUD_SDK_PROJECT_ID",
+  "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
+}
+
+-- Folder used as HOME, so that no real ~/.huaweicloud/credentials is read.
+-- It contains no credentials file unless a test writes one.
+local home = make_directory()
+
+-- Runs the tool with `args`, the variables of CREDENTIAL_VARIABLES unset,
+-- HOME set to `home`, APPCENTER_TOKEN set to `token` unless it is nil, and
+-- the variables in `env` set. Returns the exit status, standard output and
+-- standard error.
+local function run_tool(args, token, env)
   local stderr_path = os.tmpname()
   local words = {}
   for i, value in ipairs(args) do
     words[i] = shell_quote(value)
   end
 
-  local env = "env -u APPCENTER_TOKEN"
+  local assignments = { "env" }
+  for _, name in ipairs(CREDENTIAL_VARIABLES) do
+    assignments[#assignments + 1] = "-u " .. name
+  end
+  assignments[#assignments + 1] = "HOME=" .. shell_quote(home)
   if token then
-    env = "env APPCENTER_TOKEN=" .. shell_quote(token)
+    assignments[#assignments + 1] = "APPCENTER_TOKEN=" .. shell_quote(token)
+  end
+  for name, value in pairs(env or {}) do
+    assignments[#assignments + 1] = name .. "=" .. shell_quote(value)
   end
   local command = ("%s %s %s 2>%s </dev/null; echo \"exit=$?\""):format(
-    env, TOOL, table.concat(words, " "), shell_quote(stderr_path))
+    table.concat(assignments, " "), TOOL, table.concat(words, " "),
+    shell_quote(stderr_path))
 
   local pipe = assert(io.popen(command, "r"))
   local output = pipe:read("*a")
@@ -64,6 +97,7 @@ describe("appcenter-credential", function()
 
   teardown(function()
     emu:stop()
+    run_command("rm -rf " .. shell_quote(home))
   end)
 
   before_each(function()
@@ -113,6 +147,169 @@ describe("appcenter-credential", function()
     assert.is_table(cjson.decode(stdout))
   end)
 
+  describe("AK/SK", function()
+    local FAKE_WRONG_SK = "fake-wrong-sk-00000000000000000000000000"
+    local profile_path = home .. "/.huaweicloud/credentials"
+
+    after_each(function()
+      os.remove(profile_path)
+    end)
+
+    local function write_profile(text)
+      assert(run_command("mkdir -p -m 700 "
+        .. shell_quote(home .. "/.huaweicloud")))
+      write_file(profile_path, text)
+    end
+
+    local function key_variables(extra)
+      local env = {
+        HUAWEICLOUD_SDK_AK = emu.ak,
+        HUAWEICLOUD_SDK_SK = emu.sk,
+      }
+      for name, value in pairs(extra or {}) do
+        env[name] = value
+      end
+      return env
+    end
+
+    local function assert_signed_with(access_key)
+      local request = emu:stats().last_request
+      local prefix = "SDK-HMAC-SHA256 Access=" .. access_key .. ","
+      assert.equal(prefix, request.headers.authorization:sub(1, #prefix))
+      assert.is_nil(request.headers["x-auth-token"])
+    end
+
+    it("reads keys from environment", function()
+      local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+        nil, key_variables())
+
+      assert.equal(0, status, stderr)
+      assert.equal("", stderr)
+      assert.is_table(cjson.decode(stdout))
+      assert.equal(1, emu:stats().requests)
+      assert_signed_with(emu.ak)
+    end)
+
+    it("reads project id from environment", function()
+      local status, stdout, stderr = run_tool({ "--endpoint", emu.url,
+        "replay.bin" }, nil, key_variables({
+          HUAWEICLOUD_SDK_PROJECT_ID = emu.project_id,
+        }))
+
+      assert.equal(0, status, stderr)
+      assert.is_table(cjson.decode(stdout))
+      assert.equal(emu.project_id,
+        emu:stats().last_request.headers["x-project-id"])
+    end)
+
+    it("reads temporary keys from environment", function()
+      local _, first = run_tool(endpoint_args("first.bin"), nil,
+        key_variables())
+      local issued = cjson.decode(first).credential
+
+      local status, stdout, stderr = run_tool(endpoint_args("second.bin"),
+        nil, {
+          HUAWEICLOUD_SDK_AK = issued.access,
+          HUAWEICLOUD_SDK_SK = issued.secret,
+          HUAWEICLOUD_SDK_SECURITY_TOKEN = issued.security_token,
+        })
+
+      assert.equal(0, status, stderr)
+      assert.is_table(cjson.decode(stdout))
+      assert.equal(2, emu:stats().requests)
+      assert_signed_with(issued.access)
+      assert.equal(issued.security_token,
+        emu:stats().last_request.headers["x-security-token"])
+    end)
+
+    it("reads keys from profile file", function()
+      write_profile(("[basic]\nak = %s\nsk = %s\nproject_id = %s\n")
+        :format(emu.ak, emu.sk, emu.project_id))
+
+      local status, stdout, stderr = run_tool({ "--endpoint", emu.url,
+        "replay.bin" }, nil)
+
+      assert.equal(0, status, stderr)
+      assert.is_table(cjson.decode(stdout))
+      assert.equal(1, emu:stats().requests)
+      assert_signed_with(emu.ak)
+    end)
+
+    it("reads file named by variable", function()
+      local named = home .. "/named-credentials"
+      write_file(named, ("[basic]\nak = %s\nsk = %s\n"):format(emu.ak,
+        emu.sk))
+
+      local status, _, stderr = run_tool(endpoint_args("replay.bin"), nil,
+        { HUAWEICLOUD_SDK_CREDENTIALS_FILE = named })
+      os.remove(named)
+
+      assert.equal(0, status, stderr)
+      assert_signed_with(emu.ak)
+    end)
+
+    it("token wins over keys", function()
+      local status, _, stderr = run_tool(endpoint_args("replay.bin"),
+        emu.token, key_variables({ HUAWEICLOUD_SDK_SK = FAKE_WRONG_SK }))
+
+      assert.equal(0, status, stderr)
+      local headers = emu:stats().last_request.headers
+      assert.equal(emu.token, headers["x-auth-token"])
+      assert.is_nil(headers.authorization)
+    end)
+
+    it("wrong sk exits 1", function()
+      local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+        nil, key_variables({ HUAWEICLOUD_SDK_SK = FAKE_WRONG_SK }))
+
+      assert.equal(1, status)
+      assert.equal("", stdout)
+      assert.equal(1, count_lines(stderr))
+      assert.is_not_nil(stderr:find("APIGW.0301", 1, true), stderr)
+      assert.is_nil(stderr:find(FAKE_WRONG_SK, 1, true))
+      assert.equal(1, emu:stats().requests)
+    end)
+
+    it("malformed profile file exits 2", function()
+      write_profile("[basic]\nak = " .. emu.ak .. "\nsk " .. emu.sk .. "\n")
+
+      local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
+        nil)
+
+      assert.equal(2, status)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find("invalid credentials file "
+        .. profile_path .. ", line 3: expected 'key = value'", 1, true),
+        stderr)
+      assert.is_nil(stderr:find(emu.sk, 1, true))
+      assert.is_not_nil(stderr:find("--help", 1, true))
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("missing named file exits 2", function()
+      local missing = home .. "/no-such-credentials"
+
+      local status, _, stderr = run_tool(endpoint_args("replay.bin"), nil,
+        { HUAWEICLOUD_SDK_CREDENTIALS_FILE = missing })
+
+      assert.equal(2, status)
+      assert.is_not_nil(stderr:find("cannot open credentials file " .. missing
+        .. " named by HUAWEICLOUD_SDK_CREDENTIALS_FILE", 1, true), stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("help names the sources", function()
+      local status, stdout = run_tool({ "--help" }, nil)
+
+      assert.equal(0, status)
+      assert.is_not_nil(stdout:find("HUAWEICLOUD_SDK_AK", 1, true))
+      assert.is_not_nil(stdout:find("HUAWEICLOUD_SDK_SECURITY_TOKEN", 1, true))
+      assert.is_not_nil(stdout:find("HUAWEICLOUD_SDK_PROJECT_ID", 1, true))
+      assert.is_not_nil(stdout:find("HUAWEICLOUD_SDK_CREDENTIALS_FILE", 1,
+        true))
+    end)
+  end)
+
   it("accepts option=value form", function()
     local status = run_tool({
       "--endpoint=" .. emu.url, "--project-id=" .. emu.project_id,
@@ -132,7 +329,11 @@ describe("appcenter-credential", function()
 
   describe("usage error", function()
     local cases = {
-      { "missing token", endpoint_args, nil, "missing token" },
+      { "missing credentials", endpoint_args, nil,
+        "missing credentials: set APPCENTER_TOKEN or pass --token-file PATH,"
+          .. " or set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or add ak and"
+          .. " sk to section [basic] of " .. home
+          .. "/.huaweicloud/credentials" },
       { "missing file name", function()
           return { "--endpoint", emu.url, "--project-id", emu.project_id }
         end, "token", "missing FILE_NAME" },
@@ -143,7 +344,8 @@ describe("appcenter-credential", function()
         end, "token", "expected one FILE_NAME, got 2" },
       { "missing project id", function()
           return { "--endpoint", emu.url, "replay.bin" }
-        end, "token", "missing --project-id" },
+        end, "token", "missing project_id: pass --project-id ID, or set"
+          .. " HUAWEICLOUD_SDK_PROJECT_ID" },
       { "unknown option", function()
           local args = endpoint_args("replay.bin")
           args[#args + 1] = "--verbose"
