@@ -1,7 +1,8 @@
 -- AK/SK signing end to end against the local emulator, through
--- appcenter.core and the wrapper: permanent and temporary keys, the 401
--- responses to a wrong SK, a stale X-Sdk-Date and a missing security token,
--- and the region-to-endpoint mapping with its environment override.
+-- appcenter.core and the wrapper. The specs cover permanent and temporary
+-- keys and the 401 responses to a wrong SK, a stale X-Sdk-Date and a
+-- missing security token. They also cover the region-to-endpoint mapping
+-- and its environment override.
 
 local appcenter = require("appcenter")
 local cjson = require("cjson")
