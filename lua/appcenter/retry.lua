@@ -1,6 +1,6 @@
 -- Retry policy: which errors are retried, how long to wait before the next
--- attempt, and the loop that runs all attempts of one call within a
--- deadline.
+-- attempt, the state of one call that decides both within a deadline, and
+-- the blocking loop that runs all attempts of one call.
 --
 -- Caveats: only the IMF-fixdate form of an HTTP-date is read from
 -- Retry-After. The obsolete RFC 850 and asctime forms, which RFC 9110
@@ -159,31 +159,86 @@ local function time_left_ms(policy, deadline)
   return (deadline - policy.now()) * 1000
 end
 
--- Returns the timeout for the next attempt: timeout_ms, cut to the time
--- left before the deadline, or nil to keep the core client's own timeout
--- when there is no deadline.
-local function attempt_timeout_ms(policy, deadline)
-  if not deadline then
-    return nil
+
+-- The retry state of one call: its start, its deadline, the attempt in
+-- progress and what the last retry paid. The blocking loop (retry.run) and
+-- the non-blocking requests (appcenter/async.lua) drive it the same way:
+--
+--   local call = retry.new_call(policy)
+--   repeat
+--     local ok, timeout_ms = call:begin_attempt()  -- false: deadline passed
+--     ... run the attempt with timeout_ms, get result, info ...
+--     local delay_ms = call:complete(result, info)  -- nil: the call is over
+--     ... wait delay_ms ...
+--   until not delay_ms
+local Call = {}
+Call.__index = Call
+
+-- Starts the clock of one call under `policy`, which contains the fields
+-- of retry.DEFAULTS plus timeout_ms, random and now, and optionally budget
+-- (a budget.lua bucket) and on_retry. With deadline_ms nil there is no
+-- deadline and no per-attempt timeout.
+function retry.new_call(policy)
+  local started = policy.now()
+  local deadline
+  if policy.deadline_ms then
+    deadline = started + policy.deadline_ms / 1000
   end
-  local limit_ms = math.min(policy.timeout_ms, time_left_ms(policy, deadline))
-  return math.max(1, math.floor(limit_ms))
+  return setmetatable({
+    policy = policy,
+    started = started,
+    deadline = deadline,
+    attempt = 0,
+    last_retry_cost = nil,
+  }, Call)
 end
 
-local function elapsed_ms(policy, started)
-  return math.floor((policy.now() - started) * 1000 + 0.5)
+-- Counts the next attempt and returns true and its timeout in
+-- milliseconds: timeout_ms cut to the time left before the deadline, or
+-- nil to keep the core client's own timeout when there is no deadline.
+-- Returns false when a retry is due but the deadline has passed, because
+-- a slow wait or on_retry used up the time that the delay left.
+function Call:begin_attempt()
+  local policy = self.policy
+  if self.attempt > 0 and time_left_ms(policy, self.deadline) < 1 then
+    return false
+  end
+  self.attempt = self.attempt + 1
+  if not self.deadline then
+    return true, nil
+  end
+
+  local limit_ms = math.min(policy.timeout_ms,
+    time_left_ms(policy, self.deadline))
+  return true, math.max(1, math.floor(limit_ms))
 end
 
--- Decides whether to retry after failed attempt `attempt`. Pays the retry
--- budget, calls on_retry and sleeps, then returns the cost paid. Returns
--- nil without side effects when the call must stop.
-local function prepare_retry(policy, err, attempt, deadline)
-  if attempt >= policy.max_attempts or not retry.is_retryable(err) then
+-- Records the outcome of the current attempt, `result, meta` or
+-- `nil, err` as the core client returns them, and decides what follows.
+-- Returns the delay in milliseconds before the next attempt, after paying
+-- the retry budget and calling on_retry. Returns nil when the call is
+-- over, and then `result, info` are its outcome. Sets `attempts` in meta
+-- or err (mutating err keeps its metatable), and meta.elapsed_ms to the
+-- time over all attempts, measured with policy.now.
+function Call:complete(result, info)
+  local policy = self.policy
+  if result ~= nil then
+    if policy.budget then
+      policy.budget:refund(self.last_retry_cost)
+    end
+    info.attempts = self.attempt
+    info.elapsed_ms = math.floor((policy.now() - self.started) * 1000 + 0.5)
     return nil
   end
 
-  local left_ms = time_left_ms(policy, deadline)
-  local delay_ms = plan_delay_ms(policy, err, attempt, left_ms)
+  local err = info
+  err.attempts = self.attempt
+  if self.attempt >= policy.max_attempts or not retry.is_retryable(err) then
+    return nil
+  end
+
+  local delay_ms = plan_delay_ms(policy, err, self.attempt,
+    time_left_ms(policy, self.deadline))
   if not delay_ms then
     return nil
   end
@@ -195,61 +250,40 @@ local function prepare_retry(policy, err, attempt, deadline)
       return nil
     end
   end
+  self.last_retry_cost = cost
 
   if policy.on_retry then
-    policy.on_retry(err, attempt, delay_ms)
+    policy.on_retry(err, self.attempt, delay_ms)
   end
-  if delay_ms > 0 then
-    policy.sleep(delay_ms / 1000)
-  end
-  return cost
+  return delay_ms
 end
 
--- Runs `perform(timeout_ms)` until it returns a result, fails for good or
--- the policy stops, and returns what the last attempt returned. `perform`
--- returns `result, meta` or `nil, err` like the core client. The function
--- sets `attempts` in meta or err (mutating err keeps its metatable) and
--- sets meta.elapsed_ms to the time over all attempts, measured with
--- policy.now.
---
--- `policy` contains the fields of retry.DEFAULTS plus timeout_ms, random,
--- now and sleep, and optionally budget (a budget.lua bucket) and on_retry.
--- With deadline_ms nil there is no deadline and no per-attempt timeout.
-function retry.run(policy, perform)
-  local started = policy.now()
-  local deadline
-  if policy.deadline_ms then
-    deadline = started + policy.deadline_ms / 1000
-  end
-  local last_retry_cost
-  local err
 
-  for attempt = 1, policy.max_attempts do
-    local result, info = perform(attempt_timeout_ms(policy, deadline))
-    if result ~= nil then
-      if policy.budget then
-        policy.budget:refund(last_retry_cost)
-      end
-      info.attempts = attempt
-      info.elapsed_ms = elapsed_ms(policy, started)
+-- Runs `perform(timeout_ms)` until it returns a result, fails for good or
+-- the policy stops, sleeping with policy.sleep between attempts, and
+-- returns what the last attempt returned. `perform` returns
+-- `result, meta` or `nil, err` like the core client. See Call:complete for
+-- the fields set in meta and err.
+function retry.run(policy, perform)
+  local call = retry.new_call(policy)
+  local result, info
+
+  -- Call:complete stops at max_attempts, so the loop ends.
+  while true do
+    local ok, timeout_ms = call:begin_attempt()
+    if not ok then
+      return nil, info
+    end
+
+    result, info = perform(timeout_ms)
+    local delay_ms = call:complete(result, info)
+    if not delay_ms then
       return result, info
     end
-
-    err = info
-    err.attempts = attempt
-    last_retry_cost = prepare_retry(policy, err, attempt, deadline)
-    if not last_retry_cost then
-      return nil, err
-    end
-    -- The sleep fitted the deadline, but a slow sleep or on_retry may
-    -- still have used up the rest.
-    if time_left_ms(policy, deadline) < 1 then
-      return nil, err
+    if delay_ms > 0 then
+      policy.sleep(delay_ms / 1000)
     end
   end
-
-  -- Not reached: prepare_retry stops at max_attempts.
-  return nil, err
 end
 
 return retry
