@@ -33,6 +33,7 @@
 -- the error at once. No attempt starts after the deadline, and each attempt's
 -- timeout is min(timeout_ms, time left).
 
+local async = require("appcenter.async")
 local core = require("appcenter.core")
 local credentials = require("appcenter.credentials")
 local options = require("appcenter.options")
@@ -110,10 +111,22 @@ function Client:create_credential(file_name)
   end)
 end
 
--- Closes the connection. Garbage collection closes it too.
+-- Closes the connection. Requests started with `start` that have not
+-- ended get their callbacks called with a `cancelled` error first.
+-- Garbage collection closes the connection too, without callbacks.
 function Client:close()
-  self.core_client:close()
+  async.close(self)
 end
+
+-- Non-blocking requests and the coroutine helper, with the same retries,
+-- deadline and retry budget as create_credential: see appcenter/async.lua.
+Client.start = async.start
+Client.poll = async.poll
+Client.perform = async.perform
+Client.pending = async.pending
+Client.sockets = async.sockets
+Client.timeout = async.timeout
+Client.create_credential_async = async.await
 
 -- Requests one credential with a client of its own, which is closed
 -- afterwards, so the retry budget starts full on every call.

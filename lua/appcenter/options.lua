@@ -30,6 +30,7 @@ local CORE_TYPES = {
   proxy = "string",
   allow_http = "boolean",
   max_body_bytes = "number",
+  max_connections = "number",
 }
 
 -- Options of the wrapper itself, which are not passed to core.new.

@@ -1,0 +1,489 @@
+-- Non-blocking requests of the wrapper client, for game loops and event
+-- loops: start, poll, cancel, close and a coroutine helper, with the same
+-- retries, deadline and retry budget as the blocking create_credential.
+--
+-- Each attempt is one request of appcenter.core's multi interface. When
+-- the retry policy (appcenter/retry.lua) retries a failed attempt, the
+-- request waits on a timer kept here, and poll starts the attempts whose
+-- timer is due. Nothing sleeps outside poll, and poll waits at most its
+-- timeout in total. The callbacks that poll runs take time on top.
+--
+-- Callbacks run inside poll, perform, cancel and close, never inside
+-- start. Each started request gets exactly one callback call: its
+-- outcome, or a `cancelled` error from cancel or close. An error raised
+-- by a callback does not stop the others: the function that ran the
+-- callbacks raises the first such error after it has finished its work.
+
+local core = require("appcenter.core")
+local retry = require("appcenter.retry")
+
+local async = {}
+
+-- The range that appcenter.core accepts for poll's timeout: one day.
+local MAX_POLL_TIMEOUT_MS = 86400000
+
+local unpack = table.unpack or unpack
+
+-- table.pack, which Lua 5.1 lacks.
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+local Request = {}
+Request.__index = Request
+
+
+-- Returns the non-blocking state of a wrapper client, created on first
+-- use: the requests that wait for a retry timer, the count of requests in
+-- flight and the first callback error of the running poll, cancel or
+-- close.
+local function state_of(client)
+  local state = client.async_state
+  if not state then
+    state = {
+      waiting = {},       -- set of requests whose retry timer runs
+      in_flight = 0,      -- started requests whose callback has not run
+      completed = 0,      -- callbacks run since the current poll began
+      sequence = 0,       -- orders retries that are due at the same time
+      polling = false,
+      closed = false,
+      first_error = nil,  -- { value = error } of the first callback error
+    }
+    client.async_state = state
+  end
+  return state
+end
+
+local function record_error(state, value)
+  if not state.first_error then
+    state.first_error = { value = value }
+  end
+end
+
+-- Runs fn(...) and raises the first callback error recorded meanwhile,
+-- after fn has returned. Errors recorded before the call belong to an
+-- enclosing poll, cancel or close and are kept for it.
+local function run_collecting_errors(state, fn, ...)
+  local outer = state.first_error
+  state.first_error = nil
+  local outcome = pack(pcall(fn, ...))
+  local inner = state.first_error
+  state.first_error = outer
+
+  if not outcome[1] then
+    error(outcome[2], 0)
+  end
+  if inner then
+    error(inner.value, 0)
+  end
+  return unpack(outcome, 2, outcome.n)
+end
+
+
+-- Builds the error for a request cancelled while it waited for a retry,
+-- in the shape and with the metatable of the core's `cancelled` errors.
+local function cancelled_error(request, message)
+  return setmetatable({
+    kind = "cancelled",
+    code = "cancelled",
+    message = message,
+    retryable = false,
+    attempts = request.call.attempt,
+  }, getmetatable(request.last_err))
+end
+
+-- Ends a request and calls its callback. A callback error is recorded for
+-- the enclosing poll, cancel or close to raise.
+local function finish(request, result, info)
+  local state = request.async_state
+  if result == nil and info.kind == "cancelled" then
+    request.stage = "cancelled"
+  else
+    request.stage = "done"
+  end
+  state.in_flight = state.in_flight - 1
+  state.completed = state.completed + 1
+
+  local callback = request.callback
+  request.callback = nil
+  local ok, err = pcall(callback, result, info)
+  if not ok then
+    record_error(state, err)
+  end
+end
+
+local function schedule_retry(request, err, delay_ms)
+  local state = request.async_state
+  state.sequence = state.sequence + 1
+  request.stage = "waiting"
+  request.last_err = err
+  request.due = request.client.policy.now() + delay_ms / 1000
+  request.sequence = state.sequence
+  state.waiting[request] = true
+end
+
+-- Handles the outcome of one attempt: schedules the next attempt or ends
+-- the request. Runs as the core request's callback.
+local function on_attempt_done(request, result, info)
+  request.core_request = nil
+  local call = request.call
+  local ok, delay_ms = pcall(call.complete, call, result, info)
+  if not ok then
+    -- on_retry raised. The blocking call would stop with that error, so
+    -- the request ends with the attempt's error and poll raises it.
+    record_error(request.async_state, delay_ms)
+    delay_ms = nil
+  end
+
+  if delay_ms then
+    schedule_retry(request, info, delay_ms)
+  else
+    finish(request, result, info)
+  end
+end
+
+-- Starts the core request of the current attempt. Returns true, or nil
+-- and an invalid_argument error when appcenter.core rejects the input.
+-- Raises what core_client:start raises.
+local function launch(request, timeout_ms)
+  local call_opts
+  if timeout_ms then
+    call_opts = { timeout_ms = timeout_ms }
+  end
+
+  local core_request, err = request.client.core_client:start(
+    request.file_name,
+    function(result, info)
+      on_attempt_done(request, result, info)
+    end,
+    call_opts)
+  if not core_request then
+    err.attempts = request.call.attempt
+    return nil, err
+  end
+  request.core_request = core_request
+  request.stage = "running"
+  return true
+end
+
+local function start_retry(request)
+  local ok, timeout_ms = request.call:begin_attempt()
+  if not ok then
+    finish(request, nil, request.last_err)
+    return
+  end
+
+  local launched, started, err = pcall(launch, request, timeout_ms)
+  if not launched then
+    record_error(request.async_state, started)
+    finish(request, nil, request.last_err)
+  elseif not started then
+    finish(request, nil, err)
+  end
+end
+
+-- Returns the requests of `state.waiting` whose timer is due at `now`
+-- (all of them when `now` is nil), in the order they are due.
+local function waiting_requests(state, now)
+  local list = {}
+  for request in pairs(state.waiting) do
+    if not now or request.due <= now then
+      list[#list + 1] = request
+    end
+  end
+  table.sort(list, function(a, b)
+    if a.due ~= b.due then
+      return a.due < b.due
+    end
+    return a.sequence < b.sequence
+  end)
+  return list
+end
+
+local function start_due_retries(client, state)
+  for _, request in ipairs(waiting_requests(state, client.policy.now())) do
+    -- A callback run by an earlier retry in this loop may have cancelled
+    -- this request.
+    if state.waiting[request] then
+      state.waiting[request] = nil
+      start_retry(request)
+    end
+  end
+end
+
+-- Returns the whole milliseconds until the next retry timer is due (0
+-- when one is due now), or nil when no request waits for a retry.
+local function next_retry_ms(client, state)
+  local earliest
+  for request in pairs(state.waiting) do
+    if not earliest or request.due < earliest then
+      earliest = request.due
+    end
+  end
+  if not earliest then
+    return nil
+  end
+  return math.max(0, math.ceil((earliest - client.policy.now()) * 1000))
+end
+
+
+local function check_open(state, level)
+  if state.closed then
+    error("appcenter: the client is closed", level + 1)
+  end
+end
+
+-- Starts a request for an upload credential for `file_name` and returns
+-- its handle. `callback(result, meta)` or `callback(nil, err)` runs once,
+-- from poll, perform, cancel or close, with the same values as
+-- create_credential. Returns nil and an invalid_argument error, without
+-- calling the callback, when the file name is invalid. Raises for a
+-- non-string file name, a missing callback or a closed client.
+function async.start(client, file_name, callback)
+  if type(file_name) ~= "string" then
+    error(("bad argument #1 to 'start' (string expected, got %s)")
+      :format(type(file_name)), 2)
+  end
+  if type(callback) ~= "function" then
+    error(("bad argument #2 to 'start' (function expected, got %s)")
+      :format(type(callback)), 2)
+  end
+  local state = state_of(client)
+  check_open(state, 2)
+
+  local request = setmetatable({
+    client = client,
+    async_state = state,
+    file_name = file_name,
+    callback = callback,
+    call = retry.new_call(client.policy),
+    stage = "new",
+  }, Request)
+
+  local _, timeout_ms = request.call:begin_attempt()
+  local started, err = launch(request, timeout_ms)
+  if not started then
+    request.stage = "done"
+    return nil, err
+  end
+  state.in_flight = state.in_flight + 1
+  return request
+end
+
+local function poll_loop(client, state, timeout_ms)
+  local policy = client.policy
+  local core_client = client.core_client
+
+  -- The timeout bounds real time, so it is checked on the monotonic clock
+  -- as well as on policy.now, which tests may replace.
+  local policy_deadline = policy.now() + timeout_ms / 1000
+  local real_deadline = core.monotonic() + timeout_ms / 1000
+  local function time_left_ms()
+    return math.min(policy_deadline - policy.now(),
+      real_deadline - core.monotonic()) * 1000
+  end
+
+  state.completed = 0
+  while true do
+    start_due_retries(client, state)
+    if state.closed or state.completed > 0 then
+      break
+    end
+
+    local until_retry_ms = next_retry_ms(client, state)
+    local wait_ms = math.max(0, math.floor(time_left_ms()))
+    if until_retry_ms and until_retry_ms < wait_ms then
+      wait_ms = until_retry_ms
+    end
+
+    if core_client:pending() > 0 then
+      -- Runs on_attempt_done for every attempt that ends meanwhile.
+      core_client:poll(wait_ms)
+    elseif until_retry_ms and wait_ms > 0 then
+      policy.sleep(wait_ms / 1000)
+    elseif until_retry_ms ~= 0 then
+      -- Nothing in flight, or no time left to wait for a timer.
+      break
+    end
+
+    if state.closed or state.completed > 0 or time_left_ms() < 1 then
+      break
+    end
+  end
+
+  -- Retries that became due during the last wait start now rather than
+  -- one poll later.
+  if not state.closed then
+    start_due_retries(client, state)
+  end
+  return state.completed
+end
+
+-- Drives the requests in flight: waits at most `timeout_ms` (default 0)
+-- for transfers and retry timers, starts the retries that are due and
+-- runs the callbacks of the requests that ended. Returns as soon as at
+-- least one callback ran, or at once when nothing is in flight, and
+-- returns how many callbacks ran. Raises the first error raised by a
+-- callback after running the others.
+function async.poll(client, timeout_ms)
+  if timeout_ms == nil then
+    timeout_ms = 0
+  end
+  if type(timeout_ms) ~= "number" or not (timeout_ms >= 0)
+      or timeout_ms > MAX_POLL_TIMEOUT_MS then
+    error(("bad argument #1 to 'poll' (timeout_ms must be a number from 0 "
+      .. "to %d, got %s)"):format(MAX_POLL_TIMEOUT_MS, tostring(timeout_ms)),
+      2)
+  end
+  local state = state_of(client)
+  check_open(state, 2)
+  if state.polling then
+    error("appcenter: poll called from a request callback", 2)
+  end
+
+  state.polling = true
+  local ok, count = pcall(run_collecting_errors, state, poll_loop, client,
+    state, timeout_ms)
+  state.polling = false
+  if not ok then
+    error(count, 0)
+  end
+  return count
+end
+
+-- Drives the requests in flight without waiting: poll(0).
+function async.perform(client)
+  return async.poll(client, 0)
+end
+
+-- Returns the number of started requests whose callback has not run yet,
+-- those waiting for a retry timer included.
+function async.pending(client)
+  return state_of(client).in_flight
+end
+
+-- Returns the sockets that the transfers wait on, as {fd, read, write}
+-- tables, for an external event loop. See async.timeout.
+function async.sockets(client)
+  return client.core_client:sockets()
+end
+
+-- Returns the milliseconds until perform must run again even when no
+-- socket is ready: the earlier of libcurl's timer and the next retry
+-- timer. Returns nil when neither is set.
+function async.timeout(client)
+  local core_ms = client.core_client:timeout()
+  local retry_ms = next_retry_ms(client, state_of(client))
+  if core_ms and retry_ms then
+    return math.min(core_ms, retry_ms)
+  end
+  return core_ms or retry_ms
+end
+
+-- Cancels the requests in flight, calling their callbacks with a
+-- `cancelled` error, and closes the core client. Raises the first error
+-- raised by a callback after running the others. Calling it again only
+-- closes the core client again, which does nothing.
+function async.close(client)
+  local state = state_of(client)
+  state.closed = true
+  run_collecting_errors(state, function()
+    for _, request in ipairs(waiting_requests(state, nil)) do
+      if state.waiting[request] then
+        state.waiting[request] = nil
+        finish(request, nil, cancelled_error(request, "the client was closed"))
+      end
+    end
+    -- Calls on_attempt_done of each attempt in flight with a cancelled
+    -- error.
+    client.core_client:close()
+  end)
+end
+
+
+local function cancel_request(request)
+  if request.stage == "running" then
+    -- Calls on_attempt_done with a cancelled error, which is final.
+    return request.core_request:cancel()
+  end
+  if request.stage == "waiting" then
+    request.async_state.waiting[request] = nil
+    finish(request, nil, cancelled_error(request, "the request was cancelled"))
+    return true
+  end
+  return false
+end
+
+-- Cancels the request, running or waiting for a retry: its callback runs
+-- at once with a `cancelled` error. Returns true, or false when the
+-- request had already ended. Raises what the callback raises.
+function Request:cancel()
+  return run_collecting_errors(self.async_state, cancel_request, self)
+end
+
+-- Returns "running" (an attempt is in flight), "waiting" (for a retry
+-- timer), "done" or "cancelled".
+function Request:status()
+  return self.stage
+end
+
+function Request:__tostring()
+  return ("appcenter request (%s)"):format(self.stage)
+end
+
+
+local function resume_error(co, err)
+  if type(err) == "string" then
+    return debug.traceback(co, err)
+  end
+  return err
+end
+
+-- Requests an upload credential from inside a coroutine: starts the
+-- request, yields until a callback from poll (or cancel, or close)
+-- resumes the coroutine, and returns `result, meta` or `nil, err` like
+-- create_credential. Raises outside a coroutine.
+--
+-- The coroutine yields no values. When other code resumes it before the
+-- request has ended, it yields again. An error raised by the coroutine
+-- after the callback resumed it is raised by that poll, with the
+-- coroutine's traceback when the error is a string. A coroutine that is
+-- never resumed keeps its request, and stays suspended until the client
+-- is closed, which resumes it with a `cancelled` error, or is collected.
+function async.await(client, file_name)
+  local co, is_main = coroutine.running()
+  if not co or is_main then
+    error("appcenter: create_credential_async must be called inside a "
+      .. "coroutine; outside one, call create_credential or start", 2)
+  end
+
+  local outcome
+  local yielded = false
+  local request, err = async.start(client, file_name, function(result, info)
+    outcome = { result, info }
+    if yielded and coroutine.status(co) == "suspended" then
+      local ok, co_err = coroutine.resume(co)
+      if not ok then
+        error(resume_error(co, co_err), 0)
+      end
+    end
+  end)
+  if not request then
+    return nil, err
+  end
+
+  while not outcome do
+    yielded = true
+    local ok, yield_err = pcall(coroutine.yield)
+    yielded = false
+    if not ok then
+      -- The coroutine cannot yield here because a C function is on its
+      -- stack, so no callback could resume it. End the request and raise.
+      request:cancel()
+      error(yield_err, 0)
+    end
+  end
+  return outcome[1], outcome[2]
+end
+
+return async

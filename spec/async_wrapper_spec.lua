@@ -1,0 +1,921 @@
+-- Non-blocking requests of the Lua wrapper (client:start, poll, cancel,
+-- close, create_credential_async) against the local emulator.
+--
+-- Clients made with `fake_clock` get a clock whose now() is the real
+-- monotonic time plus all the seconds passed to sleep(), and whose sleep()
+-- only records them, so no test waits for a long backoff. poll sleeps
+-- only while no attempt is in flight.
+
+local appcenter = require("appcenter")
+local core = require("appcenter.core")
+local emulator = require("spec.support.emulator")
+
+local UNAVAILABLE = '{"error_code":"WKS.0503","error_msg":"unavailable"}'
+local FAILED = '{"error_code":"WKS.0001","error_msg":"request failed"}'
+local SAME_ID = { ["X-Request-Id"] = "fixed-request-id" }
+
+local ERROR_FIELDS = {
+  "kind", "status", "code", "message", "request_id", "retryable",
+  "retry_after", "attempts",
+}
+
+local function fake_clock()
+  local clock = { offset = 0, sleeps = {} }
+
+  function clock.now()
+    return core.monotonic() + clock.offset
+  end
+
+  function clock.sleep(seconds)
+    clock.sleeps[#clock.sleeps + 1] = seconds
+    clock.offset = clock.offset + seconds
+  end
+
+  return clock
+end
+
+local function constant(value)
+  return function()
+    return value
+  end
+end
+
+-- Returns a copy of `value` with every string, number and boolean replaced
+-- by its type name, to compare the shape of two results.
+local function shape(value)
+  if type(value) ~= "table" then
+    return type(value)
+  end
+  local copy = {}
+  for key, item in pairs(value) do
+    copy[key] = shape(item)
+  end
+  return copy
+end
+
+describe("appcenter async wrapper", function()
+  local emu
+
+  setup(function()
+    emu = emulator.start()
+  end)
+
+  teardown(function()
+    emu:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  -- Returns a wrapper client of the emulator. `extra` adds or replaces
+  -- options.
+  local function new_client(extra)
+    local client = appcenter.new(emu:client_options(extra))
+    assert.is_table(client)
+    return client
+  end
+
+  -- Returns a client on a fake clock, and the clock.
+  local function fake_client(retry_opts, extra)
+    local clock = fake_clock()
+    local opts = { now = clock.now, sleep = clock.sleep, retry = retry_opts }
+    for name, value in pairs(extra or {}) do
+      opts[name] = value
+    end
+    return new_client(opts), clock
+  end
+
+  -- Polls until nothing is in flight, at most max_polls times.
+  local function drive(client, max_polls, timeout_ms)
+    for _ = 1, max_polls or 500 do
+      if client:pending() == 0 then
+        return
+      end
+      client:poll(timeout_ms or 50)
+    end
+    error("requests still in flight after polling")
+  end
+
+  -- Polls until `request` has the given status, at most 200 times.
+  local function poll_until(client, request, status)
+    for _ = 1, 200 do
+      if request:status() == status then
+        return
+      end
+      client:poll(20)
+    end
+    error("request never reached status " .. status)
+  end
+
+  -- Starts one request, drives it and returns the callback's arguments
+  -- and the number of callback calls.
+  local function run_one(client, file_name)
+    local calls, first, second = 0, nil, nil
+    local request, err = client:start(file_name, function(a, b)
+      calls = calls + 1
+      first, second = a, b
+    end)
+    if not request then
+      return nil, err, 0
+    end
+    drive(client)
+    return first, second, calls
+  end
+
+  local function requests()
+    return emu:stats().requests
+  end
+
+  local function assert_same_error(expected, actual)
+    for _, field in ipairs(ERROR_FIELDS) do
+      assert.equal(expected[field], actual[field], "field " .. field)
+    end
+    assert.equal(tostring(expected), tostring(actual))
+  end
+
+  describe("outcomes", function()
+    it("result matches blocking call", function()
+      local client = new_client()
+
+      local sync, sync_meta = client:create_credential("same.bin")
+      local result, meta, calls = run_one(client, "same.bin")
+
+      assert.equal(1, calls)
+      assert.same(shape(sync), shape(result))
+      assert.equal(sync.bucket_name, result.bucket_name)
+      assert.equal(sync.server_end_point, result.server_end_point)
+      assert.same(sync.policy.statement.action, result.policy.statement.action)
+      assert.matches("same%.bin$", result.object_path)
+      assert.equal(sync_meta.status, meta.status)
+      assert.equal(1, meta.attempts)
+      assert.is_string(meta.request_id)
+      assert.is_number(meta.elapsed_ms)
+      client:close()
+    end)
+
+    local failures = {
+      {
+        name = "503 after all attempts",
+        fault = { status = 503, body = UNAVAILABLE, times = 3,
+          headers = SAME_ID },
+        attempts = 3,
+      },
+      {
+        name = "401 without retry",
+        fault = { status = 401, body = FAILED, times = 1, headers = SAME_ID },
+        attempts = 1,
+      },
+      {
+        name = "invalid response",
+        fault = { status = 200, body = "not json", times = 1,
+          headers = SAME_ID },
+        attempts = 1,
+      },
+      {
+        name = "Retry-After past deadline",
+        fault = { status = 503, body = UNAVAILABLE, times = 1,
+          headers = { ["Retry-After"] = "120",
+            ["X-Request-Id"] = "fixed-request-id" } },
+        attempts = 1,
+      },
+    }
+
+    for _, case in ipairs(failures) do
+      it("error matches blocking call: " .. case.name, function()
+        local client = fake_client{ random = constant(0) }
+
+        emu:fault(case.fault)
+        local sync_result, sync_err = client:create_credential("a.bin")
+        local sync_requests = requests()
+        emu:reset()
+        emu:fault(case.fault)
+        local result, err, calls = run_one(client, "a.bin")
+
+        assert.is_nil(sync_result)
+        assert.is_nil(result)
+        assert.equal(1, calls)
+        assert.equal(case.attempts, err.attempts)
+        assert_same_error(sync_err, err)
+        assert.equal(sync_requests, requests())
+        client:close()
+      end)
+    end
+
+    it("invalid file name fails at start", function()
+      local client = new_client()
+      local called = false
+
+      local _, sync_err = client:create_credential("bad:name.bin")
+      local request, err = client:start("bad:name.bin", function()
+        called = true
+      end)
+
+      assert.is_nil(request)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal(1, err.attempts)
+      assert_same_error(sync_err, err)
+      assert.equal(0, client:pending())
+      assert.equal(0, client:perform())
+      assert.is_false(called)
+      assert.equal(0, requests())
+    end)
+
+    it("raises on wrong argument types", function()
+      local client = new_client()
+
+      assert.has_error(function()
+        client:start(42, function() end)
+      end, "bad argument #1 to 'start' (string expected, got number)")
+      assert.has_error(function()
+        client:start("a.bin")
+      end, "bad argument #2 to 'start' (function expected, got nil)")
+      assert.has_error(function()
+        client:poll(-1)
+      end)
+      assert.has_error(function()
+        client:poll("soon")
+      end)
+      assert.equal(0, requests())
+    end)
+
+    it("retry false makes one attempt", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local client = fake_client(false)
+
+      local result, err = run_one(client, "a.bin")
+
+      assert.is_nil(result)
+      assert.equal(503, err.status)
+      assert.equal(1, err.attempts)
+      assert.equal(1, requests())
+    end)
+  end)
+
+  describe("retries in poll", function()
+    it("succeeds after two 503s", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 2 }
+      local retries = {}
+      local client, clock = fake_client{
+        random = constant(0.5),
+        on_retry = function(err, attempt, delay_ms)
+          retries[#retries + 1] = {
+            status = err.status, attempt = attempt, delay_ms = delay_ms,
+          }
+        end,
+      }
+
+      local result, meta, calls = run_one(client, "replay.bin")
+
+      assert.equal(1, calls)
+      assert.is_table(result)
+      assert.equal(3, meta.attempts)
+      assert.equal(3, requests())
+      assert.same({ status = 503, attempt = 1, delay_ms = 50 }, retries[1])
+      assert.same({ status = 503, attempt = 2, delay_ms = 100 }, retries[2])
+      assert.equal(2, #retries)
+      -- The backoff was waited on the injected clock, in one or more
+      -- sleeps of poll.
+      local slept = 0
+      for _, seconds in ipairs(clock.sleeps) do
+        slept = slept + seconds
+      end
+      assert.is_true(math.abs(slept - 0.15) < 1e-9, "slept " .. slept)
+      assert.is_true(meta.elapsed_ms >= 150)
+    end)
+
+    it("honours Retry-After", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1,
+        headers = { ["Retry-After"] = "2" } }
+      local client, clock = fake_client()
+
+      local result, meta = run_one(client, "replay.bin")
+
+      assert.is_table(result)
+      assert.equal(2, meta.attempts)
+      -- Real time passes too, so the injected sleeps add up to a little
+      -- less than the 2 s requested.
+      assert.is_true(clock.offset > 1.5, "slept " .. clock.offset)
+      assert.is_true(meta.elapsed_ms >= 2000)
+      assert.is_true(meta.elapsed_ms < 3000)
+    end)
+
+    it("no attempt starts after deadline", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 10 }
+      local client = fake_client{
+        max_attempts = 10, deadline_ms = 1000,
+        base_delay_ms = 400, max_delay_ms = 400,
+        random = constant(0.9999),
+      }
+
+      local _, err = run_one(client, "replay.bin")
+
+      -- Two 400 ms delays fit into 1000 ms, a third one does not.
+      assert.equal(3, err.attempts)
+      assert.equal(3, requests())
+    end)
+
+    it("retries a timeout", function()
+      emu:fault{ delay_ms = 1000, times = 1 }
+      local client = fake_client({ random = constant(0) },
+        { timeout_ms = 200 })
+
+      local result, meta = run_one(client, "replay.bin")
+
+      assert.is_table(result)
+      assert.equal(2, meta.attempts)
+    end)
+
+    it("starts retries that fall due in perform", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client = fake_client{ random = constant(0) }
+      local socket = require("socket")
+      local result
+      local request = client:start("a.bin", function(r) result = r end)
+
+      -- Frames of 5 ms, for at most 10 s.
+      for _ = 1, 2000 do
+        if request:status() == "done" then
+          break
+        end
+        client:perform()
+        socket.sleep(0.005)
+      end
+
+      assert.is_table(result)
+      assert.equal(2, requests())
+    end)
+
+    it("on_retry error is raised by poll", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local client = fake_client{
+        on_retry = function()
+          error("on_retry failed")
+        end,
+      }
+      local outcome
+      client:start("a.bin", function(a, b) outcome = { a, b } end)
+
+      local ok, message
+      for _ = 1, 100 do
+        ok, message = pcall(client.poll, client, 50)
+        if not ok or client:pending() == 0 then
+          break
+        end
+      end
+
+      assert.is_false(ok)
+      assert.matches("on_retry failed", message)
+      assert.is_nil(outcome[1])
+      assert.equal(503, outcome[2].status)
+      assert.equal(1, outcome[2].attempts)
+      assert.equal(0, client:pending())
+      assert.equal(1, requests())
+    end)
+  end)
+
+  describe("budget", function()
+    local SMALL = {
+      capacity = 10, retry_cost = 5, timeout_cost = 10, success_refund = 1,
+    }
+
+    it("blocking calls drain it for start", function()
+      local client = fake_client{ budget = SMALL, random = constant(0) }
+
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local _, first = client:create_credential("a.bin")
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local _, second = run_one(client, "a.bin")
+
+      assert.equal(3, first.attempts)
+      assert.equal(1, second.attempts)
+      assert.equal(4, requests())
+    end)
+
+    it("start drains it for blocking calls", function()
+      local client = fake_client{ budget = SMALL, random = constant(0) }
+
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local _, first = run_one(client, "a.bin")
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      local _, second = client:create_credential("a.bin")
+
+      assert.equal(3, first.attempts)
+      assert.equal(1, second.attempts)
+      assert.equal(4, requests())
+    end)
+
+    it("async successes refill it", function()
+      local client = fake_client{ budget = SMALL, random = constant(0) }
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3 }
+      client:create_credential("a.bin")
+
+      for i = 1, 5 do
+        client:start("refill-" .. i .. ".bin", function() end)
+      end
+      drive(client)
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local result, meta = client:create_credential("a.bin")
+
+      assert.is_table(result)
+      assert.equal(2, meta.attempts)
+    end)
+  end)
+
+  describe("cancel", function()
+    it("cancels during a retry wait", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3,
+        headers = { ["Retry-After"] = "5" } }
+      local client = new_client()
+      local outcome, calls = nil, 0
+      local request = client:start("a.bin", function(a, b)
+        calls = calls + 1
+        outcome = { a, b }
+      end)
+
+      poll_until(client, request, "waiting")
+      local timeout_ms = client:timeout()
+      assert.is_true(request:cancel())
+
+      assert.is_true(timeout_ms > 3000, "timeout " .. timeout_ms)
+      assert.is_true(timeout_ms <= 5000, "timeout " .. timeout_ms)
+      assert.equal(1, calls)
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal("the request was cancelled", outcome[2].message)
+      assert.is_false(outcome[2].retryable)
+      assert.equal(1, outcome[2].attempts)
+      assert.matches("^appcenter: cancelled: ", tostring(outcome[2]))
+      assert.equal("cancelled", request:status())
+      assert.equal(0, client:pending())
+      assert.is_nil(client:timeout())
+      assert.is_false(request:cancel())
+      assert.equal(0, client:poll(50))
+      assert.equal(1, calls)
+      assert.equal(1, requests())
+    end)
+
+    it("cancels a running attempt", function()
+      emu:fault{ delay_ms = 1000, times = 1 }
+      local client = new_client()
+      local outcome
+      local request = client:start("a.bin", function(a, b)
+        outcome = { a, b }
+      end)
+      client:poll(20)
+
+      assert.equal("running", request:status())
+      assert.is_true(request:cancel())
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal(1, outcome[2].attempts)
+      assert.equal("cancelled", request:status())
+      assert.equal(0, client:pending())
+    end)
+
+    it("cancel raises callback error", function()
+      local client = new_client()
+      local request = client:start("a.bin", function()
+        error("boom in cancel callback")
+      end)
+
+      assert.has_error(function()
+        request:cancel()
+      end)
+      assert.equal(0, client:pending())
+      assert.equal("cancelled", request:status())
+    end)
+  end)
+
+  describe("close", function()
+    it("cancels running and waiting requests", function()
+      -- Delays come from faults, which the emulator takes when a request
+      -- arrives. A configured delay_ms would make the abandoned requests
+      -- take the faults of a later test when their delay ends.
+      emu:fault{
+        { status = 503, body = UNAVAILABLE, times = 1,
+          headers = { ["Retry-After"] = "5" } },
+        { delay_ms = 1000, times = 3 },
+      }
+      local client = new_client()
+      local outcomes = {}
+      local waiting = client:start("wait.bin", function(a, b)
+        outcomes[#outcomes + 1] = { name = "wait.bin", result = a, err = b }
+      end)
+      poll_until(client, waiting, "waiting")
+      for i = 1, 3 do
+        client:start("run" .. i .. ".bin", function(a, b)
+          outcomes[#outcomes + 1] = { name = "run", result = a, err = b }
+        end)
+      end
+      client:poll(20)
+
+      client:close()
+
+      assert.equal(4, #outcomes)
+      for _, outcome in ipairs(outcomes) do
+        assert.is_nil(outcome.result)
+        assert.equal("cancelled", outcome.err.kind)
+        assert.equal("the client was closed", outcome.err.message)
+      end
+      assert.equal("cancelled", waiting:status())
+      assert.equal(0, client:pending())
+      assert.has_error(function()
+        client:poll(0)
+      end, "appcenter: the client is closed")
+      assert.has_error(function()
+        client:start("a.bin", function() end)
+      end, "appcenter: the client is closed")
+      client:close()
+    end)
+
+    it("close raises callback error after the rest", function()
+      emu:fault{ delay_ms = 1000, times = 2 }
+      local client = new_client()
+      local cancelled = 0
+      client:start("a.bin", function()
+        error("boom in close callback")
+      end)
+      client:start("b.bin", function()
+        cancelled = cancelled + 1
+      end)
+
+      local ok, message = pcall(client.close, client)
+
+      assert.is_false(ok)
+      assert.matches("boom in close callback", message)
+      assert.equal(1, cancelled)
+      assert.equal(0, client:pending())
+    end)
+
+    it("close from a callback inside poll", function()
+      emu:fault{ delay_ms = 1500, times = 1 }
+      local client = new_client()
+      local outcomes = {}
+      local function record(name)
+        return function(result, err)
+          outcomes[#outcomes + 1] = name .. " " .. (result and "ok" or err.kind)
+        end
+      end
+      client:start("slow.bin", record("slow"))
+      -- The slow request takes the delay fault once the emulator has it.
+      for _ = 1, 100 do
+        if requests() >= 1 then
+          break
+        end
+        client:poll(10)
+      end
+      client:start("fast.bin", function(result, err)
+        record("fast")(result, err)
+        client:close()
+      end)
+
+      for _ = 1, 100 do
+        if client:pending() == 0 then
+          break
+        end
+        client:poll(50)
+      end
+
+      assert.same({ "fast ok", "slow cancelled" }, outcomes)
+      assert.equal(0, client:pending())
+    end)
+  end)
+
+  describe("callback errors", function()
+    it("poll raises after running the rest", function()
+      local client = new_client()
+      local finished = 0
+      client:start("a.bin", function()
+        error("boom in callback")
+      end)
+      client:start("b.bin", function()
+        finished = finished + 1
+      end)
+
+      local message
+      for _ = 1, 100 do
+        if client:pending() == 0 then
+          break
+        end
+        local ok, err = pcall(client.poll, client, 50)
+        if not ok then
+          message = err
+        end
+      end
+
+      assert.matches("boom in callback", message)
+      assert.equal(0, client:pending())
+      assert.equal(1, finished)
+      local result = run_one(client, "after.bin")
+      assert.is_table(result)
+    end)
+
+    it("rejects poll from a callback", function()
+      local client = new_client()
+      local message
+      client:start("a.bin", function()
+        message = select(2, pcall(client.poll, client, 0))
+      end)
+
+      drive(client)
+
+      assert.equal("appcenter: poll called from a request callback",
+        message:match("appcenter: .*$"))
+    end)
+
+    it("allows start from a callback", function()
+      local client = new_client()
+      local second
+      client:start("a.bin", function()
+        client:start("b.bin", function(result) second = result end)
+      end)
+
+      drive(client)
+
+      assert.matches("b%.bin$", second.object_path)
+    end)
+  end)
+
+  describe("create_credential_async", function()
+    it("resumes many coroutines from poll", function()
+      emu:config{ delay_ms = 100 }
+      local client = new_client()
+      local results = {}
+      local threads = {}
+      for i = 1, 8 do
+        local co = coroutine.create(function()
+          local name = "co-" .. i .. ".bin"
+          local result, meta = client:create_credential_async(name)
+          results[i] = { path = result and result.object_path,
+            attempts = meta.attempts }
+          -- A second request from the same coroutine.
+          local again = client:create_credential_async(name)
+          results[i].again = again and again.object_path
+        end)
+        threads[i] = co
+        assert.is_true(coroutine.resume(co))
+      end
+
+      assert.equal(8, client:pending())
+      drive(client)
+
+      for i, co in ipairs(threads) do
+        assert.equal("dead", coroutine.status(co))
+        assert.matches("co%-" .. i .. "%.bin$", results[i].path)
+        assert.matches("co%-" .. i .. "%.bin$", results[i].again)
+        assert.equal(1, results[i].attempts)
+      end
+      assert.equal(16, requests())
+    end)
+
+    it("returns errors like the blocking call", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3,
+        headers = SAME_ID }
+      local client = fake_client{ random = constant(0) }
+      local _, sync_err = client:create_credential("a.bin")
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 3,
+        headers = SAME_ID }
+      local outcome
+      local co = coroutine.create(function()
+        outcome = { client:create_credential_async("a.bin") }
+      end)
+
+      assert.is_true(coroutine.resume(co))
+      drive(client)
+
+      assert.is_nil(outcome[1])
+      assert.equal(3, outcome[2].attempts)
+      assert_same_error(sync_err, outcome[2])
+    end)
+
+    it("returns invalid input at once", function()
+      local client = new_client()
+      local outcome
+      local co = coroutine.create(function()
+        outcome = { client:create_credential_async("bad:name.bin") }
+      end)
+
+      assert.is_true(coroutine.resume(co))
+
+      assert.equal("dead", coroutine.status(co))
+      assert.equal("invalid_argument", outcome[2].kind)
+      assert.equal(0, client:pending())
+    end)
+
+    it("raises outside a coroutine", function()
+      local client = new_client()
+
+      local ok, message = pcall(client.create_credential_async, client,
+        "a.bin")
+
+      assert.is_false(ok)
+      assert.matches("must be called inside a coroutine", message)
+      assert.equal(0, client:pending())
+    end)
+
+    it("poll raises coroutine errors", function()
+      local client = new_client()
+      local co = coroutine.create(function()
+        client:create_credential_async("a.bin")
+        error("boom in coroutine")
+      end)
+      assert.is_true(coroutine.resume(co))
+
+      local ok, message
+      for _ = 1, 100 do
+        ok, message = pcall(client.poll, client, 50)
+        if not ok or client:pending() == 0 then
+          break
+        end
+      end
+
+      assert.is_false(ok)
+      assert.matches("boom in coroutine", message)
+      assert.matches("stack traceback", message)
+      assert.equal("dead", coroutine.status(co))
+    end)
+
+    it("close resumes with cancelled", function()
+      emu:fault{ delay_ms = 1000, times = 1 }
+      local client = new_client()
+      local outcome
+      local co = coroutine.create(function()
+        outcome = { client:create_credential_async("a.bin") }
+      end)
+      assert.is_true(coroutine.resume(co))
+
+      client:close()
+
+      assert.equal("dead", coroutine.status(co))
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+    end)
+
+    it("yields again on foreign resume", function()
+      emu:config{ delay_ms = 200 }
+      local client = new_client()
+      local outcome
+      local co = coroutine.create(function()
+        outcome = { client:create_credential_async("a.bin") }
+      end)
+      assert.is_true(coroutine.resume(co))
+
+      -- A scheduler that resumes every coroutine once per frame.
+      assert.is_true(coroutine.resume(co, "tick"))
+      assert.equal("suspended", coroutine.status(co))
+      assert.is_nil(outcome)
+      drive(client)
+
+      assert.equal("dead", coroutine.status(co))
+      assert.is_table(outcome[1])
+    end)
+
+    it("cancels when it cannot yield", function()
+      local client = new_client()
+      local message
+      local co = coroutine.create(function()
+        -- table.sort calls the comparator from C, which cannot yield.
+        local ok, err = pcall(table.sort, { 2, 1 }, function()
+          client:create_credential_async("a.bin")
+          return false
+        end)
+        message = not ok and err
+      end)
+
+      assert.is_true(coroutine.resume(co))
+
+      assert.equal("dead", coroutine.status(co))
+      assert.matches("yield", message)
+      assert.equal(0, client:pending())
+    end)
+  end)
+
+  describe("waiting", function()
+    it("poll returns by its timeout", function()
+      emu:fault{ delay_ms = 1500, times = 1 }
+      local client = new_client()
+      client:start("slow.bin", function() end)
+
+      local started = core.monotonic()
+      local count = client:poll(100)
+      local elapsed = core.monotonic() - started
+
+      assert.equal(0, count)
+      assert.is_true(elapsed >= 0.09, "poll(100) took " .. elapsed .. " s")
+      assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
+      client:close()
+    end)
+
+    it("poll returns by its timeout during retry wait", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1,
+        headers = { ["Retry-After"] = "3" } }
+      local client = new_client()
+      local request = client:start("a.bin", function() end)
+      poll_until(client, request, "waiting")
+
+      local started = core.monotonic()
+      local count = client:poll(100)
+      local elapsed = core.monotonic() - started
+
+      assert.equal(0, count)
+      assert.equal("waiting", request:status())
+      assert.is_true(elapsed >= 0.09, "poll(100) took " .. elapsed .. " s")
+      assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
+      client:close()
+    end)
+
+    it("perform does not wait", function()
+      emu:fault{ delay_ms = 1500, times = 1 }
+      local client = new_client()
+      client:start("slow.bin", function() end)
+
+      local started = core.monotonic()
+      local count = client:perform()
+
+      assert.equal(0, count)
+      assert.is_true(core.monotonic() - started < 0.3)
+      client:close()
+    end)
+
+    it("poll returns at once when idle", function()
+      local client = new_client()
+
+      local started = core.monotonic()
+      local count = client:poll(2000)
+
+      assert.equal(0, count)
+      assert.is_true(core.monotonic() - started < 0.3)
+    end)
+
+    it("runs in an external select loop", function()
+      local socket = require("socket")
+      emu:config{ delay_ms = 50 }
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client = fake_client{ random = constant(0.5) }
+      local results = {}
+      for i = 1, 3 do
+        client:start("ext-" .. i .. ".bin", function(result)
+          results[#results + 1] = result
+        end)
+      end
+
+      local saw_socket = false
+      for _ = 1, 500 do
+        if client:pending() == 0 then
+          break
+        end
+        local readers, writers = {}, {}
+        for _, entry in ipairs(client:sockets()) do
+          local fd = entry.fd
+          local wrapper = { getfd = function() return fd end,
+            dirty = function() return false end }
+          if entry.read then
+            readers[#readers + 1] = wrapper
+          end
+          if entry.write then
+            writers[#writers + 1] = wrapper
+          end
+          saw_socket = true
+        end
+        local timeout_ms = client:timeout() or 100
+        socket.select(readers, writers, math.min(timeout_ms, 100) / 1000)
+        client:perform()
+      end
+
+      assert.equal(0, client:pending())
+      assert.equal(3, #results)
+      assert.is_true(saw_socket)
+      assert.equal(4, requests())
+    end)
+  end)
+
+  describe("load", function()
+    it("completes 200 delayed requests", function()
+      emu:config{ delay_ms = 200 }
+      local client = new_client{ max_connections = 32 }
+      local ok, failed = 0, 0
+      for i = 1, 200 do
+        assert.is_table(client:start("file-" .. i .. ".bin", function(result)
+          if result then
+            ok = ok + 1
+          else
+            failed = failed + 1
+          end
+        end))
+      end
+      assert.equal(200, client:pending())
+
+      local started = core.monotonic()
+      drive(client, 2000)
+      local elapsed = core.monotonic() - started
+
+      assert.equal(200, ok)
+      assert.equal(0, failed)
+      assert.is_true(emu:stats().connections <= 32)
+      assert.equal(200, requests())
+      -- 200 requests of 200 ms on 32 connections need 7 rounds, 1.4 s. The
+      -- bound only catches requests that run one after another (40 s).
+      assert.is_true(elapsed < 20, "took " .. elapsed .. " s")
+    end)
+  end)
+end)
