@@ -46,6 +46,7 @@ build = {
     ["appcenter.options"] = "lua/appcenter/options.lua",
     ["appcenter.retry"] = "lua/appcenter/retry.lua",
     ["appcenter.budget"] = "lua/appcenter/budget.lua",
+    ["appcenter.ngx"] = "lua/appcenter/ngx.lua",
     ["appcenter.async"] = "lua/appcenter/async.lua",
     ["appcenter.credentials"] = "lua/appcenter/credentials.lua",
   },

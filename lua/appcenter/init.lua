@@ -23,8 +23,12 @@
 --     random         function returning a number in [0, 1); math.random
 --     on_retry       function(err, attempt, delay_ms), called before each
 --                    retry, `attempt` being the attempt that just failed
---   now        function returning seconds; core.monotonic
---   sleep      function(seconds); core.sleep, which blocks the thread
+--   now        function returning seconds; core.monotonic, or inside
+--              nginx ngx.now
+--   sleep      function(seconds); core.sleep, which blocks the thread, or
+--              inside nginx ngx.sleep, which yields
+--   thread_pool  inside nginx, the thread pool that runs each attempt;
+--              "appcenter" (see appcenter/ngx.lua)
 --
 -- Only errors with `retryable = true` are retried (429, 500, 502, 503, 504,
 -- network errors and timeouts as appcenter.core flags them). A Retry-After
@@ -36,6 +40,7 @@
 local async = require("appcenter.async")
 local core = require("appcenter.core")
 local credentials = require("appcenter.credentials")
+local nginx = require("appcenter.ngx")
 local options = require("appcenter.options")
 local retry = require("appcenter.retry")
 
@@ -69,13 +74,23 @@ local function new_client(opts, caller)
   if not core_opts then
     return nil, err
   end
+  -- Inside nginx each attempt runs on a thread pool (appcenter/ngx.lua)
+  -- and the retry delays yield to the event loop.
+  local in_nginx = nginx.detect()
   local core_client
-  core_client, err = core.new(core_opts)
+  if in_nginx then
+    core_client, err = nginx.new_client(core_opts, opts.thread_pool)
+  else
+    core_client, err = core.new(core_opts)
+  end
   if not core_client then
     return nil, err
   end
 
   local clock = { now = core.monotonic, sleep = core.sleep }
+  if in_nginx then
+    clock = nginx.clock
+  end
   return setmetatable({
     core_client = core_client,
     policy = options.build_policy(opts, clock),

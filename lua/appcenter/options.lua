@@ -38,6 +38,7 @@ local WRAPPER_TYPES = {
   retry = "table or false",
   sleep = "function",
   now = "function",
+  thread_pool = "string",
 }
 
 local RETRY_TYPES = {

@@ -1,0 +1,144 @@
+-- content_by_lua handler of examples/nginx/nginx.conf: GET or POST
+-- /credential?file_name=NAME returns an upload credential as JSON.
+--
+-- Settings come from the environment, and nginx.conf passes each variable
+-- on with an `env` line:
+--
+--   APPCENTER_ENDPOINT or APPCENTER_REGION   where App Center is
+--   APPCENTER_PROJECT_ID                     the project id
+--   APPCENTER_TOKEN_FILE                     a file that contains the token,
+--   or APPCENTER_TOKEN                       or the token itself,
+--   or APPCENTER_AK and APPCENTER_SK         or an access key pair
+--
+-- The token file is read once per worker, when the first request arrives;
+-- reload nginx after rotating it.
+--
+-- NOTE: the handler does not authenticate its callers. Anyone who reaches
+-- the port gets a credential, so put it behind the application's own
+-- authentication.
+
+local appcenter = require("appcenter")
+local cjson = require("cjson.safe")
+
+local handler = {}
+
+-- This worker's client, created on the first request. It keeps the retry
+-- budget; the connections live in the thread pool's Lua VMs.
+local client
+
+local function read_token_file(path)
+  local file, message = io.open(path, "rb")
+  if not file then
+    return nil, ("cannot read APPCENTER_TOKEN_FILE: %s"):format(message)
+  end
+  local token = file:read("*a")
+  file:close()
+  token = token and token:match("^%s*(.-)%s*$")
+  if not token or token == "" then
+    return nil, ("APPCENTER_TOKEN_FILE %s is empty"):format(path)
+  end
+  return token
+end
+
+-- Builds the client options from the environment. Returns nil and a
+-- message when the token file cannot be read; appcenter.new reports the
+-- other missing settings.
+local function options_from_environment()
+  local opts = {
+    endpoint = os.getenv("APPCENTER_ENDPOINT"),
+    region = os.getenv("APPCENTER_REGION"),
+    project_id = os.getenv("APPCENTER_PROJECT_ID"),
+    retry = {
+      on_retry = function(err, attempt, delay_ms)
+        ngx.log(ngx.WARN, "appcenter: attempt ", attempt, " failed (",
+          tostring(err), "), retrying in ", delay_ms, " ms")
+      end,
+    },
+  }
+
+  local token_file = os.getenv("APPCENTER_TOKEN_FILE")
+  if token_file then
+    local token, message = read_token_file(token_file)
+    if not token then
+      return nil, message
+    end
+    opts.token = token
+  elseif os.getenv("APPCENTER_TOKEN") then
+    opts.token = os.getenv("APPCENTER_TOKEN")
+  else
+    opts.ak = os.getenv("APPCENTER_AK")
+    opts.sk = os.getenv("APPCENTER_SK")
+  end
+  return opts
+end
+
+local function get_client()
+  if client then
+    return client
+  end
+
+  local opts, message = options_from_environment()
+  if not opts then
+    return nil, message
+  end
+  local new_client, err = appcenter.new(opts)
+  if not new_client then
+    return nil, tostring(err)
+  end
+  client = new_client
+  return client
+end
+
+local function send_json(status, value)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  -- The body contains a secret key, which no cache may keep.
+  ngx.header["Cache-Control"] = "no-store"
+  ngx.say(cjson.encode(value))
+  -- The status went out with the body, so the request only needs to end.
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+local function send_error(status, code, message, request_id)
+  return send_json(status, {
+    error_code = code,
+    error_msg = message,
+    request_id = request_id,
+  })
+end
+
+function handler.handle()
+  local method = ngx.req.get_method()
+  if method ~= "GET" and method ~= "POST" then
+    ngx.header["Allow"] = "GET, POST"
+    return send_error(405, "method_not_allowed", "use GET or POST")
+  end
+
+  local file_name = ngx.req.get_uri_args().file_name
+  if type(file_name) ~= "string" then
+    return send_error(400, "invalid_file_name",
+      "pass exactly one file_name query argument, e.g. "
+      .. "/credential?file_name=replay-0042.bin")
+  end
+
+  local api, setup_error = get_client()
+  if not api then
+    ngx.log(ngx.ERR, "appcenter: client setup failed: ", setup_error)
+    return send_error(500, "setup_failed",
+      "the credential service is not configured; see the error log")
+  end
+
+  local result, err = api:create_credential(file_name)
+  if not result then
+    if err.kind == "invalid_argument" then
+      return send_error(400, "invalid_file_name", err.message)
+    end
+    -- Error messages contain no secrets, so the whole error can be logged.
+    ngx.log(ngx.ERR, "appcenter: create_credential failed for ", file_name,
+      " after ", err.attempts, " attempt(s): ", tostring(err))
+    return send_error(502, err.code, err.message, err.request_id)
+  end
+  return send_json(200, result)
+end
+
+return handler

@@ -1,0 +1,376 @@
+-- nginx integration (lua-nginx-module, http subsystem): runs each attempt
+-- of appcenter.core, which blocks in libcurl, on an nginx thread pool with
+-- ngx.run_worker_thread, so the worker's event loop keeps serving other
+-- requests while libcurl waits for App Center. The wrapper
+-- (appcenter/init.lua) uses this module when detect() returns true.
+--
+-- The file has two halves, one for each Lua VM involved:
+--
+--   event-loop side  new_client() returns a stand-in for the core client
+--                    whose create_credential posts the attempt to the pool
+--                    and yields; clock supplies ngx.now and ngx.sleep.
+--   thread side      ngx.run_worker_thread requires this module in a Lua VM
+--                    of its own and calls run_in_thread() on a pool thread.
+--                    Each such VM keeps its core clients, so connections
+--                    are reused across calls.
+--
+-- ngx.run_worker_thread copies arguments and return values between the two
+-- VMs. Only nil (at the top level), booleans, numbers, strings, light
+-- userdata and tables of those survive. Metatables are dropped, and a
+-- function or full userdata makes the whole call fail. An error raised in
+-- the thread VM arrives as its string, and a non-string error arrives as an
+-- empty string. So run_in_thread never raises and returns plain tables,
+-- and the event-loop side gives error tables their metatable back.
+
+local core = require("appcenter.core")
+
+local glue = {}
+
+-- Thread pool used when the thread_pool option is not set. nginx.conf needs
+-- a matching `thread_pool appcenter threads=16;` line in its main context.
+glue.DEFAULT_THREAD_POOL = "appcenter"
+
+-- Module and function that ngx.run_worker_thread requires and calls in the
+-- thread VM.
+local THREAD_MODULE = "appcenter.ngx"
+local THREAD_FUNCTION = "run_in_thread"
+
+-- Core clients kept by one thread VM. Each one contains a libcurl handle
+-- and its connection, so a VM that serves many different option sets (say,
+-- a token that rotates) closes the least recently used one past this count.
+local MAX_CLIENTS_PER_VM = 8
+
+-- Phases that cannot yield, so ngx.run_worker_thread and ngx.sleep are
+-- disabled there, with what to do instead.
+local EARLIER_PHASE = "call it in rewrite_by_lua*, access_by_lua* or "
+  .. "content_by_lua* and keep the result in ngx.ctx"
+local TIMER = "start a timer with ngx.timer.at(0, handler) and call it in "
+  .. "the handler"
+local PHASE_ADVICE = {
+  init = "call it in a request handler or a timer; creating the client in "
+    .. "init_by_lua* is fine",
+  init_worker = TIMER,
+  exit_worker = "call it while the worker still serves requests",
+  set = "use rewrite_by_lua* or access_by_lua* and set the variable with "
+    .. "ngx.var",
+  header_filter = EARLIER_PHASE,
+  body_filter = EARLIER_PHASE,
+  log = EARLIER_PHASE .. ", or " .. TIMER,
+  balancer = EARLIER_PHASE,
+  ssl_session_store = TIMER,
+}
+
+
+-- ---------------------------------------------------------------------
+-- Thread side
+-- ---------------------------------------------------------------------
+
+-- Core clients of this VM by cache key, each {client = ..., used = n}.
+local thread_clients = {}
+local thread_client_count = 0
+local thread_use_counter = 0
+
+-- Builds a key that identifies an option table: every name and value,
+-- sorted, with lengths so that no two different tables share a key. The
+-- key contains the secrets, so it never leaves this VM.
+local function cache_key(core_opts)
+  local names = {}
+  for name in pairs(core_opts) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+
+  local parts = {}
+  for _, name in ipairs(names) do
+    local value = tostring(core_opts[name])
+    parts[#parts + 1] = ("%s=%s%d:%s"):format(name, type(core_opts[name]),
+      #value, value)
+  end
+  return table.concat(parts, ";")
+end
+
+local function evict_least_recently_used()
+  local oldest_key, oldest
+  for key, entry in pairs(thread_clients) do
+    if not oldest or entry.used < oldest.used then
+      oldest_key, oldest = key, entry
+    end
+  end
+  thread_clients[oldest_key] = nil
+  thread_client_count = thread_client_count - 1
+  oldest.client:close()
+end
+
+-- Returns this VM's core client for `core_opts`, creating it on first use,
+-- or nil and an error table when core.new rejects a value.
+local function cached_client(key, core_opts)
+  thread_use_counter = thread_use_counter + 1
+  local entry = thread_clients[key]
+  if entry then
+    entry.used = thread_use_counter
+    return entry.client
+  end
+
+  local client, err = core.new(core_opts)
+  if not client then
+    return nil, err
+  end
+  if thread_client_count >= MAX_CLIENTS_PER_VM then
+    evict_least_recently_used()
+  end
+  thread_clients[key] = { client = client, used = thread_use_counter }
+  thread_client_count = thread_client_count + 1
+  return client
+end
+
+local function forget_client(key)
+  local entry = thread_clients[key]
+  if entry then
+    thread_clients[key] = nil
+    thread_client_count = thread_client_count - 1
+    pcall(entry.client.close, entry.client)
+  end
+end
+
+local function perform_attempt(key, core_opts, file_name, timeout_ms)
+  local client, err = cached_client(key, core_opts)
+  if not client then
+    return "error", setmetatable(err, nil)
+  end
+
+  local call_opts
+  if timeout_ms then
+    call_opts = { timeout_ms = timeout_ms }
+  end
+  local result, info = client:create_credential(file_name, call_opts)
+  if result == nil then
+    return "error", setmetatable(info, nil)
+  end
+  return "ok", result, info
+end
+
+-- Does nothing: requiring this module, which prepare_thread_vms makes
+-- nginx do, already loaded appcenter.core into the thread VM.
+function glue.prepare_in_thread()
+  return true
+end
+
+-- Runs one attempt with this VM's client for `core_opts`. Called by
+-- ngx.run_worker_thread on a pool thread; never raises. Returns one of
+--   "ok", result, meta
+--   "error", err        err without its metatable
+--   "raised", message   appcenter.core raised, e.g. out of memory
+function glue.run_in_thread(core_opts, file_name, timeout_ms)
+  local key_ok, key = pcall(cache_key, core_opts)
+  if not key_ok then
+    return "raised", tostring(key)
+  end
+
+  local ok, status, first, second = pcall(perform_attempt, key, core_opts,
+    file_name, timeout_ms)
+  if not ok then
+    -- The client may be left in any state, so the next call gets a new one.
+    forget_client(key)
+    return "raised", tostring(status)
+  end
+  return status, first, second
+end
+
+
+-- ---------------------------------------------------------------------
+-- Event-loop side
+-- ---------------------------------------------------------------------
+
+-- Returns true inside an nginx worker's main Lua VM, where calls must go
+-- through the thread pool, and false elsewhere. The thread VMs of
+-- ngx.run_worker_thread count as elsewhere, because a blocking call is what
+-- they are for; they have a partial `ngx` table without ngx.get_phase.
+-- Raises when nginx offers no ngx.run_worker_thread, because a blocking call
+-- would stall the event loop.
+function glue.detect()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or type(ngx.get_phase) ~= "function" then
+    return false
+  end
+
+  local subsystem = type(ngx.config) == "table" and ngx.config.subsystem
+  if subsystem ~= "http" or type(ngx.run_worker_thread) ~= "function" then
+    error(("appcenter: nginx's %s subsystem has no ngx.run_worker_thread, "
+      .. "and a blocking call would stall the event loop; use the http "
+      .. "subsystem of an nginx built with thread support and "
+      .. "lua-nginx-module 0.10.23 or later")
+      :format(tostring(subsystem or "unknown")), 0)
+  end
+  return true
+end
+
+-- Clock and sleep for the retry policy. ngx.sleep yields to the event loop.
+-- NOTE: ngx.now is wall-clock time, so a step of the system clock during a
+-- call moves its deadline by the same amount.
+glue.clock = {
+  now = function()
+    ngx.update_time()
+    return ngx.now()
+  end,
+  sleep = function(seconds)
+    ngx.sleep(seconds)
+  end,
+}
+
+-- Metatable of appcenter.core's error tables in this VM, found through an
+-- error that core.new returns for an empty option table.
+local error_metatable
+
+local function restore_error_metatable(err)
+  if not error_metatable then
+    local _, probe = core.new({})
+    error_metatable = getmetatable(probe)
+  end
+  return setmetatable(err, error_metatable)
+end
+
+local function check_phase(function_name)
+  local phase = ngx.get_phase()
+  local advice = PHASE_ADVICE[phase]
+  if advice then
+    error(("appcenter: %s cannot run in the nginx %q phase, which cannot "
+      .. "yield to the thread pool; %s"):format(function_name, phase, advice),
+      0)
+  end
+end
+
+-- Raises for a failure of ngx.run_worker_thread itself, which means the
+-- attempt never ran.
+local function raise_thread_failure(message, pool)
+  message = tostring(message)
+  if message:find("thread[ _]pool.*not found") then
+    error(("appcenter: nginx thread pool %q is not configured; add "
+      .. "`thread_pool %s threads=16;` to the main context of nginx.conf "
+      .. "(outside the http block), or set the thread_pool option to a "
+      .. "configured pool"):format(pool, pool), 0)
+  end
+  if message:find("no available Lua vm", 1, true) then
+    error("appcenter: every Lua VM of ngx.run_worker_thread is busy; "
+      .. "raise lua_worker_thread_vm_pool_size in the http block above the "
+      .. "number of concurrent calls per worker", 0)
+  end
+  error(("appcenter: ngx.run_worker_thread failed: %s; check that "
+    .. "lua_package_path and lua_package_cpath reach the appcenter module "
+    .. "and appcenter.core"):format(message), 0)
+end
+
+-- Makes nginx create `count` thread VMs with appcenter.core loaded, so that
+-- later bursts of calls find them ready. nginx creates a thread VM on the
+-- event loop whenever more calls run at once than ever before in the
+-- worker, which stalls every request of the worker for a few milliseconds
+-- per VM. Call it from a timer that init_worker_by_lua* starts:
+--
+--   ngx.timer.at(0, function()
+--     require("appcenter.ngx").prepare_thread_vms(32)
+--   end)
+--
+-- Returns the number of VMs that ran; raises like create_credential when
+-- the phase cannot yield or the pool is missing.
+function glue.prepare_thread_vms(count, thread_pool)
+  if type(count) ~= "number" or count < 1 or count % 1 ~= 0 then
+    error(("bad argument #1 to 'prepare_thread_vms' (positive integer "
+      .. "expected, got %s)"):format(tostring(count)), 2)
+  end
+  thread_pool = thread_pool or glue.DEFAULT_THREAD_POOL
+  check_phase("prepare_thread_vms")
+
+  local function prepare_one()
+    return ngx.run_worker_thread(thread_pool, THREAD_MODULE,
+      "prepare_in_thread")
+  end
+
+  -- All calls are posted before any of them ends, so each one needs a VM
+  -- of its own.
+  local threads = {}
+  for i = 1, count do
+    threads[i] = ngx.thread.spawn(prepare_one)
+  end
+
+  local prepared, failure = 0, nil
+  for i = 1, count do
+    local finished, ok, message = ngx.thread.wait(threads[i])
+    if finished and ok then
+      prepared = prepared + 1
+    else
+      failure = failure or (finished and message or ok)
+    end
+  end
+  if failure then
+    raise_thread_failure(failure, thread_pool)
+  end
+  ngx.log(ngx.NOTICE, "appcenter: prepared ", prepared,
+    " thread VMs for thread pool \"", thread_pool, "\"")
+  return prepared
+end
+
+local ThreadClient = {}
+ThreadClient.__index = ThreadClient
+
+-- Creates the event loop's stand-in for a core client. core.new checks the
+-- option values here as well, so a bad value returns nil and the error
+-- when the client is created, as it does outside nginx. The options table
+-- travels to the thread VM with every call.
+function glue.new_client(core_opts, thread_pool)
+  local probe, err = core.new(core_opts)
+  if not probe then
+    return nil, err
+  end
+  probe:close()
+
+  return setmetatable({
+    core_opts = core_opts,
+    thread_pool = thread_pool or glue.DEFAULT_THREAD_POOL,
+    open = true,
+  }, ThreadClient)
+end
+
+-- Runs one attempt on the thread pool and yields until it ends. Returns
+-- what appcenter.core's create_credential returns. Raises in a phase that
+-- cannot yield, when the thread pool is missing and when the attempt raised
+-- in the thread VM.
+function ThreadClient:create_credential(file_name, call_opts)
+  if not self.open then
+    error("appcenter.core: the client is closed", 2)
+  end
+  check_phase("create_credential")
+
+  local timeout_ms = call_opts and call_opts.timeout_ms
+  local ok, status, first, second = ngx.run_worker_thread(self.thread_pool,
+    THREAD_MODULE, THREAD_FUNCTION, self.core_opts, file_name, timeout_ms)
+  if not ok then
+    raise_thread_failure(status, self.thread_pool)
+  end
+
+  if status == "ok" then
+    return first, second
+  elseif status == "error" then
+    return nil, restore_error_metatable(first)
+  end
+  error(first, 0)
+end
+
+-- Marks the client closed. The thread VMs keep their core clients and
+-- connections for other wrapper clients with the same options.
+function ThreadClient:close()
+  self.open = false
+end
+
+-- The non-blocking interface of appcenter.core (libcurl's multi handle)
+-- would need an event loop of its own. Inside nginx, create_credential
+-- already yields to nginx's.
+local function unsupported()
+  error("appcenter: start and poll are not available inside nginx; call "
+    .. "create_credential, which yields to the event loop while the thread "
+    .. "pool waits for App Center", 2)
+end
+
+for _, name in ipairs({ "start", "poll", "pending", "sockets", "timeout" }) do
+  ThreadClient[name] = unsupported
+end
+
+return glue
