@@ -198,6 +198,19 @@ describe("appcenter.core async", function()
     end
   end)
 
+  it("rejects start from a callback during close", function()
+    emu:fault({ delay_ms = 1000 })
+    local client = new_client()
+    local restarted
+    client:start("a.bin", function()
+      restarted = pcall(client.start, client, "again.bin", function() end)
+    end)
+    client:poll(20)
+    client:close()
+    assert.is_false(restarted)
+    assert.equals(0, client:pending())
+  end)
+
   it("reports a callback error after the rest", function()
     local client = new_client()
     local finished = 0

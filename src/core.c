@@ -663,8 +663,12 @@ static int l_client_close(lua_State *L) {
   int failed = 0;
 
   lua_settop(L, 1);
-  if (c->open)
+  if (c->open) {
+    /* Closed first, so that a callback cannot start new requests while
+     * close() cancels the others. */
+    c->open = 0;
     failed = ac_multi_close(L, 1, c);
+  }
   client_release(c);
   return failed ? lua_error(L) : 0;
 }
