@@ -126,7 +126,8 @@ describe("emulator", function()
     assert.matches("^%x+$", headers["x-request-id"])
 
     local result = cjson.decode(body)
-    assert.are.equal("obs.cn-north-4.myhuaweicloud.com", result.server_end_point)
+    assert.matches("^localhost:%d+$", result.server_end_point)
+    assert.are.equal(emu.server_end_point, result.server_end_point)
     assert.are.equal("appcenter-emulator-bucket", result.bucket_name)
     assert.matches("^app%-file/%x+/replay 01%.bin$", result.object_path)
     assert.are.equal("1.1", result.policy.version)
@@ -362,6 +363,73 @@ describe("emulator", function()
     assert.matches("self%-test: %d+ checks, 0 failed", output)
     assert.matches("ok   public signing vector 4", output)
     assert.matches("ok   AK/SK signed request returns 200", output)
+    assert.matches("ok   signed PUT returns 200", output)
+  end)
+
+  describe("OBS port", function()
+    it("is announced in the ready line", function()
+      assert.matches("^http://127%.0%.0%.1:%d+$", emu.obs_url)
+      assert.are.equal("localhost:" .. emu.obs_url:match(":(%d+)$"), emu.server_end_point)
+    end)
+
+    it("rejects an unsigned PUT with an XML AccessDenied", function()
+      local status, headers, body = send(emu.obs_url .. "/appcenter-emulator-bucket/a.bin",
+        { method = "PUT", body = "data" })
+      assert.are.equal(403, status)
+      assert.matches("^application/xml", headers["content-type"])
+      assert.matches("^%x+$", headers["x-obs-request-id"])
+      assert.matches("<Code>AccessDenied</Code>", body)
+      assert.matches("<RequestId>" .. headers["x-obs-request-id"] .. "</RequestId>", body)
+      assert.are.equal(1, emu:stats().obs_requests)
+      assert.are.equal("PUT", emu:stats().last_obs_request.method)
+    end)
+
+    it("rejects a PUT without Content-Length with 411", function()
+      local status, _, body = send(emu.obs_url .. "/appcenter-emulator-bucket/a.bin", {
+        method = "PUT",
+        headers = { ["Transfer-Encoding"] = "chunked" },
+      })
+      assert.are.equal(411, status)
+      assert.matches("<Code>MissingContentLength</Code>", body)
+    end)
+
+    it("sends an OBS fault as XML", function()
+      emu:fault{ target = "obs", status = 503 }
+      local status, _, body = send(emu.obs_url .. "/appcenter-emulator-bucket/a.bin",
+        { method = "PUT", body = "data" })
+      assert.are.equal(503, status)
+      assert.matches("<Code>ServiceUnavailable</Code>", body)
+      assert.are.equal(0, emu:stats().faults_pending)
+    end)
+
+    it("keeps OBS faults apart from API faults", function()
+      emu:fault{ target = "obs", status = 500 }
+      assert.are.equal(200, (create_credential(emu, "a.bin")))
+      assert.are.equal(1, emu:stats().faults_pending)
+    end)
+
+    it("rejects API-only fault fields for OBS", function()
+      assert.has_error(function()
+        emu:fault{ target = "obs", truncate = true }
+      end)
+      assert.has_error(function()
+        emu:fault{ target = "s3", status = 500 }
+      end)
+    end)
+
+    it("returns nil for an object never uploaded", function()
+      assert.is_nil(emu:object("appcenter-emulator-bucket", "app-file/none.bin"))
+    end)
+
+    it("sets and resets credential_ttl", function()
+      assert.are.equal(900, emu:config{}.credential_ttl)
+      assert.are.equal(5, emu:config{ credential_ttl = 5 }.credential_ttl)
+      assert.has_error(function()
+        emu:config{ credential_ttl = -1 }
+      end)
+      emu:reset()
+      assert.are.equal(900, emu:config{}.credential_ttl)
+    end)
   end)
 end)
 

@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Local emulator of the Workspace App Center "create bucket credential" API.
+"""Local emulator of the Workspace App Center "create bucket credential" API and of
+the OBS upload that its credentials allow.
 
 Serves POST /v1/{project_id}/app-center/buckets/actions/create-credential on a
 loopback address, with token (X-Auth-Token) and AK/SK (SDK-HMAC-SHA256)
-authentication, plus a test-only control interface on a second port for fault
-injection and statistics. Python 3 standard library only.
+authentication. A second port is a test-only control interface for fault
+injection, configuration, statistics and stored objects. A third port plays
+OBS: it accepts the one PutObject that each issued credential allows, signed
+with OBS's own signature, and stores the object. Python 3 standard library only.
 
 Usage:
-    python3 tools/emulator.py [--host 127.0.0.1] [--port 0]
+    python3 tools/emulator.py [--host 127.0.0.1] [--port 0] [--control-port 0]
+        [--obs-port 0] [--credential-ttl 900]
         [--tls-cert FILE --tls-key FILE] [--token T ...] [--ak AK --sk SK ...]
         [--project-id P ...] [--max-seconds 900] [--verbose]
     python3 tools/emulator.py --self-test
 
 When ready, the emulator prints one JSON line to stdout:
-    {"url": "http://127.0.0.1:P", "control": "http://127.0.0.1:Q", "pid": N}
+    {"url": "http://127.0.0.1:P", "control": "http://127.0.0.1:Q",
+     "obs": "http://127.0.0.1:R", "server_end_point": "localhost:R", "pid": N}
 It exits after --max-seconds, when its parent process exits, when stdout is a
-pipe whose reading end is closed, and on SIGTERM.
+pipe whose reading end is closed, and on SIGTERM. Stored objects are files in a
+temporary directory, deleted on /reset and on every exit except SIGKILL.
 
 Error codes sent by the API port. The APIGW codes are the API gateway's
 published ones. The WKS codes are invented for this emulator in the style of
@@ -38,15 +44,69 @@ the service, so clients must not depend on their exact values.
 
 Error bodies have the form {"error_code", "error_msg", "request_id"}.
 
+OBS port. Every credential names server_end_point "localhost:<OBS port>" and
+the bucket appcenter-emulator-bucket. A request whose Host is
+"<bucket>.localhost:<port>" names the bucket in virtual-host style; any other
+Host means path style, /<bucket>/<key>. libcurl 7.85 and later resolves names
+under localhost to the loopback address without DNS. A PUT is checked in this
+order: Content-Length, Authorization "OBS <access>:<signature>", access key,
+x-obs-security-token, expiry (--credential-ttl seconds after issue), date
+(x-obs-date or Date, within 15 minutes), signature (HMAC-SHA1 over the string
+to sign of obs_string_to_sign()), policy (PUT of the credential's one object
+key, no sub-resource), then Content-MD5 after the body. "100 Continue" is sent
+only after these checks pass, so a rejected client that waits for it sends no
+body. Bodies stream to a file in 1 MiB pieces, hashed with MD5 and SHA-256 on
+the way, so memory stays flat for any size up to the 5 GiB limit of one PUT.
+Success is 200 with ETag "<md5 hex>" and an empty body.
+
+    status  Code                   when
+    400     BadRequest             invalid Content-Length
+    400     EntityTooLarge         Content-Length above 5 GiB
+    400     InvalidURI             no bucket in the URI
+    400     InvalidDigest          Content-MD5 is not base64 of 16 bytes
+    400     BadDigest              Content-MD5 does not match the body
+    403     AccessDenied           no or malformed Authorization, no valid date,
+                                   or a method, bucket, key or sub-resource
+                                   that the credential's policy does not allow
+    403     InvalidAccessKeyId     unknown access key; missing security token
+                                   ("The security token is missing..."); a
+                                   token of another credential ("The security
+                                   token is invalid."); an expired credential
+                                   ("The security token has expired...")
+    403     RequestTimeTooSkewed   date more than 15 minutes from server time
+    403     SignatureDoesNotMatch  signature differs from the emulator's
+    411     MissingContentLength   no Content-Length, or Transfer-Encoding
+
+The codes are OBS's published ones. OBS documents InvalidAccessKeyId with
+"The security token is invalid." for an expired token as well; the emulator's
+own message for expiry contains "expired", so clients can tell the cases apart
+here. Error bodies are XML, <Error><Code/><Message/><RequestId/><HostId/></Error>,
+and every response has an x-obs-request-id header.
+
 Control port (JSON in, JSON out):
     POST /faults   a fault object or a list of them, queued first in, first out
-    POST /config   {"delay_ms": N} delays every API request by N ms (0 clears)
-    GET  /stats    {"requests", "connections", "faults_pending", "last_request"}
-    POST /reset    clears faults, config, counters and last_request
+                   per target
+    POST /config   {"delay_ms": N} delays every API request by N ms (0 clears);
+                   {"credential_ttl": S} sets the lifetime of credentials issued
+                   from now on, 0 to 86400 seconds (0 issues expired ones)
+    GET  /stats    {"requests", "connections", "faults_pending", "last_request",
+                    "obs_requests", "last_obs_request", "objects"}
+    GET  /objects/<bucket>/<percent-encoded key>
+                   {"bucket", "key", "size", "sha256", "md5", "etag",
+                    "content_type", "content_md5"} of a stored object, or 404
+    POST /reset    clears faults, config, counters, last requests and objects
     POST /sign     signs a described request with the emulator's own signer
 
 Fault fields, checked by parse_fault():
-    status, body, headers  send this response instead of the normal one
+    target                 "api" (default): create-credential requests;
+                           "obs": requests to the OBS port, which take only
+                           status, body, headers, delay_ms, drop, close,
+                           times and after_body
+    status, body, headers  send this response instead of the normal one. An
+                           OBS status fault of 300 or more without a body sends
+                           an XML error, e.g. ServiceUnavailable for 503
+    after_body             OBS only: accept and read the whole body, then send
+                           the status, as a server that fails at the end does
     delay_ms               sleep first, then apply the rest or answer normally
     drop                   close the connection without sending anything
     truncate               send a 200 whose Content-Length exceeds the body
@@ -54,7 +114,7 @@ Fault fields, checked by parse_fault():
     slow_bytes_per_second  send the whole response at N bytes per second
     close                  close the connection after the response, without
                            a "Connection: close" header
-    times                  number of create-credential requests affected
+    times                  number of requests to the target affected
 """
 
 import argparse
@@ -72,6 +132,7 @@ import os
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import socketserver
@@ -79,18 +140,19 @@ import ssl
 import stat
 import string
 import sys
+import tempfile
 import threading
 import time
 import unicodedata
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape as xml_escape
 
 DEFAULT_TOKEN = "fake-token-for-tests"
 DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_AK = "FAKEAKFORTESTS000001"
 DEFAULT_SK = "fake-sk-for-tests-0000000000000000000000"
 
-SERVER_END_POINT = "obs.cn-north-4.myhuaweicloud.com"
 BUCKET_NAME = "appcenter-emulator-bucket"
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -103,6 +165,23 @@ MAX_OVERSIZE_BYTES = 1024 * 1024 * 1024
 SIGNATURE_MAX_SKEW_SECONDS = 15 * 60
 HANDSHAKE_TIMEOUT_SECONDS = 10
 STARTUP_TIMEOUT_SECONDS = 10
+
+# Lifetime of issued credentials. Real temporary OBS credentials last from
+# 15 minutes to 24 hours.
+DEFAULT_CREDENTIAL_TTL_SECONDS = 900
+MAX_CREDENTIAL_TTL_SECONDS = 24 * 3600
+# OBS accepts at most 5 GiB in one PUT.
+OBS_MAX_OBJECT_BYTES = 5 * 1024 * 1024 * 1024
+OBS_MAX_STORED_OBJECTS = 1000
+OBS_READ_CHUNK_BYTES = 1024 * 1024
+# Bodies up to this size are read and dropped after an early error response,
+# so the connection stays usable. Larger ones end the connection instead.
+OBS_MAX_DISCARD_BYTES = 8 * 1024 * 1024
+# After an error response that left the body unread, the emulator reads and
+# drops what the client still sends for at most this long before closing. A
+# close with unread input sends a reset, which can destroy the response before
+# the client reads it.
+OBS_LINGER_SECONDS = 2.0
 
 SIGNING_ALGORITHM = "SDK-HMAC-SHA256"
 SDK_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -252,30 +331,118 @@ def sign_request(
 
 
 # ---------------------------------------------------------------------------
+# OBS signature (version 2, "OBS <access>:<signature>"), as described in the
+# OBS API reference and implemented by huaweicloud-sdk-c-obs.
+# ---------------------------------------------------------------------------
+
+
+def obs_string_to_sign(method, headers, resource):
+    """Build the OBS string to sign as bytes.
+
+    headers maps lower-case names to a list of values (str or bytes).
+    resource is the canonical resource: "/bucket/key" with the key as sent in
+    the request URI, plus "?query" when there is one. The Date line is empty
+    when x-obs-date is sent, and every x-obs-* header follows, sorted by name,
+    as "name:value" with repeated values joined by ",".
+    """
+
+    def first(name):
+        values = headers.get(name)
+        return header_bytes(values[0]).strip() if values else b""
+
+    date = b"" if "x-obs-date" in headers else first("date")
+    lines = [
+        method.upper().encode("ascii"),
+        first("content-md5"),
+        first("content-type"),
+        date,
+    ]
+    text = b"\n".join(lines) + b"\n"
+    for name in sorted(name for name in headers if name.startswith("x-obs-")):
+        values = [header_bytes(value).strip() for value in headers[name]]
+        text += name.encode("ascii") + b":" + b",".join(values) + b"\n"
+    return text + resource.encode("latin-1")
+
+
+def obs_signature(secret_key, text_to_sign):
+    """Return the base64 HMAC-SHA1 of text_to_sign (bytes) keyed with the SK."""
+    digest = hmac.new(secret_key.encode("utf-8"), text_to_sign, hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def redact_obs_string_to_sign(text):
+    """Return the string to sign as text with the security token replaced by "***"."""
+    lines = text.decode("latin-1").split("\n")
+    for index, line in enumerate(lines):
+        if line.startswith("x-obs-security-token:"):
+            lines[index] = "x-obs-security-token:***"
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
 # Shared state of both ports
 # ---------------------------------------------------------------------------
 
 
-class EmulatorState:
-    """Configuration, fault queue, counters and issued credentials, behind one lock."""
+IssuedCredential = collections.namedtuple(
+    "IssuedCredential", "secret security_token bucket object_path expires_at"
+)
 
-    def __init__(self, tokens, key_pairs, project_ids, deadline, verbose):
+StoredObject = collections.namedtuple(
+    "StoredObject", "path size sha256 md5 content_type content_md5"
+)
+
+FAULT_TARGETS = ("api", "obs")
+
+
+class EmulatorState:
+    """Configuration, fault queues, counters, issued credentials and stored objects, behind one lock."""
+
+    def __init__(
+        self,
+        tokens,
+        key_pairs,
+        project_ids,
+        deadline,
+        verbose,
+        credential_ttl=DEFAULT_CREDENTIAL_TTL_SECONDS,
+        object_dir=None,
+    ):
         self.tokens = list(tokens)
         self.key_pairs = dict(key_pairs)
         self.project_ids = set(project_ids)
         self.deadline = deadline
         self.verbose = verbose
+        self.default_credential_ttl = credential_ttl
+        # Uploaded objects live here as files. None: a temporary directory that
+        # close() deletes with everything in it.
+        self.object_dir = object_dir or tempfile.mkdtemp(
+            prefix="appcenter-emulator-objects-"
+        )
+        self.owns_object_dir = object_dir is None
+        # "localhost:<OBS port>", set once the OBS port is bound.
+        self.server_end_point = None
         self.lock = threading.Lock()
         self.issued = collections.OrderedDict()
+        self.objects = collections.OrderedDict()
         self.reset()
 
     def reset(self):
         with self.lock:
-            self.faults = collections.deque()
-            self.config = {"delay_ms": 0}
+            self.faults = {target: collections.deque() for target in FAULT_TARGETS}
+            self.config = {
+                "delay_ms": 0,
+                "credential_ttl": self.default_credential_ttl,
+            }
             self.requests = 0
             self.connections = 0
             self.last_request = None
+            self.obs_requests = 0
+            self.last_obs_request = None
+            stored = list(self.objects.values())
+            self.objects.clear()
+        for item in stored:
+            remove_file(item.path)
 
     def count_connection(self):
         with self.lock:
@@ -289,6 +456,11 @@ class EmulatorState:
         with self.lock:
             self.last_request = record
 
+    def record_obs_request(self, record):
+        with self.lock:
+            self.obs_requests += 1
+            self.last_obs_request = record
+
     def set_last_canonical_request(self, canonical):
         with self.lock:
             if self.last_request is not None:
@@ -296,28 +468,33 @@ class EmulatorState:
 
     def add_faults(self, faults):
         with self.lock:
-            if len(self.faults) + len(faults) > MAX_QUEUED_FAULTS:
+            if self._faults_pending() + len(faults) > MAX_QUEUED_FAULTS:
                 raise ValueError(
                     "fault queue is full (%d entries), so POST /reset before adding more"
                     % MAX_QUEUED_FAULTS
                 )
             for fault in faults:
-                self.faults.append({"fault": fault, "remaining": fault["times"]})
+                self.faults[fault["target"]].append(
+                    {"fault": fault, "remaining": fault["times"]}
+                )
             return self._faults_pending()
 
-    def pop_fault(self):
-        """Return the fault for the current request, or None when none is queued."""
+    def pop_fault(self, target="api"):
+        """Return the fault for the current request to target, or None when none is queued."""
         with self.lock:
-            if not self.faults:
+            queue = self.faults[target]
+            if not queue:
                 return None
-            entry = self.faults[0]
+            entry = queue[0]
             entry["remaining"] -= 1
             if entry["remaining"] <= 0:
-                self.faults.popleft()
+                queue.popleft()
             return entry["fault"]
 
     def _faults_pending(self):
-        return sum(entry["remaining"] for entry in self.faults)
+        return sum(
+            entry["remaining"] for queue in self.faults.values() for entry in queue
+        )
 
     def update_config(self, changes):
         with self.lock:
@@ -335,23 +512,67 @@ class EmulatorState:
                 "connections": self.connections,
                 "faults_pending": self._faults_pending(),
                 "last_request": dict(self.last_request) if self.last_request else None,
+                "obs_requests": self.obs_requests,
+                "last_obs_request": (
+                    dict(self.last_obs_request) if self.last_obs_request else None
+                ),
+                "objects": len(self.objects),
             }
 
-    def remember_credential(self, access, secret, security_token):
+    def remember_credential(self, access, secret, security_token, object_path):
+        """Store an issued credential, which expires credential_ttl seconds from now."""
         with self.lock:
-            self.issued[access] = (secret, security_token)
+            expires_at = time.monotonic() + self.config["credential_ttl"]
+            self.issued[access] = IssuedCredential(
+                secret, security_token, BUCKET_NAME, object_path, expires_at
+            )
             while len(self.issued) > MAX_ISSUED_CREDENTIALS:
                 self.issued.popitem(last=False)
 
     def find_issued_credential(self, access):
-        """Return (secret, security_token) of an issued temporary key, or None."""
+        """Return the IssuedCredential of a temporary access key, or None."""
         with self.lock:
             return self.issued.get(access)
+
+    def new_object_file(self):
+        """Create and open an empty file for an incoming object body."""
+        return tempfile.NamedTemporaryFile(
+            dir=self.object_dir, prefix="upload-", delete=False
+        )
+
+    def store_object(self, bucket, key, stored):
+        """Make stored (whose file is complete) the object bucket/key, replacing an older one."""
+        with self.lock:
+            replaced = self.objects.pop((bucket, key), None)
+            self.objects[(bucket, key)] = stored
+            evicted = []
+            while len(self.objects) > OBS_MAX_STORED_OBJECTS:
+                evicted.append(self.objects.popitem(last=False)[1])
+        for item in [replaced] + evicted:
+            if item is not None:
+                remove_file(item.path)
+
+    def find_object(self, bucket, key):
+        with self.lock:
+            return self.objects.get((bucket, key))
+
+    def close(self):
+        """Delete every stored object, and the object directory when the emulator created it."""
+        self.reset()
+        if self.owns_object_dir:
+            shutil.rmtree(self.object_dir, ignore_errors=True)
 
     def log(self, message):
         if self.verbose:
             sys.stderr.write("emulator: %s\n" % message)
             sys.stderr.flush()
+
+
+def remove_file(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -369,8 +590,21 @@ FAULT_FIELDS = {
     "slow_bytes_per_second",
     "close",
     "times",
+    "target",
+    "after_body",
 }
 EXCLUSIVE_FAULT_FIELDS = ("status", "drop", "truncate", "oversize_bytes")
+OBS_FAULT_FIELDS = {
+    "status",
+    "body",
+    "headers",
+    "delay_ms",
+    "drop",
+    "close",
+    "times",
+    "target",
+    "after_body",
+}
 
 
 def require_integer(obj, name, minimum, maximum):
@@ -420,7 +654,23 @@ def parse_fault(obj, max_delay_ms):
             % (", ".join(EXCLUSIVE_FAULT_FIELDS), ", ".join(kinds))
         )
 
+    target = obj.get("target", "api")
+    if target not in FAULT_TARGETS:
+        raise ValueError(
+            "target must be one of %s, got %r" % (", ".join(FAULT_TARGETS), target)
+        )
+    if target == "obs":
+        unsupported = sorted(set(obj) - OBS_FAULT_FIELDS)
+        if unsupported:
+            raise ValueError(
+                "fault field(s) %s do not apply to target obs. Its fields: %s"
+                % (", ".join(unsupported), ", ".join(sorted(OBS_FAULT_FIELDS)))
+            )
+    elif "after_body" in obj:
+        raise ValueError("after_body applies only to target obs")
+
     fault = {
+        "target": target,
         "times": 1,
         "delay_ms": 0,
         "drop": False,
@@ -431,9 +681,11 @@ def parse_fault(obj, max_delay_ms):
         fault["times"] = require_integer(obj, "times", 1, MAX_FAULT_TIMES)
     if "delay_ms" in obj:
         fault["delay_ms"] = require_integer(obj, "delay_ms", 0, max_delay_ms)
-    for name in ("drop", "truncate", "close"):
+    for name in ("drop", "truncate", "close", "after_body"):
         if name in obj:
             fault[name] = require_boolean(obj, name)
+    if fault.get("after_body") and "status" not in obj:
+        raise ValueError("after_body requires status")
     if "status" in obj:
         fault["status"] = require_integer(obj, "status", 200, 599)
     if "body" in obj:
@@ -487,14 +739,19 @@ def parse_fault_headers(headers):
 def parse_config(obj, max_delay_ms):
     if not isinstance(obj, dict):
         raise ValueError("config must be a JSON object, got %r" % (obj,))
-    unknown = sorted(set(obj) - {"delay_ms"})
+    unknown = sorted(set(obj) - {"delay_ms", "credential_ttl"})
     if unknown:
         raise ValueError(
-            "unknown config key(s) %s. Known keys: delay_ms" % ", ".join(unknown)
+            "unknown config key(s) %s. Known keys: credential_ttl, delay_ms"
+            % ", ".join(unknown)
         )
     changes = {}
     if "delay_ms" in obj:
         changes["delay_ms"] = require_integer(obj, "delay_ms", 0, max_delay_ms)
+    if "credential_ttl" in obj:
+        changes["credential_ttl"] = require_integer(
+            obj, "credential_ttl", 0, MAX_CREDENTIAL_TTL_SECONDS
+        )
     return changes
 
 
@@ -800,8 +1057,11 @@ class ApiHandler(JsonRequestHandler):
         access = "".join(secrets.choice(ACCESS_KEY_ALPHABET) for _ in range(20))
         secret = "".join(secrets.choice(SECRET_KEY_ALPHABET) for _ in range(40))
         security_token = base64.b64encode(secrets.token_bytes(450)).decode("ascii")
-        self.server.state.remember_credential(access, secret, security_token)
-        return success_body(object_path, access, secret, security_token)
+        state = self.server.state
+        state.remember_credential(access, secret, security_token, object_path)
+        return success_body(
+            state.server_end_point, object_path, access, secret, security_token
+        )
 
     def authenticate(self, project_id, raw_path, raw_query, body):
         """Check AK/SK signing or X-Auth-Token and raise RequestError(401) on failure."""
@@ -873,7 +1133,7 @@ class ApiHandler(JsonRequestHandler):
             issued = state.find_issued_credential(access_key)
             if issued is None:
                 reject("unknown access key %s" % access_key)
-            secret_key, issued_token = issued
+            secret_key, issued_token = issued.secret, issued.security_token
             if security_token is None:
                 reject(
                     "temporary access key %s needs the X-Security-Token header"
@@ -934,7 +1194,13 @@ class ApiHandler(JsonRequestHandler):
             return True
         if fault["truncate"]:
             body = json.dumps(
-                success_body("app-file/truncated/x", "A" * 20, "s" * 40, "t" * 600)
+                success_body(
+                    self.server.state.server_end_point,
+                    "app-file/truncated/x",
+                    "A" * 20,
+                    "s" * 40,
+                    "t" * 600,
+                )
             ).encode("utf-8")
             headers = self.default_headers(
                 request_id, len(body) + 100, "application/json;charset=UTF-8"
@@ -984,9 +1250,9 @@ def error_body(error, request_id):
     }
 
 
-def success_body(object_path, access, secret, security_token):
+def success_body(server_end_point, object_path, access, secret, security_token):
     return {
-        "server_end_point": SERVER_END_POINT,
+        "server_end_point": server_end_point,
         "bucket_name": BUCKET_NAME,
         "object_path": object_path,
         "policy": {
@@ -1077,6 +1343,465 @@ def validate_body(content_type, body):
 
 
 # ---------------------------------------------------------------------------
+# OBS port
+# ---------------------------------------------------------------------------
+
+
+class ObsError(Exception):
+    """An error that ends OBS request handling with an XML error response."""
+
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+ObsTarget = collections.namedtuple("ObsTarget", "bucket key resource query")
+
+# Codes for the XML body of an OBS status fault that brings no body of its own.
+OBS_FAULT_CODES = {
+    400: "BadRequest",
+    403: "AccessDenied",
+    404: "NoSuchKey",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+
+def obs_error_body(code, message, request_id):
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        "<Error><Code>%s</Code><Message>%s</Message>"
+        "<RequestId>%s</RequestId><HostId>%s</HostId></Error>"
+        % (
+            xml_escape(code),
+            xml_escape(message),
+            xml_escape(request_id),
+            obs_host_id(request_id),
+        )
+    ).encode("utf-8")
+
+
+def obs_host_id(request_id):
+    return base64.b64encode(hashlib.sha256(request_id.encode("ascii")).digest()).decode(
+        "ascii"
+    )
+
+
+def new_obs_request_id():
+    """Return an id in the form of OBS's: 32 upper-case hexadecimal digits."""
+    return secrets.token_hex(16).upper()
+
+
+class ObsHandler(JsonRequestHandler):
+    """PUT Object with the issued credentials: signature, token, expiry and policy checks.
+
+    Every method reaches handle_obs_request(). Only a PUT of the object that a
+    credential's policy names is stored; everything else gets an OBS error.
+    """
+
+    server_version = "OBS"
+
+    def parse_request(self):
+        self.expects_continue = False
+        self.sent_continue = False
+        return super().parse_request()
+
+    def handle_expect_100(self):
+        # http.server sends "100 Continue" here at once. The emulator sends it
+        # only after the checks passed, as OBS does, so that a rejected client
+        # never sends the body.
+        self.expects_continue = True
+        return True
+
+    def do_PUT(self):
+        self.handle_obs_request()
+
+    do_GET = do_POST = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = do_PUT
+
+    def handle_obs_request(self):
+        state = self.server.state
+        request_id = new_obs_request_id()
+        self.body_length = None
+        self.body_done = False
+        self.linger = False
+        state.record_obs_request(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": {
+                    name.lower(): value for name, value in self.headers.items()
+                },
+            }
+        )
+
+        try:
+            self.body_length = self.request_body_length()
+        except ObsError as error:
+            self.send_obs_error(error, request_id)
+            return
+
+        fault = state.pop_fault("obs")
+        if fault is not None:
+            if fault["delay_ms"]:
+                time.sleep(fault["delay_ms"] / 1000.0)
+            if self.apply_obs_fault(fault, request_id):
+                return
+
+        try:
+            target = self.parse_target()
+            credential = self.authenticate(target)
+            self.authorize(credential, target)
+            etag = self.receive_object(target)
+        except ObsError as error:
+            self.send_obs_error(error, request_id)
+            return
+
+        headers = self.obs_headers(request_id, 0, None) + [("ETag", etag)]
+        if fault is not None:
+            headers = merge_headers(headers, fault.get("headers", []))
+        self.send_bytes(200, b"", headers)
+        if fault is not None and fault["close"]:
+            self.close_connection = True
+
+    def request_body_length(self):
+        """Return the Content-Length, or raise ObsError when it is missing, invalid or too large."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise ObsError(
+                411,
+                "MissingContentLength",
+                "You must provide the Content-Length HTTP header instead of Transfer-Encoding.",
+            )
+        value = self.headers.get("Content-Length")
+        if value is None:
+            if self.command == "PUT":
+                raise ObsError(
+                    411,
+                    "MissingContentLength",
+                    "You must provide the Content-Length HTTP header.",
+                )
+            return 0
+        value = value.strip()
+        if not value.isdigit():
+            raise ObsError(400, "BadRequest", "Invalid Content-Length %r." % value)
+        length = int(value)
+        if length > OBS_MAX_OBJECT_BYTES:
+            self.body_length = length
+            raise ObsError(
+                400,
+                "EntityTooLarge",
+                "Your proposed upload of %d bytes exceeds the maximum of %d bytes for one PUT."
+                % (length, OBS_MAX_OBJECT_BYTES),
+            )
+        return length
+
+    def parse_target(self):
+        """Return the bucket, the decoded key and the canonical resource of the request URI.
+
+        A Host of "<bucket>.<server_end_point>" names the bucket (virtual-host
+        style). Any other Host means path style, "/<bucket>/<key>".
+        """
+        raw_target = self.path
+        if raw_target.startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(raw_target)
+            raw_target = parts.path + ("?" + parts.query if parts.query else "")
+        raw_path, _, raw_query = raw_target.partition("?")
+        if not raw_path.startswith("/"):
+            raise ObsError(400, "InvalidURI", "Could not parse the specified URI.")
+        host = (self.headers.get("Host") or "").strip().lower()
+        suffix = "." + self.server.state.server_end_point
+        if host.endswith(suffix) and len(host) > len(suffix):
+            bucket = host[: -len(suffix)]
+            raw_key = raw_path[1:]
+        else:
+            bucket, _, raw_key = raw_path[1:].partition("/")
+        if not bucket:
+            raise ObsError(400, "InvalidURI", "Could not parse the specified URI.")
+        resource = "/%s/%s" % (bucket, raw_key)
+        if raw_query:
+            resource += "?" + raw_query
+        key = urllib.parse.unquote(raw_key, errors="replace")
+        return ObsTarget(bucket, key, resource, raw_query)
+
+    def authenticate(self, target):
+        """Check the access key, security token, expiry, date and signature; return the credential."""
+        state = self.server.state
+        authorization = self.headers.get("Authorization")
+        if authorization is None:
+            raise ObsError(
+                403,
+                "AccessDenied",
+                "Anonymous access is forbidden for this operation. Sign the request with the issued access key.",
+            )
+        match = re.fullmatch(r"OBS ([^:\s]+):(\S+)", authorization.strip())
+        if match is None:
+            raise ObsError(
+                403,
+                "AccessDenied",
+                "The Authorization header is malformed. Expected OBS <access key>:<signature>.",
+            )
+        access_key, signature = match.groups()
+
+        credential = state.find_issued_credential(access_key)
+        if credential is None:
+            raise ObsError(
+                403,
+                "InvalidAccessKeyId",
+                "The OBS Access Key Id you provided does not exist in our records.",
+            )
+        token = (self.headers.get("x-obs-security-token") or "").strip()
+        if not token:
+            raise ObsError(
+                403,
+                "InvalidAccessKeyId",
+                "The security token is missing. A temporary access key needs the x-obs-security-token header.",
+            )
+        if not hmac.compare_digest(
+            token.encode("latin-1"), credential.security_token.encode("ascii")
+        ):
+            raise ObsError(403, "InvalidAccessKeyId", "The security token is invalid.")
+        if time.monotonic() >= credential.expires_at:
+            raise ObsError(
+                403,
+                "InvalidAccessKeyId",
+                "The security token has expired. Request a new credential.",
+            )
+
+        self.check_request_date()
+        headers = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value.encode("latin-1"))
+        text = obs_string_to_sign(self.command, headers, target.resource)
+        expected = obs_signature(credential.secret, text)
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("latin-1")):
+            state.log("OBS string to sign was:\n%s" % redact_obs_string_to_sign(text))
+            raise ObsError(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. "
+                "Check your key and signing method.",
+            )
+        return credential
+
+    def check_request_date(self):
+        value = self.headers.get("x-obs-date") or self.headers.get("Date")
+        try:
+            signed_at = email.utils.parsedate_to_datetime(value.strip())
+        except (AttributeError, TypeError, ValueError):
+            signed_at = None
+        if signed_at is None or signed_at.tzinfo is None:
+            raise ObsError(
+                403,
+                "AccessDenied",
+                "Authentication requires a valid Date or x-obs-date header in RFC 1123 form.",
+            )
+        skew = abs(
+            (datetime.datetime.now(datetime.timezone.utc) - signed_at).total_seconds()
+        )
+        if skew > SIGNATURE_MAX_SKEW_SECONDS:
+            raise ObsError(
+                403,
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the server's time is too large.",
+            )
+
+    def authorize(self, credential, target):
+        """Enforce the issued policy: PutObject of its one object, nothing else."""
+        if self.command != "PUT" or target.query:
+            raise ObsError(
+                403,
+                "AccessDenied",
+                "Access Denied. The credential's policy allows only PutObject, not %s %s."
+                % (self.command, target.resource),
+            )
+        if (target.bucket, target.key) != (credential.bucket, credential.object_path):
+            raise ObsError(
+                403,
+                "AccessDenied",
+                "Access Denied. The credential's policy does not allow PutObject on %s/%s."
+                % (target.bucket, target.key),
+            )
+
+    def receive_object(self, target):
+        """Stream the body into a file, check Content-MD5, store the object and return its ETag."""
+        state = self.server.state
+        expected_md5 = None
+        md5_header = self.headers.get("Content-MD5")
+        if md5_header is not None:
+            try:
+                expected_md5 = base64.b64decode(md5_header.strip(), validate=True)
+            except ValueError:
+                expected_md5 = b""
+            if len(expected_md5) != 16:
+                raise ObsError(
+                    400, "InvalidDigest", "The Content-MD5 you specified is not valid."
+                )
+
+        if self.expects_continue and not self.sent_continue:
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.sent_continue = True
+        md5 = hashlib.md5(usedforsecurity=False)
+        sha256 = hashlib.sha256()
+        body_file = state.new_object_file()
+        try:
+            with body_file:
+                remaining = self.body_length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(OBS_READ_CHUNK_BYTES, remaining))
+                    if not chunk:
+                        raise ConnectionError(
+                            "client closed the connection inside the object body"
+                        )
+                    body_file.write(chunk)
+                    md5.update(chunk)
+                    sha256.update(chunk)
+                    remaining -= len(chunk)
+            self.body_done = True
+            if expected_md5 is not None and md5.digest() != expected_md5:
+                raise ObsError(
+                    400,
+                    "BadDigest",
+                    "The Content-MD5 you specified did not match what was received.",
+                )
+        except BaseException:
+            remove_file(body_file.name)
+            raise
+
+        stored = StoredObject(
+            body_file.name,
+            self.body_length,
+            sha256.hexdigest(),
+            md5.hexdigest(),
+            self.headers.get("Content-Type"),
+            md5_header,
+        )
+        state.store_object(target.bucket, target.key, stored)
+        return '"%s"' % stored.md5
+
+    def settle_unread_body(self):
+        """Deal with a body that will not be read, before a response is sent.
+
+        A small body is read and dropped so the connection stays usable.
+        Otherwise the connection closes after the response, with a lingering
+        close: a client that waits for "100 Continue" sends no body, and one
+        that does send it must not get a reset before it reads the response.
+        """
+        if self.body_done or self.body_length == 0:
+            return
+        self.body_done = True
+        waits_for_continue = self.expects_continue and not self.sent_continue
+        if (
+            self.body_length is not None
+            and self.body_length <= OBS_MAX_DISCARD_BYTES
+            and not waits_for_continue
+        ):
+            self.discard_whole_body()
+            return
+        self.close_connection = True
+        self.linger = True
+
+    def discard_whole_body(self):
+        """Accept the body (sending 100 Continue when the client waits for it), read it and drop it."""
+        if self.body_length is None:
+            return
+        if self.expects_continue and not self.sent_continue:
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.sent_continue = True
+        remaining = self.body_length
+        while remaining > 0:
+            chunk = self.rfile.read(min(OBS_READ_CHUNK_BYTES, remaining))
+            if not chunk:
+                raise ConnectionError("client closed the connection inside the body")
+            remaining -= len(chunk)
+        self.body_done = True
+
+    def linger_close(self):
+        """Stop sending, then read and drop input until the client closes or OBS_LINGER_SECONDS pass."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + OBS_LINGER_SECONDS
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.connection.settimeout(remaining)
+            try:
+                if not self.connection.recv(65536):
+                    return
+            except (OSError, ValueError):
+                return
+
+    def obs_headers(self, request_id, body_length, content_type):
+        headers = [
+            ("Server", self.server_version),
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("x-obs-request-id", request_id),
+            ("x-obs-id-2", obs_host_id(request_id)),
+        ]
+        if content_type is not None:
+            headers.append(("Content-Type", content_type))
+        headers.append(("Content-Length", str(body_length)))
+        if self.close_connection:
+            headers.append(("Connection", "close"))
+        return headers
+
+    def send_obs_error(self, error, request_id):
+        self.settle_unread_body()
+        body = obs_error_body(error.code, error.message, request_id)
+        headers = self.obs_headers(request_id, len(body), "application/xml")
+        self.server.state.log(
+            "OBS %s rejected: %d %s %s" % (self.command, error.status, error.code, error.message)
+        )
+        self.send_bytes(error.status, body, headers)
+        if self.linger:
+            self.linger_close()
+
+    def apply_obs_fault(self, fault, request_id):
+        """Send the fault's own response if it has one, and return whether it did."""
+        if fault["drop"]:
+            self.close_connection = True
+            self.log_message('"%s" dropped by fault', self.requestline)
+            return True
+        if "status" not in fault:
+            return False
+        if fault.get("after_body"):
+            self.discard_whole_body()
+        self.settle_unread_body()
+        status = fault["status"]
+        if "body" in fault:
+            body = fault["body"].encode("utf-8")
+        elif status >= 300:
+            code = OBS_FAULT_CODES.get(status, "InternalError")
+            body = obs_error_body(code, "Fault injected by the emulator.", request_id)
+        else:
+            body = b""
+        headers = self.obs_headers(
+            request_id, len(body), "application/xml" if body else None
+        )
+        headers = merge_headers(headers, fault.get("headers", []))
+        self.send_bytes(status, body, headers)
+        self.close_connection = self.close_connection or fault["close"]
+        if self.linger:
+            self.linger_close()
+        return True
+
+    def send_error(self, code, message=None, explain=None):
+        # Replaces http.server's HTML error page for malformed requests.
+        self.close_connection = True
+        request_id = new_obs_request_id()
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = obs_error_body("BadRequest", message or phrase, request_id)
+        headers = self.obs_headers(request_id, len(body), "application/xml")
+        self.send_bytes(code, body, headers)
+
+
+# ---------------------------------------------------------------------------
 # Control port
 # ---------------------------------------------------------------------------
 
@@ -1099,15 +1824,18 @@ class ControlHandler(JsonRequestHandler):
             "/reset": ("POST", self.post_reset),
             "/sign": ("POST", self.post_sign),
         }
+        path = self.path.partition("?")[0]
         try:
-            route = routes.get(self.path.partition("?")[0])
+            route = routes.get(path)
+            if path.startswith("/objects/"):
+                route = ("GET", lambda: self.get_object(path))
             if route is None:
                 self.read_body()
                 raise RequestError(
                     404,
                     "NOT_FOUND",
                     "unknown control path %s. Known paths: %s"
-                    % (self.path, ", ".join(sorted(routes))),
+                    % (self.path, ", ".join(sorted(routes) + ["/objects/<bucket>/<key>"])),
                 )
             method, action = route
             if self.command != method:
@@ -1147,6 +1875,29 @@ class ControlHandler(JsonRequestHandler):
         except ValueError as error:
             raise RequestError(400, "INVALID_CONFIG", str(error))
         return self.server.state.update_config(changes)
+
+    def get_object(self, path):
+        """Describe the stored object named by /objects/<bucket>/<percent-encoded key>."""
+        bucket, _, raw_key = path[len("/objects/") :].partition("/")
+        bucket = urllib.parse.unquote(bucket)
+        key = urllib.parse.unquote(raw_key, errors="replace")
+        stored = self.server.state.find_object(bucket, key)
+        if stored is None:
+            raise RequestError(
+                404,
+                "NOT_FOUND",
+                "no object %r is stored in bucket %r" % (key, bucket),
+            )
+        return {
+            "bucket": bucket,
+            "key": key,
+            "size": stored.size,
+            "sha256": stored.sha256,
+            "md5": stored.md5,
+            "etag": '"%s"' % stored.md5,
+            "content_type": stored.content_type,
+            "content_md5": stored.content_md5,
+        }
 
     def post_reset(self):
         self.read_body()
@@ -1255,9 +2006,20 @@ def format_url(scheme, server):
 
 
 def start_servers(
-    state, host, port, control_port, tls_context, idle_timeout, max_connections
+    state,
+    host,
+    port,
+    control_port,
+    obs_port,
+    tls_context,
+    idle_timeout,
+    max_connections,
 ):
-    """Bind both ports, start their threads and return (api_server, control_server)."""
+    """Bind the API, control and OBS ports, start their threads and return the three servers.
+
+    The OBS port serves TLS when the API port does, because clients upload
+    with the scheme of their App Center endpoint.
+    """
     api = LoopbackHTTPServer(
         (host, port),
         ApiHandler,
@@ -1274,9 +2036,21 @@ def start_servers(
         idle_timeout=idle_timeout,
         max_connections=64,
     )
-    for server in (api, control):
+    obs = LoopbackHTTPServer(
+        (host, obs_port),
+        ObsHandler,
+        state,
+        tls_context=tls_context,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
+    )
+    # libcurl 7.85 and later (checked with 7.88.1) resolves "localhost" and
+    # every name under it to the loopback address without DNS, so
+    # "<bucket>.localhost:<port>" reaches this port in virtual-host style.
+    state.server_end_point = "localhost:%d" % obs.server_address[1]
+    for server in (api, control, obs):
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    return api, control
+    return api, control, obs
 
 
 # ---------------------------------------------------------------------------
@@ -1377,12 +2151,37 @@ def run_self_test():
         time.monotonic() + 60,
         False,
     )
-    api, control = start_servers(state, "127.0.0.1", 0, 0, None, 10.0, 16)
+    test.check(
+        "OBS string to sign lists x-obs-* headers sorted, then the resource",
+        obs_string_to_sign(
+            "PUT",
+            {
+                "content-type": ["text/plain"],
+                "x-obs-security-token": ["t"],
+                "x-obs-date": ["Tue, 01 Jul 2025 00:00:00 GMT"],
+                "date": ["ignored"],
+            },
+            "/b/k%20x",
+        )
+        == b"PUT\n\ntext/plain\n\n"
+        b"x-obs-date:Tue, 01 Jul 2025 00:00:00 GMT\nx-obs-security-token:t\n/b/k%20x",
+    )
+
+    state = EmulatorState(
+        [DEFAULT_TOKEN],
+        {DEFAULT_AK: DEFAULT_SK},
+        [DEFAULT_PROJECT_ID],
+        time.monotonic() + 60,
+        False,
+    )
+    servers = start_servers(state, "127.0.0.1", 0, 0, 0, None, 10.0, 16)
     try:
-        run_live_checks(test, api.server_address[1])
+        run_live_checks(test, servers[0].server_address[1])
+        run_obs_checks(test, state, servers[0].server_address[1])
     finally:
-        api.shutdown()
-        control.shutdown()
+        for server in servers:
+            server.shutdown()
+        state.close()
     print("self-test: %d checks, %d failed" % (test.checks, test.failures))
     return 0 if test.failures == 0 else 1
 
@@ -1516,6 +2315,182 @@ def run_live_checks(test, port):
     )
 
 
+def run_obs_checks(test, state, api_port):
+    """Upload with issued credentials through the OBS port and check each rejection."""
+    endpoint = state.server_end_point
+    obs_port = int(endpoint.rpartition(":")[2])
+
+    def issue(file_name="replay 01.bin"):
+        connection = http.client.HTTPConnection("127.0.0.1", api_port, timeout=10)
+        try:
+            connection.request(
+                "POST",
+                "/v1/%s/app-center/buckets/actions/create-credential"
+                % DEFAULT_PROJECT_ID,
+                body=json.dumps({"file_name": file_name}),
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Auth-Token": DEFAULT_TOKEN,
+                },
+            )
+            return json.loads(connection.getresponse().read().decode("utf-8"))
+        finally:
+            connection.close()
+
+    def put(result, body, tamper=None, key=None, path_style=False, extra=None):
+        """PUT body with result's credential. tamper names one thing to break."""
+        credential = result["credential"]
+        bucket = result["bucket_name"]
+        raw_key = urllib.parse.quote(key or result["object_path"], safe="/-._~")
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "x-obs-date": email.utils.formatdate(usegmt=True),
+            "x-obs-security-token": credential["security_token"],
+        }
+        headers.update(extra or {})
+        if tamper == "no-token":
+            del headers["x-obs-security-token"]
+        lowered = {name.lower(): [value] for name, value in headers.items()}
+        text = obs_string_to_sign("PUT", lowered, "/%s/%s" % (bucket, raw_key))
+        secret = credential["secret"] + ("x" if tamper == "secret" else "")
+        headers["Authorization"] = "OBS %s:%s" % (
+            credential["access"],
+            obs_signature(secret, text),
+        )
+        if path_style:
+            headers["Host"], target = endpoint, "/%s/%s" % (bucket, raw_key)
+        else:
+            headers["Host"], target = "%s.%s" % (bucket, endpoint), "/" + raw_key
+        connection = http.client.HTTPConnection("127.0.0.1", obs_port, timeout=10)
+        try:
+            connection.request("PUT", target, body=body, headers=headers)
+            response = connection.getresponse()
+            text = response.read().decode("utf-8")
+            code = re.search(r"<Code>(.*?)</Code>", text)
+            message = re.search(r"<Message>(.*?)</Message>", text)
+            return (
+                response.status,
+                code.group(1) if code else None,
+                message.group(1) if message else "",
+                response.getheader("ETag"),
+            )
+        finally:
+            connection.close()
+
+    result = issue()
+    test.check(
+        "credential names the OBS port",
+        result.get("server_end_point") == endpoint,
+        result.get("server_end_point"),
+    )
+    body = b"object body\n" * 1000
+    status, code, message, etag = put(result, body)
+    test.check("signed PUT returns 200", status == 200, "%s %s %s" % (status, code, message))
+    test.check(
+        "ETag is the MD5 of the body",
+        etag == '"%s"' % hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        etag,
+    )
+    stored = state.find_object(result["bucket_name"], result["object_path"])
+    test.check(
+        "stored object has the body's SHA-256",
+        stored is not None and stored.sha256 == hashlib.sha256(body).hexdigest(),
+        stored,
+    )
+    status, code, message, _ = put(result, body, path_style=True)
+    test.check("path-style PUT returns 200", status == 200, "%s %s" % (status, code))
+    status, code, message, _ = put(result, body, extra={"Expect": "100-continue"})
+    test.check("PUT with Expect: 100-continue returns 200", status == 200, status)
+    digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest())
+    status, code, message, _ = put(
+        result, body, extra={"Content-MD5": digest.decode("ascii")}
+    )
+    test.check("matching Content-MD5 returns 200", status == 200, "%s %s" % (status, code))
+
+    def check_rejected(name, outcome, status, code, word=None):
+        test.check(name + " returns %d" % status, outcome[0] == status, outcome)
+        test.check(name + " has code " + code, outcome[1] == code, outcome)
+        if word is not None:
+            test.check(name + " names the reason", word in outcome[2], outcome)
+
+    check_rejected(
+        "wrong Content-MD5",
+        put(result, body + b"x", extra={"Content-MD5": digest.decode("ascii")}),
+        400,
+        "BadDigest",
+    )
+    check_rejected(
+        "other secret", put(result, body, tamper="secret"), 403, "SignatureDoesNotMatch"
+    )
+    check_rejected(
+        "other key", put(result, body, key="app-file/other.bin"), 403, "AccessDenied"
+    )
+    check_rejected(
+        "missing security token",
+        put(result, body, tamper="no-token"),
+        403,
+        "InvalidAccessKeyId",
+        "missing",
+    )
+    other = issue()
+    forged = dict(result, credential=dict(result["credential"]))
+    forged["credential"]["security_token"] = other["credential"]["security_token"]
+    check_rejected(
+        "other credential's security token",
+        put(forged, body),
+        403,
+        "InvalidAccessKeyId",
+        "invalid",
+    )
+    unknown = dict(result, credential=dict(result["credential"], access="FAKEUNKNOWN0000000000"))
+    check_rejected("unknown access key", put(unknown, body), 403, "InvalidAccessKeyId")
+
+    state.update_config({"credential_ttl": 0})
+    expired = issue()
+    state.update_config({"credential_ttl": DEFAULT_CREDENTIAL_TTL_SECONDS})
+    check_rejected(
+        "expired credential", put(expired, body), 403, "InvalidAccessKeyId", "expired"
+    )
+
+    # A rejected client that waits for 100 Continue gets the error and a close
+    # without sending its body.
+    raw = socket.create_connection(("127.0.0.1", obs_port), timeout=10)
+    try:
+        raw.sendall(
+            (
+                "PUT /%s HTTP/1.1\r\nHost: %s.%s\r\nContent-Length: 10\r\n"
+                "Expect: 100-continue\r\nAuthorization: OBS %s:AAAA\r\n"
+                "x-obs-date: %s\r\nx-obs-security-token: %s\r\n\r\n"
+                % (
+                    result["object_path"].replace(" ", "%20"),
+                    result["bucket_name"],
+                    endpoint,
+                    result["credential"]["access"],
+                    email.utils.formatdate(usegmt=True),
+                    result["credential"]["security_token"],
+                )
+            ).encode("latin-1")
+        )
+        answer = b""
+        while True:
+            piece = raw.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    finally:
+        raw.close()
+    test.check(
+        "rejected Expect request gets 403 without 100 Continue",
+        answer.startswith(b"HTTP/1.1 403"),
+        answer[:40],
+    )
+    test.check(
+        "rejected Expect request is closed",
+        b"\r\nConnection: close\r\n" in answer,
+        answer[:300],
+    )
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -1540,8 +2515,22 @@ def parse_arguments(argv):
         help="control port, or 0 for a free port (default 0)",
     )
     parser.add_argument(
+        "--obs-port",
+        type=int,
+        default=0,
+        help="OBS upload port, or 0 for a free port (default 0). Issued credentials "
+        "name localhost:<this port> as server_end_point",
+    )
+    parser.add_argument(
+        "--credential-ttl",
+        type=int,
+        default=DEFAULT_CREDENTIAL_TTL_SECONDS,
+        help="seconds for which an issued credential can upload, from 0 to %d (default %d)"
+        % (MAX_CREDENTIAL_TTL_SECONDS, DEFAULT_CREDENTIAL_TTL_SECONDS),
+    )
+    parser.add_argument(
         "--tls-cert",
-        help="PEM certificate chain. With --tls-key, the API port serves HTTPS",
+        help="PEM certificate chain. With --tls-key, the API and OBS ports serve HTTPS",
     )
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument(
@@ -1578,7 +2567,8 @@ def parse_arguments(argv):
         "--max-connections",
         type=int,
         default=1024,
-        help="maximum open API connections. Further connections wait in the listen backlog (default 1024)",
+        help="maximum open connections of the API port and of the OBS port. Further "
+        "connections wait in the listen backlog (default 1024)",
     )
     parser.add_argument(
         "--verbose",
@@ -1625,6 +2615,11 @@ def parse_arguments(argv):
         re.search(r"[/?#%]", value) for value in args.project_id
     ):
         parser.error("--project-id values must not contain / ? # or %")
+    if not 0 <= args.credential_ttl <= MAX_CREDENTIAL_TTL_SECONDS:
+        parser.error(
+            "--credential-ttl must be between 0 and %d seconds"
+            % MAX_CREDENTIAL_TTL_SECONDS
+        )
     if args.max_seconds <= 0 or args.idle_timeout <= 0 or args.max_connections < 1:
         parser.error(
             "--max-seconds and --idle-timeout must be positive and --max-connections at least 1"
@@ -1681,27 +2676,41 @@ def main(argv):
         args.project_id or [DEFAULT_PROJECT_ID],
         deadline,
         args.verbose,
+        credential_ttl=args.credential_ttl,
     )
-    api, control = start_servers(
-        state,
-        args.host,
-        args.port,
-        args.control_port,
-        tls_context,
-        args.idle_timeout,
-        args.max_connections,
-    )
+    try:
+        api, control, obs = start_servers(
+            state,
+            args.host,
+            args.port,
+            args.control_port,
+            args.obs_port,
+            tls_context,
+            args.idle_timeout,
+            args.max_connections,
+        )
+    except BaseException:
+        state.close()
+        raise
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    def stop_on_sigterm(signum, frame):
+        state.close()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    scheme = "https" if tls_context else "http"
     ready = {
-        "url": format_url("https" if tls_context else "http", api),
+        "url": format_url(scheme, api),
         "control": format_url("http", control),
+        "obs": format_url(scheme, obs),
+        "server_end_point": state.server_end_point,
         "pid": os.getpid(),
     }
     try:
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
+        state.close()
         os._exit(1)
     signal.alarm(0)
 
@@ -1709,6 +2718,7 @@ def main(argv):
         reason = watch_lifetime(deadline, parent_pid)
     except KeyboardInterrupt:
         reason = "interrupted"
+    state.close()
     # A full stderr pipe that no process reads would block this write forever, so
     # SIGALRM ends the process if the message cannot be written within 2 seconds.
     signal.alarm(2)

@@ -5,6 +5,7 @@
 --   local emu = emulator.start{ args = {"--token", "fake-other-token"} }
 --   emu:fault{ status = 503, headers = { ["Retry-After"] = "1" }, times = 2 }
 --   ... call the client with emu:client_options() ...
+--   local object = emu:object(result.bucket_name, result.object_path)
 --   emu:stop()
 
 local http = require("socket.http")
@@ -18,6 +19,9 @@ emulator.DEFAULT_TOKEN = "fake-token-for-tests"
 emulator.DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 emulator.DEFAULT_AK = "FAKEAKFORTESTS000001"
 emulator.DEFAULT_SK = "fake-sk-for-tests-0000000000000000000000"
+
+-- The one bucket of the emulator's OBS port, named in every issued credential.
+emulator.BUCKET_NAME = "appcenter-emulator-bucket"
 
 -- Timeout in seconds of each control-port request.
 local CONTROL_TIMEOUT_SECONDS = 10
@@ -121,6 +125,8 @@ function emulator.start(opts)
   local self = setmetatable({
     url = ready.url,
     control = ready.control,
+    obs_url = ready.obs,
+    server_end_point = ready.server_end_point,
     pid = math.floor(ready.pid),
     token = flag_value(args, "--token") or emulator.DEFAULT_TOKEN,
     project_id = flag_value(args, "--project-id") or emulator.DEFAULT_PROJECT_ID,
@@ -134,8 +140,9 @@ function emulator.start(opts)
 end
 
 --- Sends one JSON request to the control port and returns the decoded JSON response.
--- Raises an error with the status and error_msg unless the status is 200.
-function Emulator:control_request(method, path, payload)
+-- Raises an error with the status and error_msg unless the status is 200, or
+-- returns nil for a 404 when not_found_ok is true.
+function Emulator:control_request(method, path, payload, not_found_ok)
   local body = payload ~= nil and cjson.encode(payload) or ""
   local chunks = {}
   local saved_timeout = http.TIMEOUT
@@ -152,6 +159,9 @@ function Emulator:control_request(method, path, payload)
     error(string.format("emulator control request %s %s failed: %s", method, path, tostring(status)), 3)
   end
   local text = table.concat(chunks)
+  if status == 404 and not_found_ok then
+    return nil
+  end
   local decoded_ok, decoded = pcall(cjson.decode, text)
   if status ~= 200 or not decoded_ok then
     local message = decoded_ok and type(decoded) == "table" and decoded.error_msg or text
@@ -163,25 +173,44 @@ end
 
 --- Queues one fault, or several when given a list of fault tables.
 -- Fields: status, body, headers, delay_ms, drop, truncate, oversize_bytes,
--- slow_bytes_per_second, close, times. In headers, false removes a default header.
+-- slow_bytes_per_second, close, times, target. In headers, false removes a default header.
+-- target = "obs" makes the fault affect OBS uploads instead of create-credential
+-- requests; it takes status, body, headers, delay_ms, drop, close and times.
 -- Returns the number of requests that pending faults will still affect.
 function Emulator:fault(fault)
   return self:control_request("POST", "/faults", fault).faults_pending
 end
 
---- Merges settings such as {delay_ms = 300} into the emulator's configuration and returns it.
+--- Merges settings into the emulator's configuration and returns it:
+-- delay_ms (delay of every API request) and credential_ttl (seconds for which
+-- credentials issued from now on can upload; 0 issues expired ones).
 function Emulator:config(settings)
   return self:control_request("POST", "/config", settings)
 end
 
---- Returns {requests, connections, faults_pending, last_request}. last_request is nil before any request.
+--- Returns {requests, connections, faults_pending, last_request, obs_requests,
+-- last_obs_request, objects}. The last_* fields are nil before any such request.
 function Emulator:stats()
   return self:control_request("GET", "/stats")
 end
 
---- Clears faults, configuration, counters and last_request.
+--- Clears faults, configuration, counters, last_request and stored objects.
 function Emulator:reset()
   self:control_request("POST", "/reset")
+end
+
+-- Percent-encodes every byte of an object key except unreserved characters and "/".
+local function encode_key(key)
+  return (key:gsub("[^%w%-%._~/]", function(char)
+    return string.format("%%%02X", char:byte())
+  end))
+end
+
+--- Returns {bucket, key, size, sha256, md5, etag, content_type, content_md5} of
+-- the object stored under bucket/key by an upload, or nil when there is none.
+-- sha256 and md5 are lower-case hexadecimal; content_md5 is the header as sent.
+function Emulator:object(bucket, key)
+  return self:control_request("GET", "/objects/" .. encode_key(bucket) .. "/" .. encode_key(key), nil, true)
 end
 
 --- Returns the client options for this emulator, with overrides merged in.
@@ -217,7 +246,8 @@ function Emulator:stop()
   os.remove(self.stderr_path)
 end
 
---- Creates a self-signed certificate for 127.0.0.1 and localhost with the openssl command.
+--- Creates a self-signed certificate for 127.0.0.1, localhost and the emulator's bucket
+-- under localhost (for virtual-host uploads) with the openssl command.
 -- directory defaults to a new temporary directory. Returns cert_path, key_path.
 function emulator.make_certificate(directory)
   if not directory then
@@ -231,7 +261,7 @@ function emulator.make_certificate(directory)
   local key_path = directory .. "/key.pem"
   local command = table.concat({
     "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1",
-    "-addext 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost'",
+    "-addext 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:" .. emulator.BUCKET_NAME .. ".localhost'",
     "-keyout", shell_quote(key_path), "-out", shell_quote(cert_path), ">/dev/null 2>&1",
   }, " ")
   if not run_command(command) then
