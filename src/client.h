@@ -59,6 +59,7 @@ typedef struct ac_client {
   ac_socket *sockets;          /* what libcurl waits for, per socket */
   size_t socket_count;
   size_t socket_cap;
+  int uploading;               /* set while upload.c runs a transfer */
   int open;
 } ac_client;
 

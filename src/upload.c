@@ -40,6 +40,9 @@
  * end, so a fast upload does not spend its time in Lua. */
 #define AC_PROGRESS_INTERVAL_MS 200.0
 
+/* 24 hours, the limit of the other calls' timeout_ms. */
+#define AC_MAX_UPLOAD_TIMEOUT_MS 86400000L
+
 typedef struct upload_source {
   FILE *file;
   const char *data;
@@ -51,7 +54,7 @@ typedef struct upload_progress {
   lua_State *L;
   int fn;                      /* stack index of the callback, 0: none */
   double last_ms;
-  curl_off_t last_sent;
+  curl_off_t last_sent;        /* -1 before the first call */
   int aborted;                 /* the callback returned false */
   int error_at;                /* stack index of its error, 0: none */
 } upload_progress;
@@ -258,8 +261,20 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
   if (r->content_type == NULL)
     r->content_type = ac_obs_content_type(call->path ? call->path : r->key);
 
+  /* Checked before the cast, which is undefined for NaN, infinities and
+   * values beyond the range of long. */
   lua_getfield(L, 3, "timeout_ms");
-  call->timeout_ms = (long)lua_tonumber(L, -1);
+  if (!lua_isnil(L, -1)) {
+    lua_Number t = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER
+        || !(t >= 0 && t <= AC_MAX_UPLOAD_TIMEOUT_MS)) {
+      snprintf(msg, AC_MSG_SIZE, "invalid upload options: timeout_ms must "
+               "be a number of milliseconds from 0 (no limit) to %ld",
+               AC_MAX_UPLOAD_TIMEOUT_MS);
+      return -1;
+    }
+    call->timeout_ms = (long)t;
+  }
   lua_pop(L, 1);
   lua_getfield(L, 3, "progress");
   if (lua_isfunction(L, -1))
@@ -437,11 +452,22 @@ static int send_upload(lua_State *L, ac_client *c, upload_call *call,
   prepare_handle(c, call, &url, headers);
   call->progress.L = L;
   call->progress.last_ms = clock_ms();
+  /* So that an empty body still gets its one call at the end. */
+  call->progress.last_sent = -1;
+  c->uploading = 1;
   rc = curl_easy_perform(c->upload.curl);
   curl_easy_getinfo(c->upload.curl, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_setopt(c->upload.curl, CURLOPT_HTTPHEADER, NULL);
   curl_slist_free_all(headers);
   ac_buf_free(&auth);
+
+  /* The call at the end, when the interval skipped it during the
+   * transfer. An error raised in it propagates like any other. */
+  if (rc == CURLE_OK && status >= 200 && status <= 299
+      && call->progress.fn && !call->progress.error_at
+      && call->progress.last_sent != call->src.total)
+    call_progress(&call->progress, call->src.total, call->src.total);
+  c->uploading = 0;
 
   if (call->progress.error_at) {
     ac_buf_free(&url);
@@ -461,8 +487,6 @@ static int send_upload(lua_State *L, ac_client *c, upload_call *call,
     push_obs_error(L, c, call, status);
     n = 2;
   } else {
-    if (call->progress.fn && call->progress.last_sent != call->src.total)
-      call_progress(&call->progress, call->src.total, call->src.total);
     push_meta(L, c, call, &url, status);
     n = 1;
   }
@@ -505,6 +529,12 @@ static int l_upload(lua_State *L) {
 
   if (!c->open)
     return luaL_error(L, "appcenter.core: the client is closed");
+  /* A second transfer would reconfigure the handle of the running one,
+   * which then reads its body from the wrong source. */
+  if (c->uploading)
+    return luaL_error(L, "appcenter.core: upload called during an upload "
+                      "of the same client, e.g. from its progress "
+                      "callback; use another client");
   if (lua_isnoneornil(L, 3)) {
     lua_settop(L, 2);
     lua_newtable(L);
