@@ -126,6 +126,95 @@ function Client:create_credential(file_name)
   end)
 end
 
+-- Uploads the object that `result` of create_credential allows, with the
+-- client's retries and retry budget. `opts` are those of the core
+-- client's upload (path or body, content_type, content_md5, path_style,
+-- progress, timeout_ms) plus deadline_ms. The client's timeout_ms and
+-- retry.deadline_ms are sized for a small API call, so an upload has no
+-- deadline unless opts.deadline_ms sets one, and opts.timeout_ms alone
+-- limits each attempt. The core client still ends a transfer that moves
+-- no byte for the client's timeout_ms. Every attempt reopens opts.path
+-- and sends it from the start, and progress starts again from 0.
+-- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
+-- err.attempts cover all attempts of this call.
+function Client:upload(result, opts)
+  if type(result) ~= "table" then
+    error(("bad argument #1 to 'upload' (table expected, got %s)")
+      :format(type(result)), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #2 to 'upload' (table expected, got %s)")
+      :format(type(opts)), 2)
+  end
+  opts = opts or {}
+  local deadline_ms = opts.deadline_ms
+  if deadline_ms ~= nil
+      and (type(deadline_ms) ~= "number" or not (deadline_ms >= 1)) then
+    error(("bad option 'deadline_ms' to 'upload' (number >= 1 expected, "
+      .. "got %s)"):format(tostring(deadline_ms)), 2)
+  end
+  local core_client = self.core_client
+  if core_client.upload == nil then
+    error("appcenter: upload is not available inside nginx; hand the "
+      .. "credential to the client that has the file", 2)
+  end
+
+  local policy = {}
+  for name, value in pairs(self.policy) do
+    policy[name] = value
+  end
+  policy.deadline_ms = deadline_ms
+  policy.timeout_ms = opts.timeout_ms or math.huge
+
+  local call_opts = {}
+  for name, value in pairs(opts) do
+    call_opts[name] = value
+  end
+  call_opts.deadline_ms = nil
+  -- retry.run expects `result, meta` from each attempt, and the core
+  -- upload returns its meta alone.
+  local meta, err = retry.run(policy, function(timeout_ms)
+    call_opts.timeout_ms = timeout_ms or opts.timeout_ms
+    local attempt_meta, attempt_err = core_client:upload(result, call_opts)
+    if attempt_meta then
+      return attempt_meta, attempt_meta
+    end
+    return nil, attempt_err
+  end)
+  if not meta then
+    return nil, err
+  end
+  return meta
+end
+
+-- Requests a credential for `file_name`, then uploads opts.path or
+-- opts.body with it as `upload` does. Returns the upload's meta plus the
+-- credential's bucket_name and object_path, or `nil, err` from the step
+-- that failed.
+function Client:create_and_upload(file_name, opts)
+  if type(file_name) ~= "string" then
+    error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
+      :format(type(file_name)), 2)
+  end
+  if type(opts) ~= "table" then
+    error(("bad argument #2 to 'create_and_upload' (table expected, got %s)")
+      :format(type(opts)), 2)
+  end
+
+  local result, err = self:create_credential(file_name)
+  if not result then
+    return nil, err
+  end
+  local meta
+  meta, err = self:upload(result, opts)
+  if not meta then
+    return nil, err
+  end
+  meta.bucket_name = result.bucket_name
+  meta.object_path = result.object_path
+  return meta
+end
+
 -- Closes the connection. Requests started with `start` that have not
 -- ended get their callbacks called with a `cancelled` error first.
 -- Garbage collection closes the connection too, without callbacks.

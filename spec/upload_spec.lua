@@ -1,0 +1,638 @@
+-- Uploads with an issued credential to the emulator's OBS port, through
+-- appcenter.core and the appcenter wrapper. The emulator checks the OBS
+-- signature, the security token, its expiry and the policy, and stores
+-- each object so that its size and SHA-256 can be compared.
+
+local appcenter = require("appcenter")
+local core = require("appcenter.core")
+local emulator = require("spec.support.emulator")
+
+local MIB = 1024 * 1024
+local BIG_FILE_BYTES = 200 * MIB
+-- Growth of the uploading process's memory allowed for the 200 MiB file:
+-- far below its size, so the file is certainly streamed.
+local MAX_MEMORY_GROWTH_KIB = 16 * 1024
+local EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+local function shell_quote(value)
+  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
+end
+
+local function run(command)
+  local status = os.execute(command)
+  assert(status == true or status == 0, "command failed: " .. command)
+end
+
+local function write_file(path, data)
+  local file = assert(io.open(path, "wb"))
+  assert(file:write(data))
+  assert(file:close())
+end
+
+-- Returns the lower-case hexadecimal SHA-256 of a file, from sha256sum.
+local function file_sha256(path)
+  local pipe = assert(io.popen("sha256sum " .. shell_quote(path), "r"))
+  local output = pipe:read("*a")
+  pipe:close()
+  return assert(output:match("^(%x+)"), "sha256sum printed " .. output)
+end
+
+-- Returns the base64 MD5 of a file, as a Content-MD5 header carries it.
+local function file_md5_base64(path)
+  local pipe = assert(io.popen("openssl dgst -md5 -binary " .. shell_quote(path)
+    .. " | openssl base64", "r"))
+  local output = pipe:read("*a")
+  pipe:close()
+  return (output:gsub("%s+$", ""))
+end
+
+-- Returns a field of /proc/self/status such as VmRSS or VmHWM, in KiB.
+local function memory_kib(field)
+  local file = assert(io.open("/proc/self/status", "r"))
+  local status = file:read("*a")
+  file:close()
+  local kib = status:match(field .. ":%s*(%d+) kB")
+  assert(kib, field .. " not found in /proc/self/status")
+  return tonumber(kib)
+end
+
+describe("upload", function()
+  local emu
+  local directory
+
+  setup(function()
+    emu = emulator.start()
+    local pipe = assert(io.popen("mktemp -d", "r"))
+    directory = pipe:read("*l")
+    pipe:close()
+    assert.is_truthy(directory and directory:match("^/"))
+  end)
+
+  teardown(function()
+    emu:stop()
+    run("rm -rf " .. shell_quote(directory))
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local function new_core_client()
+    local client, err = core.new(emu:client_options())
+    assert.is_nil(err)
+    return client
+  end
+
+  local function new_wrapper_client(overrides)
+    local client, err = appcenter.new(emu:client_options(overrides))
+    assert.is_nil(err)
+    return client
+  end
+
+  local function credential(client, file_name)
+    local result, meta_or_err = client:create_credential(file_name or "replay.bin")
+    assert.is_table(result, tostring(meta_or_err))
+    return result
+  end
+
+  -- Writes `data` to a file in the temporary directory and returns its path.
+  local function make_file(name, data)
+    local path = directory .. "/" .. name
+    write_file(path, data)
+    return path
+  end
+
+  local function assert_stored(result, size, sha256)
+    local object = emu:object(result.bucket_name, result.object_path)
+    assert.is_table(object, "no object stored under " .. result.object_path)
+    assert.equals(size, object.size)
+    assert.equals(sha256, object.sha256)
+    return object
+  end
+
+  local function assert_nothing_stored(result)
+    assert.is_nil(emu:object(result.bucket_name, result.object_path))
+  end
+
+  describe("through core", function()
+    it("uploads a string", function()
+      local client = new_core_client()
+      local result = credential(client, "note.txt")
+      local body = "first line\nsecond line\n"
+      local meta, err = client:upload(result, { body = body })
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(#body, meta.bytes)
+      assert.equals(1, meta.attempts)
+      assert.is_number(meta.elapsed_ms)
+      assert.matches("^%x+$", meta.request_id)
+      assert.matches("^http://appcenter%-emulator%-bucket%.localhost:%d+/app%-file/%x+/note%.txt$",
+        meta.url)
+      local object = assert_stored(result, #body, file_sha256(make_file("note.txt", body)))
+      assert.equals('"' .. object.md5 .. '"', meta.etag)
+      assert.equals("text/plain", object.content_type)
+    end)
+
+    it("uploads a small file", function()
+      local data = {}
+      for i = 1, 5000 do
+        data[i] = ("line %05d of a small replay file\n"):format(i)
+      end
+      local path = make_file("small.bin", table.concat(data))
+      local client = new_core_client()
+      local result = credential(client, "small.bin")
+      local meta, err = client:upload(result, { path = path })
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(#table.concat(data), meta.bytes)
+      local object = assert_stored(result, meta.bytes, file_sha256(path))
+      assert.equals("application/octet-stream", object.content_type)
+    end)
+
+    it("uploads an empty file", function()
+      local path = make_file("empty.bin", "")
+      local client = new_core_client()
+      local result = credential(client, "empty.bin")
+      local calls = {}
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function(sent, total)
+          calls[#calls + 1] = { sent, total }
+        end,
+      })
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(0, meta.bytes)
+      assert_stored(result, 0, EMPTY_SHA256)
+      assert.same({ { 0, 0 } }, calls)
+    end)
+
+    it("streams 200 MiB in bounded memory", function()
+      local path = directory .. "/big.bin"
+      run(("dd if=/dev/urandom of=%s bs=1M count=%d status=none")
+        :format(shell_quote(path), BIG_FILE_BYTES / MIB))
+      local expected_sha256 = file_sha256(path)
+      local client = new_core_client()
+      local result = credential(client, "big.bin")
+
+      collectgarbage()
+      collectgarbage()
+      local rss_before = memory_kib("VmRSS")
+      local peak_before = memory_kib("VmHWM")
+      local max_rss = rss_before
+      local calls = {}
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function(sent, total)
+          calls[#calls + 1] = { sent, total }
+          max_rss = math.max(max_rss, memory_kib("VmRSS"))
+        end,
+      })
+      local peak_growth = memory_kib("VmHWM") - peak_before
+      local rss_growth = max_rss - rss_before
+      os.remove(path)
+
+      assert.is_nil(err)
+      assert.equals(BIG_FILE_BYTES, meta.bytes)
+      assert_stored(result, BIG_FILE_BYTES, expected_sha256)
+      local measured = ("VmRSS before %d KiB, growth %d KiB; VmHWM growth %d KiB")
+        :format(rss_before, rss_growth, peak_growth)
+      assert.is_true(peak_growth < MAX_MEMORY_GROWTH_KIB, measured)
+      assert.is_true(rss_growth < MAX_MEMORY_GROWTH_KIB, measured)
+
+      assert.is_true(#calls >= 1)
+      for i, call in ipairs(calls) do
+        assert.equals(BIG_FILE_BYTES, call[2])
+        if i > 1 then
+          assert.is_true(call[1] >= calls[i - 1][1], "progress went back")
+        end
+      end
+      assert.equals(BIG_FILE_BYTES, calls[#calls][1])
+    end)
+
+    it("percent-encodes each segment of the key", function()
+      local client = new_core_client()
+      local result = credential(client, "replay 01 #1?%+é.bin")
+      local meta, err = client:upload(result, { body = "data" })
+
+      assert.is_nil(err)
+      assert.matches("/replay%%2001%%20%%231%%3F%%25%%2B%%C3%%A9%.bin$", meta.url)
+      assert_stored(result, 4, file_sha256(make_file("encoded.bin", "data")))
+    end)
+
+    it("sends a Content-MD5 that the emulator verifies", function()
+      local path = make_file("checked.bin", ("checked "):rep(10000))
+      local client = new_core_client()
+      local result = credential(client, "checked.bin")
+      local meta, err = client:upload(result, { path = path, content_md5 = true })
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      local object = assert_stored(result, meta.bytes, file_sha256(path))
+      assert.equals(file_md5_base64(path), object.content_md5)
+      assert.equals(file_md5_base64(path),
+        emu:stats().last_obs_request.headers["content-md5"])
+    end)
+
+    it("sends no Content-MD5 by default", function()
+      local client = new_core_client()
+      local result = credential(client)
+      assert.is_table(client:upload(result, { body = "x" }))
+      assert.is_nil(emu:stats().last_obs_request.headers["content-md5"])
+    end)
+
+    it("uploads in path style", function()
+      local client = new_core_client()
+      local result = credential(client, "path-style.bin")
+      local meta, err = client:upload(result, { body = "path style", path_style = true })
+
+      assert.is_nil(err)
+      assert.equals("http://" .. emu.server_end_point .. "/appcenter-emulator-bucket/"
+        .. result.object_path, meta.url)
+      assert.equals(emu.server_end_point, emu:stats().last_obs_request.headers.host)
+      assert_stored(result, 10, file_sha256(make_file("path-style.bin", "path style")))
+    end)
+
+    it("uses the given content type", function()
+      local client = new_core_client()
+      local result = credential(client, "replay.bin")
+      assert.is_table(client:upload(result, { body = "x", content_type = "application/x-replay" }))
+      assert.equals("application/x-replay",
+        emu:object(result.bucket_name, result.object_path).content_type)
+    end)
+
+    it("runs uploads one after another", function()
+      local client = new_core_client()
+      assert.is_table(client:upload(credential(client), { body = "one" }))
+      assert.is_table(client:upload(credential(client), { body = "two" }))
+      assert.equals(2, emu:stats().objects)
+    end)
+  end)
+
+  describe("rejection", function()
+    local function assert_http_error(err, code)
+      assert.is_table(err)
+      assert.equals("http", err.kind)
+      assert.equals(403, err.status)
+      assert.equals(code, err.code)
+      assert.is_false(err.retryable)
+      assert.matches("^%x+$", err.request_id)
+      assert.matches("^appcenter: http " .. code .. ": OBS: ", tostring(err))
+    end
+
+    it("rejects another key with AccessDenied", function()
+      local client = new_core_client()
+      local result = credential(client, "mine.bin")
+      local allowed_path = result.object_path
+      result.object_path = allowed_path:gsub("mine%.bin$", "other.bin")
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert_http_error(err, "AccessDenied")
+      assert.matches("policy does not allow PutObject", err.message, 1, true)
+      assert.is_nil(err.expired)
+      assert_nothing_stored(result)
+      assert.is_nil(emu:object(result.bucket_name, allowed_path))
+    end)
+
+    it("rejects a wrong secret with SignatureDoesNotMatch", function()
+      local client = new_core_client()
+      local result = credential(client)
+      result.credential.secret = result.credential.secret .. "x"
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert_http_error(err, "SignatureDoesNotMatch")
+      assert_nothing_stored(result)
+    end)
+
+    it("marks an expired credential", function()
+      emu:config{ credential_ttl = 1 }
+      local client = new_core_client()
+      local result = credential(client)
+      core.sleep(1.2)
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert_http_error(err, "InvalidAccessKeyId")
+      assert.is_true(err.expired)
+      assert.matches("expired", err.message, 1, true)
+      assert_nothing_stored(result)
+    end)
+
+    it("uploads before the credential expires", function()
+      emu:config{ credential_ttl = 60 }
+      local client = new_core_client()
+      local result = credential(client)
+      assert.is_table(client:upload(result, { body = "x" }))
+    end)
+
+    -- The core client sends no x-obs-security-token header for an empty
+    -- token, so OBS receives a request without a token.
+    it("rejects an empty security token", function()
+      local client = new_core_client()
+      local result = credential(client)
+      result.credential.security_token = ""
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert_http_error(err, "InvalidAccessKeyId")
+      assert.matches("security token is missing", err.message, 1, true)
+      assert.is_nil(emu:stats().last_obs_request.headers["x-obs-security-token"])
+      assert_nothing_stored(result)
+    end)
+
+    it("rejects another credential's security token", function()
+      local client = new_core_client()
+      local result = credential(client)
+      result.credential.security_token = credential(client).credential.security_token
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert_http_error(err, "InvalidAccessKeyId")
+      assert.matches("security token is invalid", err.message, 1, true)
+    end)
+
+    it("rejects nil security_token locally", function()
+      local client = new_core_client()
+      local result = credential(client)
+      result.credential.security_token = nil
+      local meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("credential.security_token", err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("rejects a missing file naming the path", function()
+      local client = new_core_client()
+      local result = credential(client)
+      local path = directory .. "/does-not-exist.bin"
+      local meta, err = client:upload(result, { path = path })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches(path, err.message, 1, true)
+      assert.is_false(err.retryable)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("rejects both path and body", function()
+      local client = new_core_client()
+      local meta, err = client:upload(credential(client), { path = "/dev/null", body = "x" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("exactly one of path", err.message, 1, true)
+    end)
+
+    it("rejects an invalid timeout_ms", function()
+      local client = new_core_client()
+      local result = credential(client)
+      for _, value in ipairs({ -1, math.huge, 0 / 0, "100" }) do
+        local meta, err = client:upload(result, { body = "x", timeout_ms = value })
+        assert.is_nil(meta)
+        assert.equals("invalid_argument", err.kind)
+        assert.matches("timeout_ms", err.message, 1, true)
+      end
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("times out after timeout_ms", function()
+      emu:fault{ target = "obs", delay_ms = 2000, status = 200 }
+      local client = new_core_client()
+      local started = core.monotonic()
+      local meta, err = client:upload(credential(client), { body = "x", timeout_ms = 300 })
+
+      assert.is_nil(meta)
+      assert.equals("timeout", err.kind)
+      assert.is_true(err.retryable)
+      assert.is_true(core.monotonic() - started < 1.9)
+    end)
+  end)
+
+  describe("progress", function()
+    it("ends at the total for a small body", function()
+      local client = new_core_client()
+      local calls = {}
+      local body = ("p"):rep(100000)
+      local meta = client:upload(credential(client), {
+        body = body,
+        progress = function(sent, total)
+          calls[#calls + 1] = { sent, total }
+        end,
+      })
+
+      assert.is_table(meta)
+      assert.is_true(#calls >= 1)
+      assert.same({ #body, #body }, calls[#calls])
+    end)
+
+    it("aborts when the callback returns false", function()
+      local path = directory .. "/abort.bin"
+      run(("dd if=/dev/zero of=%s bs=1M count=64 status=none"):format(shell_quote(path)))
+      local client = new_core_client()
+      local result = credential(client, "abort.bin")
+      local calls = 0
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function()
+          calls = calls + 1
+          return false
+        end,
+      })
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.equals("cancelled", err.kind)
+      assert.matches("progress callback", err.message, 1, true)
+      assert.equals(1, calls)
+      assert.is_true(client:upload(credential(client), { body = "after" }).status == 200)
+    end)
+
+    -- An empty body gets its only call after the transfer, which takes
+    -- another path through the core client.
+    for _, body in ipairs({ "x", "" }) do
+      it("propagates callback error, " .. #body .. "-byte body", function()
+        local client = new_core_client()
+        local ok, message = pcall(client.upload, client, credential(client), {
+          body = body,
+          progress = function()
+            error("progress failed on purpose")
+          end,
+        })
+
+        assert.is_false(ok)
+        assert.matches("progress failed on purpose", tostring(message), 1, true)
+        assert.is_true(client:upload(credential(client), { body = "after" }).status == 200)
+      end)
+    end
+
+    it("rejects nested upload from callback", function()
+      local client = new_core_client()
+      local inner = credential(client, "inner.bin")
+      local ok, message = pcall(client.upload, client, credential(client), {
+        body = "outer",
+        progress = function()
+          client:upload(inner, { body = "inner" })
+        end,
+      })
+
+      assert.is_false(ok)
+      assert.matches("upload called during an upload", tostring(message), 1, true)
+      assert.is_nil(emu:object(inner.bucket_name, inner.object_path))
+      assert.is_true(client:upload(inner, { body = "after" }).status == 200)
+    end)
+  end)
+
+  describe("through the wrapper", function()
+    it("uploads a file", function()
+      local path = make_file("wrapped.bin", ("w"):rep(4096))
+      local client = new_wrapper_client()
+      local result = credential(client, "wrapped.bin")
+      local meta, err = client:upload(result, { path = path })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(1, meta.attempts)
+      assert_stored(result, 4096, file_sha256(path))
+    end)
+
+    it("retries 503 and resends the file", function()
+      local path = make_file("retried.bin", ("r"):rep(300000))
+      emu:fault{ target = "obs", status = 503, after_body = true }
+      local retries = {}
+      local client = new_wrapper_client{ retry = {
+        base_delay_ms = 0,
+        on_retry = function(err, attempt)
+          retries[#retries + 1] = { err.status, err.code, attempt }
+        end,
+      } }
+      local result = credential(client, "retried.bin")
+      local meta, err = client:upload(result, { path = path })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(2, meta.attempts)
+      assert.same({ { 503, "ServiceUnavailable", 1 } }, retries)
+      assert.equals(2, emu:stats().obs_requests)
+      assert_stored(result, 300000, file_sha256(path))
+    end)
+
+    it("retries a 503 for a string body", function()
+      emu:fault{ target = "obs", status = 503, after_body = true, times = 2 }
+      local client = new_wrapper_client{ retry = { base_delay_ms = 0 } }
+      local result = credential(client, "string.bin")
+      local meta, err = client:upload(result, { body = "retried string" })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(3, meta.attempts)
+      assert_stored(result, 14, file_sha256(make_file("string.bin", "retried string")))
+    end)
+
+    it("does not retry an expired credential", function()
+      emu:config{ credential_ttl = 0 }
+      local client = new_wrapper_client{ retry = { base_delay_ms = 0 } }
+      local result = credential(client)
+      local meta, err = client:upload(result, { body = "x" })
+      client:close()
+
+      assert.is_nil(meta)
+      assert.is_true(err.expired)
+      assert.equals(1, err.attempts)
+      assert.equals(1, emu:stats().obs_requests)
+    end)
+
+    it("stops at the upload deadline", function()
+      emu:fault{ target = "obs", status = 503, times = 5 }
+      local client = new_wrapper_client{ retry = { base_delay_ms = 400, max_attempts = 5 } }
+      local result = credential(client)
+      local started = core.monotonic()
+      local meta, err = client:upload(result, { body = "x", deadline_ms = 300 })
+      client:close()
+
+      assert.is_nil(meta)
+      assert.equals(503, err.status)
+      assert.is_true(err.attempts < 5)
+      assert.is_true(core.monotonic() - started < 5)
+    end)
+
+    it("raises on wrong argument types", function()
+      local client = new_wrapper_client()
+      assert.has_error(function()
+        client:upload("result", {})
+      end)
+      assert.has_error(function()
+        client:upload({}, "opts")
+      end)
+      assert.has_error(function()
+        client:upload({}, { deadline_ms = 0 })
+      end)
+      assert.has_error(function()
+        client:create_and_upload(nil, { body = "x" })
+      end)
+      client:close()
+    end)
+
+    it("creates and uploads in one call", function()
+      local path = make_file("both.bin", ("b"):rep(1000))
+      local client = new_wrapper_client()
+      local meta, err = client:create_and_upload("both.bin", { path = path })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(emulator.BUCKET_NAME, meta.bucket_name)
+      assert.matches("^app%-file/%x+/both%.bin$", meta.object_path)
+      assert.equals("http://" .. emulator.BUCKET_NAME .. "." .. emu.server_end_point .. "/"
+        .. meta.object_path, meta.url)
+      assert.matches('^"%x+"$', meta.etag)
+      assert.matches("^%x+$", meta.request_id)
+      assert_stored({ bucket_name = meta.bucket_name, object_path = meta.object_path },
+        1000, file_sha256(path))
+    end)
+
+    it("returns the credential error from create_and_upload", function()
+      local client = new_wrapper_client{ token = "fake-wrong-token" }
+      local meta, err = client:create_and_upload("x.bin", { body = "x" })
+      client:close()
+
+      assert.is_nil(meta)
+      assert.equals(401, err.status)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+  end)
+
+  describe("over TLS", function()
+    local tls_emu, cert_path, key_path
+
+    setup(function()
+      cert_path, key_path = emulator.make_certificate()
+      tls_emu = emulator.start{ tls_cert = cert_path, tls_key = key_path }
+    end)
+
+    teardown(function()
+      tls_emu:stop()
+      os.remove(cert_path)
+      os.remove(key_path)
+      os.remove((cert_path:gsub("/cert%.pem$", "")))
+    end)
+
+    it("uploads over https in virtual-host style", function()
+      local client = assert(core.new(tls_emu:client_options()))
+      local result = credential(client, "secure.bin")
+      local meta, err = client:upload(result, { body = "over TLS" })
+
+      assert.is_nil(err)
+      assert.matches("^https://appcenter%-emulator%-bucket%.localhost:%d+/", meta.url)
+      local object = tls_emu:object(result.bucket_name, result.object_path)
+      assert.equals(8, object.size)
+    end)
+  end)
+end)
