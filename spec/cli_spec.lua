@@ -427,6 +427,114 @@ describe("appcenter-credential", function()
     assert.equal(2, emu:stats().requests)
   end)
 
+  describe("--upload", function()
+    local directory, upload_path
+
+    setup(function()
+      directory = make_directory()
+      upload_path = directory .. "/replay 01.bin"
+      write_file(upload_path, ("replay data\n"):rep(20000))
+    end)
+
+    teardown(function()
+      run_command("rm -rf " .. shell_quote(directory))
+    end)
+
+    local function upload_args(path)
+      return { "--endpoint", emu.url, "--project-id", emu.project_id,
+        "--upload", path }
+    end
+
+    local function sha256(path)
+      local pipe = assert(io.popen("sha256sum " .. shell_quote(path), "r"))
+      local output = pipe:read("*a")
+      pipe:close()
+      return output:match("^(%x+)")
+    end
+
+    it("uploads the file and prints where it landed", function()
+      local status, stdout, stderr = run_tool(upload_args(upload_path),
+        emu.token)
+
+      assert.equal(0, status)
+      assert.equal("", stderr)
+      local landed = cjson.decode(stdout)
+      assert.equal(emulator.BUCKET_NAME, landed.bucket_name)
+      assert.matches("^app%-file/%x+/replay 01%.bin$", landed.object_path)
+      assert.matches("^http://appcenter%-emulator%-bucket%.localhost:%d+/"
+        .. "app%-file/%x+/replay%%2001%.bin$", landed.url)
+      assert.matches('^"%x+"$', landed.etag)
+      assert.is_string(landed.request_id)
+      assert.equal(240000, landed.bytes)
+      assert.equal(upload_path, landed.file)
+      assert.is_nil(landed.credential)
+      local object = emu:object(landed.bucket_name, landed.object_path)
+      assert.equal(240000, object.size)
+      assert.equal(sha256(upload_path), object.sha256)
+    end)
+
+    it("draws a progress bar on a terminal", function()
+      -- script(1) from util-linux runs the tool with a pseudo-terminal as
+      -- standard error and copies what it writes there to a log file.
+      local output_path = directory .. "/landed.json"
+      local log_path = directory .. "/terminal.log"
+      local words = { "env", "HOME=" .. shell_quote(home),
+        "APPCENTER_TOKEN=" .. shell_quote(emu.token), TOOL }
+      for _, value in ipairs(upload_args(upload_path)) do
+        words[#words + 1] = shell_quote(value)
+      end
+      local command = table.concat(words, " ") .. " >" .. shell_quote(output_path)
+      assert.is_true(run_command("script -qec " .. shell_quote(command) .. " "
+        .. shell_quote(log_path) .. " >/dev/null 2>&1 </dev/null"))
+
+      local terminal = read_file(log_path)
+      assert.is_not_nil(terminal:find("\r[" .. ("#"):rep(30) .. "] 100% 0.2 / 0.2 MiB",
+        1, true), terminal)
+      assert.is_table(cjson.decode(read_file(output_path)))
+    end)
+
+    it("logs an upload retry and succeeds", function()
+      emu:fault{ target = "obs", status = 503 }
+      local status, stdout, stderr = run_tool(upload_args(upload_path),
+        emu.token)
+
+      assert.equal(0, status)
+      assert.equal(2, cjson.decode(stdout).attempts)
+      assert.equal(1, count_lines(stderr))
+      assert.is_not_nil(stderr:find("ServiceUnavailable", 1, true), stderr)
+    end)
+
+    it("upload error exits 1", function()
+      emu:fault{ target = "obs", status = 403 }
+      local status, stdout, stderr = run_tool(upload_args(upload_path),
+        emu.token)
+
+      assert.equal(1, status)
+      assert.equal("", stdout)
+      assert.equal(1, count_lines(stderr))
+      assert.is_not_nil(stderr:find("http AccessDenied", 1, true), stderr)
+    end)
+
+    it("missing file exits 2 before any request", function()
+      local status, stdout, stderr = run_tool(
+        upload_args(directory .. "/missing.bin"), emu.token)
+
+      assert.equal(2, status)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find("cannot read --upload file", 1, true), stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("FILE_NAME with --upload exits 2", function()
+      local args = upload_args(upload_path)
+      args[#args + 1] = "other.bin"
+      local status, _, stderr = run_tool(args, emu.token)
+
+      assert.equal(2, status)
+      assert.is_not_nil(stderr:find("FILE_NAME must not be given", 1, true), stderr)
+    end)
+  end)
+
   describe("over TLS", function()
     local tls_emu
 
