@@ -147,3 +147,17 @@ uninstall:
 
 clean:
 	rm -rf build
+
+# make bench: appcenter.core against its peers and plain libcurl, with
+# nginx and the emulator on 127.0.0.1 (bench/run.py, about 3 minutes).
+# BENCH_REQUESTS and BENCH_ROUNDS set requests per process and rounds;
+# BENCH_ARGS passes further options, e.g. --profile. See BENCHMARKS.md.
+BENCH_REQUESTS ?=
+BENCH_ROUNDS ?=
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench: all
+	python3 bench/run.py $(if $(BENCH_REQUESTS),--requests $(BENCH_REQUESTS)) \
+	  $(if $(BENCH_ROUNDS),--rounds $(BENCH_ROUNDS)) $(BENCH_ARGS)
