@@ -2144,13 +2144,6 @@ def run_self_test():
         canonical_query("b=2&a=1&a=0&c"),
     )
 
-    state = EmulatorState(
-        [DEFAULT_TOKEN],
-        {DEFAULT_AK: DEFAULT_SK},
-        [DEFAULT_PROJECT_ID],
-        time.monotonic() + 60,
-        False,
-    )
     test.check(
         "OBS string to sign lists x-obs-* headers sorted, then the resource",
         obs_string_to_sign(
