@@ -487,6 +487,19 @@ describe("upload", function()
       assert.is_nil(emu:object(inner.bucket_name, inner.object_path))
       assert.is_true(client:upload(inner, { body = "after" }).status == 200)
     end)
+    it("rejects close from callback", function()
+      local client = new_core_client()
+      local ok, message = pcall(client.upload, client, credential(client), {
+        body = "closing",
+        progress = function()
+          client:close()
+        end,
+      })
+
+      assert.is_false(ok)
+      assert.matches("close called from an upload", tostring(message), 1, true)
+      assert.is_true(client:upload(credential(client), { body = "after" }).status == 200)
+    end)
   end)
 
   describe("through the wrapper", function()

@@ -662,6 +662,10 @@ static int l_client_close(lua_State *L) {
   ac_client *c = check_client(L, 1);
   int failed = 0;
 
+  if (c->uploading)
+    return luaL_error(L, "appcenter.core: close called from an upload's "
+                      "progress callback; return false from it to abort "
+                      "the upload, then close");
   lua_settop(L, 1);
   if (c->open) {
     /* Closed first, so that a callback cannot start new requests while
