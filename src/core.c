@@ -272,6 +272,22 @@ static int check_auth_combination(const char *token, const char *ak,
 }
 
 
+/* Fills list with the secrets that are set, then NULL. The list ends at
+ * its first NULL, so an unset secret must not leave a gap. */
+static void set_secrets(const char **list, const char *token,
+                        const char *sk, const char *security_token) {
+  size_t n = 0;
+
+  if (token != NULL)
+    list[n++] = token;
+  if (sk != NULL)
+    list[n++] = sk;
+  if (security_token != NULL)
+    list[n++] = security_token;
+  list[n] = NULL;
+}
+
+
 static int configure_auth(lua_State *L, int opts, ac_client *c,
                           char *msg) {
   size_t token_len = 0, ak_len = 0, sk_len = 0, st_len = 0;
@@ -302,10 +318,7 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   c->sk = sk ? copy_string(sk, sk_len) : NULL;
   c->sk_len = sk_len;
   c->security_token = st ? copy_string(st, st_len) : NULL;
-  c->secrets[0] = c->token;
-  c->secrets[1] = c->sk;
-  c->secrets[2] = c->security_token;
-  c->secrets[3] = NULL;
+  set_secrets(c->secrets, c->token, c->sk, c->security_token);
   if ((token && !c->token) || (ak && !c->ak) || (sk && !c->sk)
       || (st && !c->security_token)) {
     snprintf(msg, AC_MSG_SIZE, "not enough memory");
@@ -535,12 +548,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
   } else {
     snprintf(message, sizeof message, "%s",
              t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
-    ac_redact(message, c->secrets);
     e.kind = curl_kind(rc);
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0;
   }
   e.message = message;
   e.request_id = t->request_id;
+  e.secrets = c->secrets;
   lua_pushnil(L);
   ac_push_error(L, &e);
   return 2;

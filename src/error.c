@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "compat.h"
+#include "response.h"
 
 
 static void set_string(lua_State *L, const char *key, const char *value) {
@@ -56,8 +57,23 @@ void ac_error_register(lua_State *L) {
 }
 
 
+/* Returns value, or a copy in buf with the secrets redacted when there
+ * are any. A server controls the code, message, request id and
+ * Retry-After, and may echo a secret in any of them. */
+static const char *redacted(const char *value, const char *const *secrets,
+                            char *buf) {
+  if (value == NULL || secrets == NULL || secrets[0] == NULL)
+    return value;
+  snprintf(buf, AC_ERROR_TEXT_SIZE, "%s", value);
+  ac_redact(buf, secrets);
+  return buf;
+}
+
+
 void ac_push_error(lua_State *L, const ac_error_info *e) {
   char status_text[24];
+  char code[AC_ERROR_TEXT_SIZE], message[AC_ERROR_TEXT_SIZE];
+  char request_id[AC_ERROR_TEXT_SIZE], retry_after[AC_ERROR_TEXT_SIZE];
 
   lua_createtable(L, 0, 9);
   lua_pushstring(L, e->kind);
@@ -68,7 +84,7 @@ void ac_push_error(lua_State *L, const ac_error_info *e) {
   }
 
   if (e->code != NULL && e->code[0] != '\0') {
-    set_string(L, "code", e->code);
+    set_string(L, "code", redacted(e->code, e->secrets, code));
   } else if (e->status > 0) {
     snprintf(status_text, sizeof status_text, "%ld", e->status);
     set_string(L, "code", status_text);
@@ -76,9 +92,11 @@ void ac_push_error(lua_State *L, const ac_error_info *e) {
     set_string(L, "code", e->kind);
   }
 
-  set_string(L, "message", e->message);
-  set_string(L, "request_id", e->request_id);
-  set_string(L, "retry_after", e->retry_after);
+  set_string(L, "message", redacted(e->message, e->secrets, message));
+  set_string(L, "request_id", redacted(e->request_id, e->secrets,
+                                       request_id));
+  set_string(L, "retry_after", redacted(e->retry_after, e->secrets,
+                                        retry_after));
   lua_pushboolean(L, e->retryable);
   lua_setfield(L, -2, "retryable");
   lua_pushinteger(L, 1);

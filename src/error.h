@@ -10,6 +10,8 @@
 
 #define AC_ERROR_MT "appcenter.core.error"
 
+#define AC_ERROR_TEXT_SIZE 512
+
 /* Error kinds; the strings are part of the public contract. */
 #define AC_KIND_INVALID_ARGUMENT "invalid_argument"
 #define AC_KIND_NETWORK "network"
@@ -27,12 +29,15 @@ typedef struct ac_error_info {
   const char *request_id; /* NULL or empty when unknown */
   const char *retry_after;/* raw Retry-After header, NULL when absent */
   int retryable;
+  const char *const *secrets; /* NULL-terminated, or NULL: each one is
+                               * replaced by "***" in every string field */
 } ac_error_info;
 
 /* Registers the error metatable in the registry. */
 void ac_error_register(lua_State *L);
 
-/* Pushes an error table. */
+/* Pushes an error table. String fields longer than AC_ERROR_TEXT_SIZE - 1
+ * bytes are cut. */
 void ac_push_error(lua_State *L, const ac_error_info *e);
 
 /* Pushes nil and an invalid_argument error; returns 2 for lua_CFunction

@@ -76,6 +76,21 @@ static const char *json_type_name(lua_State *L, int idx) {
  * Redaction and text cleanup
  * ------------------------------------------------------------------- */
 
+/* Replaces a tail of s that is the start of secret, at least
+ * AC_REDACT_MIN_TAIL bytes long: what is left of a secret when the text
+ * around it was cut to a maximum length. */
+static void redact_cut_secret(char *s, const char *secret, size_t n) {
+  size_t len = strlen(s), k;
+
+  for (k = len < n ? len : n; k >= AC_REDACT_MIN_TAIL; k--) {
+    if (memcmp(s + len - k, secret, k) == 0) {
+      memcpy(s + len - k, "***", 4);
+      return;
+    }
+  }
+}
+
+
 void ac_redact(char *s, const char *const *secrets) {
   const char *const *sec;
 
@@ -89,6 +104,7 @@ void ac_redact(char *s, const char *const *secrets) {
       memcpy(hit, "***", 3);
       memmove(hit + 3, hit + n, strlen(hit + n) + 1);
     }
+    redact_cut_secret(s, *sec, n);
   }
 }
 
@@ -415,9 +431,6 @@ static void push_http_error(lua_State *L, const ac_response *r) {
     snprintf(message, sizeof message, "HTTP %ld: %.200s", r->status,
              prefix[0] ? prefix : "(no text in the body)");
   }
-  ac_redact(code, r->secrets);
-  ac_redact(message, r->secrets);
-
   e.kind = AC_KIND_HTTP;
   e.status = r->status;
   e.code = code;
@@ -425,6 +438,7 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   e.request_id = r->request_id;
   e.retry_after = r->retry_after;
   e.retryable = ac_status_retryable(r->status);
+  e.secrets = r->secrets;
   ac_push_error(L, &e);
 }
 
@@ -437,6 +451,7 @@ static void push_invalid_response(lua_State *L, const ac_response *r,
   e.status = r->status;
   e.message = message;
   e.request_id = r->request_id;
+  e.secrets = r->secrets;
   ac_push_error(L, &e);
 }
 

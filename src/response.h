@@ -26,7 +26,13 @@ void ac_response_init(lua_State *L);
 /* Pushes `result, meta` or `nil, err` and returns 2. */
 int ac_push_response(lua_State *L, const ac_response *r);
 
-/* Replaces every occurrence of each secret in s with "***". Secrets
+/* The shortest start of a secret that ac_redact removes from the end of a
+ * text; shorter ones are left, since they would match too much. */
+#define AC_REDACT_MIN_TAIL 8
+
+/* Replaces every occurrence of each secret in s with "***", and a tail of
+ * s that is the first AC_REDACT_MIN_TAIL or more bytes of a secret, which
+ * is what remains when a message was cut inside the secret. Secrets
  * shorter than 4 bytes are left alone, since they would match too much. */
 void ac_redact(char *s, const char *const *secrets);
 

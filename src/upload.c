@@ -404,8 +404,6 @@ static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
     snprintf(message, sizeof message, "OBS: %s", obs.message);
   else
     snprintf(message, sizeof message, "OBS returned HTTP %ld", status);
-  ac_redact(message, call->secrets);
-  ac_redact(obs.code, call->secrets);
   expired = strstr(obs.code, "Expired") != NULL
          || strstr(obs.message, "expired") != NULL
          || strstr(obs.message, "Expired") != NULL;
@@ -418,6 +416,7 @@ static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
                                          : obs.request_id;
   e.retry_after = c->upload.retry_after;
   e.retryable = ac_status_retryable(status);
+  e.secrets = call->secrets;
   lua_pushnil(L);
   ac_push_error(L, &e);
   if (expired) {
@@ -544,11 +543,15 @@ static int l_upload(lua_State *L) {
   if (read_call(L, c, call, msg) != 0)
     return ac_return_invalid(L, msg);
 
-  call->secrets[0] = c->token;
-  call->secrets[1] = c->sk;
-  call->secrets[2] = c->security_token;
-  call->secrets[3] = call->req.secret;
-  call->secrets[4] = call->req.security_token;
+  /* The list ends at its first NULL: the client's own secrets, which
+   * it keeps in that form, then the two issued ones. */
+  memcpy(call->secrets, c->secrets, sizeof c->secrets);
+  n = 0;
+  while (call->secrets[n] != NULL)
+    n++;
+  call->secrets[n++] = call->req.secret;
+  call->secrets[n++] = call->req.security_token;
+  call->secrets[n] = NULL;
   call->req.content_md5 = "";
   if (open_source(call, msg) != 0)
     return ac_return_invalid(L, msg);
