@@ -286,5 +286,13 @@ describe("core.sign", function()
         "appcenter.core.sign: field 'date' must look like 20060102T150405Z, "
           .. "got '2020-06-08'")
     end)
+
+    it("rejects a numeric date outside year 1970 to 9999", function()
+      for _, date in ipairs{ -1, 253402300800, 1e18, 0 / 0 } do
+        assert.has_error(sign_with({ date = date }))
+      end
+      local headers = core.sign{ url = "https://h/", ak = "a", sk = "b", date = 253402300799 }
+      assert.equals("99991231T235959Z", headers["X-Sdk-Date"])
+    end)
   end)
 end)

@@ -138,6 +138,7 @@ static int has_byte_outside(const char *s, const char *allowed) {
 int ac_obs_check_target(const char *server_end_point, const char *bucket,
                         const char *key, int path_style, char *msg) {
   const unsigned char *p;
+  char shown[72] = "";
 
   if (server_end_point[0] == '\0'
       || has_byte_outside(server_end_point, "-.:[]ABCDEFGHIJKLMNOPQRSTUVWXYZ")) {
@@ -150,8 +151,13 @@ int ac_obs_check_target(const char *server_end_point, const char *bucket,
   /* Virtual-host style puts the bucket into the host name. */
   if (bucket[0] == '\0' || strlen(bucket) > 63
       || has_byte_outside(bucket, path_style ? "-._" : "-.")) {
-    snprintf(msg, AC_MSG_SIZE, "invalid bucket_name \"%.63s\": expected 1 "
-             "to 63 lower-case letters, digits, '-' and '.'%s", bucket,
+    /* The name comes from the server: quote it only when it cannot break
+     * the message's single line. */
+    if (!has_byte_outside(bucket, "-._ !\"#$%&'()*+,/:;<=>?@[\\]^`{|}~"
+                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+      snprintf(shown, sizeof shown, " \"%.63s\"", bucket);
+    snprintf(msg, AC_MSG_SIZE, "invalid bucket_name%s: expected 1 to 63 "
+             "lower-case letters, digits, '-' and '.'%s", shown,
              path_style ? "" : "; pass path_style = true for other names");
     return -1;
   }
@@ -216,7 +222,7 @@ static int xml_element(const char *body, size_t len, const char *name,
         break;
       }
     }
-    out[o++] = ((unsigned char)c < 0x20) ? ' ' : c;
+    out[o++] = ((unsigned char)c < 0x20 || c == 0x7F) ? ' ' : c;
   }
   out[o] = '\0';
   return 1;
@@ -224,7 +230,14 @@ static int xml_element(const char *body, size_t len, const char *name,
 
 
 int ac_obs_parse_error(const char *body, size_t len, ac_obs_error *e) {
-  int found = xml_element(body, len, "Code", e->code);
+  int found;
+
+  /* A response without a body leaves the body buffer NULL. */
+  if (body == NULL) {
+    body = "";
+    len = 0;
+  }
+  found = xml_element(body, len, "Code", e->code);
 
   xml_element(body, len, "Message", e->message);
   xml_element(body, len, "RequestId", e->request_id);

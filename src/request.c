@@ -175,7 +175,7 @@ int ac_check_header_value(const char *field, const char *s, size_t len,
 /* h is host[:port]; the port is ignored. */
 static int is_loopback_host(const char *h, size_t n) {
   const char *colon = memchr(h, ':', n);
-  size_t i;
+  size_t host_len = n, i;
 
   if (h[0] != '[' && colon != NULL)
     n = (size_t)(colon - h);
@@ -184,8 +184,9 @@ static int is_loopback_host(const char *h, size_t n) {
 
   if (n == 9 && strncmp(h, "localhost", 9) == 0)
     return 1;
+  /* Only a port may follow the bracketed address. */
   if (n == 5 && strncmp(h, "[::1]", 5) == 0)
-    return 1;
+    return n == host_len || h[n] == ':';
   if (n < 9 || strncmp(h, "127.", 4) != 0)
     return 0;
   for (i = 4; i < n; i++) {
@@ -196,10 +197,22 @@ static int is_loopback_host(const char *h, size_t n) {
 }
 
 
+/* Returns 1 when s has only printable ASCII bytes other than space. */
+static int is_printable(const char *s, size_t len) {
+  size_t i;
+
+  for (i = 0; i < len; i++)
+    if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7F)
+      return 0;
+  return 1;
+}
+
+
 static int endpoint_error(char *msg, const char *why, const char *s,
                           size_t len) {
-  /* Echo the endpoint only when it cannot carry a password. */
-  if (memchr(s, '@', len) == NULL && len <= 100)
+  /* Echo the endpoint only when it cannot carry a password, and only when
+   * it cannot break the message's single line. */
+  if (memchr(s, '@', len) == NULL && len <= 100 && is_printable(s, len))
     snprintf(msg, AC_MSG_SIZE, "invalid endpoint \"%.*s\": %s", (int)len,
              s, why);
   else

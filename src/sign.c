@@ -96,7 +96,8 @@ static void add_canonical_uri(ac_buf *b, const char *path, size_t n) {
   add_decoded(&plain, path, n);
   for (i = 0; i <= plain.len; i++) {
     if (i == plain.len || plain.data[i] == '/') {
-      add_encoded(b, plain.data + start, i - start);
+      if (i > start)
+        add_encoded(b, plain.data + start, i - start);
       if (i < plain.len)
         ac_buf_addc(b, '/');
       start = i + 1;
@@ -264,8 +265,10 @@ static int add_canonical_headers(ac_buf *b, ac_buf *names,
 void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]) {
   struct tm tm;
 
-  gmtime_r(&t, &tm);
-  strftime(out, AC_SDK_DATE_SIZE, "%Y%m%dT%H%M%SZ", &tm);
+  out[0] = '\0';
+  if (t < 0 || (double)t > AC_SDK_DATE_MAX || gmtime_r(&t, &tm) == NULL
+      || strftime(out, AC_SDK_DATE_SIZE, "%Y%m%dT%H%M%SZ", &tm) == 0)
+    out[0] = '\0';
 }
 
 

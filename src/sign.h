@@ -39,7 +39,12 @@ typedef struct ac_sign_input {
   const char *sdk_date;    /* the X-Sdk-Date value */
 } ac_sign_input;
 
-/* Formats t (seconds since the epoch) as an X-Sdk-Date value. */
+/* The last second that X-Sdk-Date's four year digits can express,
+ * 9999-12-31T23:59:59Z. */
+#define AC_SDK_DATE_MAX 253402300799.0
+
+/* Formats t (seconds since the epoch, from 0 to AC_SDK_DATE_MAX) as an
+ * X-Sdk-Date value. Outside that range out is an empty string. */
 void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]);
 
 /* Writes the Authorization header value into out. Returns 0, or -1 when

@@ -92,7 +92,12 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
                  "20060102T150405Z, got '%s'", s);
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
-    ac_sdk_date((time_t)lua_tonumber(L, -1), out);
+    lua_Number t = lua_tonumber(L, -1);
+    if (!(t >= 0 && t <= AC_SDK_DATE_MAX))
+      luaL_error(L, "appcenter.core.sign: field 'date' must be seconds "
+                 "since the epoch from 0 to 253402300799 (year 9999), "
+                 "got %f", t);
+    ac_sdk_date((time_t)t, out);
   } else if (lua_isnil(L, -1)) {
     ac_sdk_date(time(NULL), out);
   } else {

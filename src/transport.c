@@ -51,10 +51,12 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
 }
 
 
-/* Copies the value of header "name" into out when line is that header. */
+/* Copies the value of header "name" into out when line is that header.
+ * Control characters inside the value become '?', because the value ends
+ * up in one-line error messages and logs. */
 static void copy_header(const char *line, size_t len, const char *name,
                         char *out, size_t cap) {
-  size_t name_len = strlen(name), n;
+  size_t name_len = strlen(name), n, i;
 
   if (len <= name_len || strncasecmp(line, name, name_len) != 0
       || line[name_len] != ':')
@@ -69,7 +71,10 @@ static void copy_header(const char *line, size_t len, const char *name,
   while (len > 0 && (unsigned char)line[len - 1] <= ' ')
     len--;
   n = len < cap - 1 ? len : cap - 1;
-  memcpy(out, line, n);
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)line[i];
+    out[i] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
+  }
   out[n] = '\0';
 }
 
