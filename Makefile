@@ -148,6 +148,93 @@ uninstall:
 clean:
 	rm -rf build
 
+# ---------------------------------------------------------------------
+# Robustness checks
+#
+#   make fuzz      each libFuzzer target in fuzz/ for FUZZ_SECONDS
+#   make threads   tests/threads.c, then again under ThreadSanitizer
+#   make soak      SOAK_CALLS calls on one client; RSS growth under 1 MiB
+
+FUZZ_TARGETS = response request sign obs
+FUZZ_SECONDS ?= 60
+FUZZ_RSS_LIMIT_MB ?= 2048
+FUZZ_CC ?= clang
+FUZZ_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARNINGS) -g -O1 \
+              -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=undefined
+# The src/ files each target links; fuzz_response.c includes transport.c.
+fuzz_srcs_response = src/buf.c src/error.c src/response.c
+fuzz_srcs_request = src/buf.c src/request.c
+fuzz_srcs_sign = src/buf.c src/sign.c
+fuzz_srcs_obs = src/buf.c src/obs.c
+
+.PHONY: fuzz threads soak
+
+build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRCS) $(HDRS) build/.deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(call lua_cflags,lua5.4) -o $@ $< \
+	  $(fuzz_srcs_$*) $(LIBS) $(call lua_libs,lua5.4) -lm
+
+# New inputs go to build/fuzz/corpus-*, so the seeds in fuzz/corpus stay
+# as committed. A crash, a leak, a timeout or going over the RSS limit
+# ends the run with the input saved under build/fuzz/artifacts.
+fuzz: $(foreach t,$(FUZZ_TARGETS),build/fuzz/fuzz_$(t))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t build/fuzz/artifacts; \
+	  dict=""; [ -f fuzz/$$t.dict ] && dict="-dict=fuzz/$$t.dict"; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    build/fuzz/fuzz_$$t $$dict -max_total_time=$(FUZZ_SECONDS) \
+	      -rss_limit_mb=$(FUZZ_RSS_LIMIT_MB) -detect_leaks=1 -timeout=10 \
+	      -max_len=65536 -print_final_stats=1 \
+	      -artifact_prefix=build/fuzz/artifacts/$$t- \
+	      build/fuzz/corpus-$$t fuzz/corpus/$$t \
+	      > build/fuzz/$$t.log 2>&1 \
+	    || { tail -n 60 build/fuzz/$$t.log; \
+	         echo "fuzz_$$t failed; the input is in build/fuzz/artifacts"; \
+	         exit 1; }; \
+	  grep -E '^stat::(number_of_executed_units|peak_rss_mb)' \
+	    build/fuzz/$$t.log | tr '\n' ' '; echo; \
+	done
+
+# tests/threads.c with the normal build, then the module and the program
+# built with ThreadSanitizer (clang), where any report fails the run.
+THREADS_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L $(WARNINGS)
+TSAN_CFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+
+build/threads/threads: tests/threads.c build/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(THREADS_CFLAGS) $(CFLAGS) $(call lua_cflags,lua5.4) -o $@ $< \
+	  $(call lua_libs,lua5.4) -pthread -lm
+
+build/threads/tsan/appcenter/core.so: $(SRCS) $(HDRS) build/.deps
+	@mkdir -p $(dir $@)
+	clang $(BASE_CFLAGS) $(TSAN_CFLAGS) $(call lua_cflags,lua5.4) -shared \
+	  -o $@ $(SRCS) $(LIBS) $(LDFLAGS)
+
+build/threads/tsan/threads: tests/threads.c build/.deps
+	@mkdir -p $(dir $@)
+	clang $(THREADS_CFLAGS) $(TSAN_CFLAGS) $(call lua_cflags,lua5.4) -o $@ \
+	  $< $(call lua_libs,lua5.4) -pthread -lm
+
+threads: build/lua5.4/appcenter/core.so build/threads/threads \
+         build/threads/tsan/appcenter/core.so build/threads/tsan/threads
+	@echo "== threads"
+	LUA_CPATH='build/lua5.4/?.so;;' build/threads/threads 8 200
+	@echo "== threads under ThreadSanitizer"
+	TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	  LUA_CPATH='build/threads/tsan/?.so;;' build/threads/tsan/threads 8 200
+
+# One client, SOAK_CALLS calls to nginx on 127.0.0.1, under each Lua.
+SOAK_CALLS ?= 100000
+
+soak: all
+	@for l in $(LUAS); do \
+	  echo "== soak under $$l"; \
+	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/$$l/?.so;;" \
+	    $$l bench/soak.lua $(SOAK_CALLS) || exit 1; \
+	done
+
 # make bench: appcenter.core against its peers and plain libcurl, with
 # nginx and the emulator on 127.0.0.1 (bench/run.py, about 3 minutes).
 # BENCH_REQUESTS and BENCH_ROUNDS set requests per process and rounds;
