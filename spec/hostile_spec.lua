@@ -1,0 +1,303 @@
+-- Redirects and misbehaving servers: every call must end within its
+-- timeout with a bounded amount of memory, and no request may follow a
+-- redirect. The servers are the emulator and spec/support/hostile_server.py,
+-- both on 127.0.0.1.
+
+local appcenter = require("appcenter")
+local cjson = require("cjson")
+local core = require("appcenter.core")
+local emulator = require("spec.support.emulator")
+local hostile = require("spec.support.hostile")
+
+local PROJECT_ID = emulator.DEFAULT_PROJECT_ID
+local ROUTE = "/v1/" .. PROJECT_ID .. "/app-center/buckets/actions/create-credential"
+
+-- A complete credential, so that a followed redirect would succeed.
+local CREDENTIAL_BODY = cjson.encode({
+  server_end_point = "obs.cn-north-4.myhuaweicloud.com",
+  bucket_name = "redirect-target",
+  object_path = "app-file/redirected/setup.exe",
+  policy = { version = "1.1", statement = { effect = "Allow", action = {}, resource = {} } },
+  credential = { access = "REDIRECTED", secret = "redirected", security_token = "redirected" },
+})
+
+local function rss_kib()
+  for line in io.lines("/proc/self/status") do
+    local kib = line:match("^VmRSS:%s+(%d+)%s+kB")
+    if kib then
+      return tonumber(kib)
+    end
+  end
+  error("no VmRSS line in /proc/self/status")
+end
+
+-- Runs fn and returns its results followed by the seconds it took.
+local function timed(fn)
+  local started = core.monotonic()
+  local result, err = fn()
+  return result, err, core.monotonic() - started
+end
+
+local function wait_for(client, done)
+  for _ = 1, 200 do
+    if done() then
+      return
+    end
+    client:poll(50)
+  end
+end
+
+describe("redirects", function()
+  local emu, target
+
+  setup(function()
+    emu = emulator.start()
+    target = hostile.start{ mode = "fixed", status = 200, body = CREDENTIAL_BODY,
+      headers = { "Content-Type: application/json" } }
+  end)
+
+  teardown(function()
+    emu:stop()
+    target:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local clients = {
+    token = function()
+      return core.new{ endpoint = emu.url, project_id = PROJECT_ID, token = emu.token }
+    end,
+    ["AK/SK"] = function()
+      return core.new{ endpoint = emu.url, project_id = PROJECT_ID, ak = emu.ak, sk = emu.sk }
+    end,
+  }
+
+  for _, status in ipairs{ 301, 302, 303, 307, 308 } do
+    for auth, new_client in pairs(clients) do
+      it(("returns %d as an http error (%s)"):format(status, auth), function()
+        emu:fault{ status = status, headers = { Location = target.url .. ROUTE } }
+        local client = assert(new_client())
+        local result, err = client:create_credential("setup.exe")
+        client:close()
+        assert.is_nil(result)
+        assert.equals("http", err.kind)
+        assert.equals(status, err.status)
+        assert.is_false(err.retryable)
+        assert.equals(0, target:connections())
+      end)
+    end
+  end
+
+  it("does not follow a relative Location", function()
+    emu:fault{ status = 302, headers = { Location = "/elsewhere" } }
+    local client = assert(clients.token())
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals(302, err.status)
+    assert.equals(1, emu:stats().requests)
+  end)
+
+  it("does not follow in non-blocking requests", function()
+    emu:fault{ status = 307, headers = { Location = target.url .. ROUTE } }
+    local client = assert(clients.token())
+    local outcome
+    client:start("setup.exe", function(result, err)
+      outcome = { result = result, err = err }
+    end)
+    wait_for(client, function() return outcome end)
+    client:close()
+    assert.is_nil(outcome.result)
+    assert.equals(307, outcome.err.status)
+    assert.equals(0, target:connections())
+  end)
+
+  it("does not retry a redirect in the wrapper", function()
+    emu:fault{ status = 308, headers = { Location = target.url .. ROUTE }, times = 3 }
+    local client = assert(appcenter.new{
+      endpoint = emu.url, project_id = PROJECT_ID, token = emu.token,
+      retry = { max_attempts = 3, base_delay_ms = 1 },
+    })
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals(308, err.status)
+    assert.equals(1, err.attempts)
+    assert.equals(0, target:connections())
+  end)
+
+  it("sent nothing to the redirect target", function()
+    assert.equals(0, target:connections())
+    assert.same({}, target:requests())
+  end)
+end)
+
+describe("hostile servers", function()
+  local servers = {}
+
+  local function start(opts)
+    local server = hostile.start(opts)
+    servers[#servers + 1] = server
+    return server
+  end
+
+  teardown(function()
+    for _, server in ipairs(servers) do
+      server:stop()
+    end
+  end)
+
+  local function new_client(server, extra)
+    local opts = { endpoint = server.url, project_id = PROJECT_ID, token = "fake-token-for-hostile" }
+    for key, value in pairs(extra or {}) do
+      opts[key] = value
+    end
+    return assert(core.new(opts))
+  end
+
+  it("cuts off one byte per second at the timeout", function()
+    local server = start{ mode = "slow", rate = 1 }
+    local client = new_client(server, { timeout_ms = 1500 })
+    local result, err, seconds = timed(function()
+      return client:create_credential("setup.exe")
+    end)
+    client:close()
+    assert.is_nil(result)
+    assert.equals("timeout", err.kind)
+    assert.is_true(err.retryable)
+    assert.is_true(seconds >= 1.4 and seconds < 4, "took " .. seconds .. " s")
+    assert.equals(1, #server:requests())
+  end)
+
+  it("cuts off a server that never answers", function()
+    local server = start{ mode = "silent" }
+    local client = new_client(server, { timeout_ms = 1000 })
+    local result, err, seconds = timed(function()
+      return client:create_credential("setup.exe")
+    end)
+    client:close()
+    assert.is_nil(result)
+    assert.equals("timeout", err.kind)
+    assert.is_true(seconds < 3, "took " .. seconds .. " s")
+  end)
+
+  it("cuts off a TLS handshake that never starts", function()
+    local server = start{ mode = "silent" }
+    local client = assert(core.new{
+      endpoint = "https://127.0.0.1:" .. server.port, project_id = PROJECT_ID,
+      token = "fake-token-for-hostile", connect_timeout_ms = 1000, timeout_ms = 5000,
+    })
+    local result, err, seconds = timed(function()
+      return client:create_credential("setup.exe")
+    end)
+    client:close()
+    assert.is_nil(result)
+    assert.equals("timeout", err.kind)
+    assert.is_true(seconds < 3, "took " .. seconds .. " s")
+  end)
+
+  it("bounds the whole call in the wrapper by deadline_ms", function()
+    local server = start{ mode = "silent" }
+    local client = assert(appcenter.new{
+      endpoint = server.url, project_id = PROJECT_ID, token = "fake-token-for-hostile",
+      timeout_ms = 1000,
+      retry = { max_attempts = 10, base_delay_ms = 1, max_delay_ms = 2, deadline_ms = 2500 },
+    })
+    local result, err, seconds = timed(function()
+      return client:create_credential("setup.exe")
+    end)
+    client:close()
+    assert.is_nil(result)
+    assert.equals("timeout", err.kind)
+    assert.is_true(err.attempts >= 2 and err.attempts <= 3, "attempts " .. err.attempts)
+    assert.is_true(seconds < 4, "took " .. seconds .. " s")
+  end)
+
+  it("times out non-blocking requests", function()
+    local server = start{ mode = "silent" }
+    local client = new_client(server)
+    local outcome
+    client:start("setup.exe", function(result, err)
+      outcome = { result = result, err = err }
+    end, { timeout_ms = 800 })
+    local _, _, seconds = timed(function()
+      wait_for(client, function() return outcome end)
+    end)
+    client:close()
+    assert.is_table(outcome)
+    assert.equals("timeout", outcome.err.kind)
+    assert.is_true(seconds < 3, "took " .. seconds .. " s")
+  end)
+
+  -- libcurl caps response headers at 300 KiB (curl 8.3, backported to
+  -- Debian 12's 7.88.1 as the fix for CVE-2023-38039).
+  it("bounds endless headers", function()
+    local server = start{ mode = "endless-headers" }
+    local client = new_client(server, { timeout_ms = 5000 })
+    local before = rss_kib()
+    local result, err, seconds = timed(function()
+      return client:create_credential("setup.exe")
+    end)
+    client:close()
+    assert.is_nil(result)
+    assert.equals("network", err.kind)
+    assert.matches("header", err.message)
+    assert.is_true(seconds < 4, "took " .. seconds .. " s")
+    assert.is_true(rss_kib() - before < 16 * 1024, "RSS grew by more than 16 MiB")
+  end)
+
+  for _, mode in ipairs{ "endless-body", "endless-chunked" } do
+    it("bounds an " .. mode .. " at max_body_bytes", function()
+      local server = start{ mode = mode }
+      local client = new_client(server, { timeout_ms = 5000, max_body_bytes = 65536 })
+      local before = rss_kib()
+      local result, err, seconds = timed(function()
+        return client:create_credential("setup.exe")
+      end)
+      client:close()
+      assert.is_nil(result)
+      assert.equals("invalid_response", err.kind)
+      assert.matches("larger than max_body_bytes %(65536 bytes%)", err.message)
+      assert.is_true(seconds < 4, "took " .. seconds .. " s")
+      assert.is_true(rss_kib() - before < 16 * 1024, "RSS grew by more than 16 MiB")
+    end)
+  end
+
+  it("bounds an endless body at the default 1 MiB", function()
+    local server = start{ mode = "endless-body" }
+    local client = new_client(server, { timeout_ms = 5000 })
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals("invalid_response", err.kind)
+    assert.matches("%(1048576 bytes%)", err.message)
+  end)
+
+  it("reports a reply that is not HTTP", function()
+    local server = start{ mode = "garbage" }
+    local client = new_client(server, { timeout_ms = 5000 })
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals("network", err.kind)
+  end)
+
+  it("reports an OBS error without a body", function()
+    local server = start{ mode = "fixed", status = 403 }
+    local client = new_client(server)
+    local result = {
+      server_end_point = "127.0.0.1:" .. server.port,
+      bucket_name = "bucket",
+      object_path = "app-file/x/setup.exe",
+      credential = { access = "FAKEACCESS", secret = "fake-secret", security_token = "fake-st" },
+    }
+    local meta, err = client:upload(result, { body = "data", path_style = true })
+    client:close()
+    assert.is_nil(meta)
+    assert.equals("http", err.kind)
+    assert.equals(403, err.status)
+    assert.equals("OBS returned HTTP 403", err.message)
+  end)
+end)

@@ -1,0 +1,202 @@
+-- TLS verification against the emulator serving HTTPS with certificates
+-- from a throw-away CA that this spec creates with the openssl command.
+
+local appcenter = require("appcenter")
+local core = require("appcenter.core")
+local emulator = require("spec.support.emulator")
+
+local function shell_quote(value)
+  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
+end
+
+local function run(command)
+  local status = os.execute(command)
+  return status == 0 or status == true
+end
+
+local function write_file(path, text)
+  local file = assert(io.open(path, "w"))
+  file:write(text)
+  file:close()
+end
+
+-- Creates a CA and server certificates signed by it in a new temporary
+-- directory. Returns the directory; the files are ca.pem, and for each
+-- name in `servers` NAME.pem and NAME.key.
+local function make_pki(servers)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(run("mkdir -m 700 " .. shell_quote(dir)))
+  local function openssl(args)
+    local command = "cd " .. shell_quote(dir) .. " && openssl " .. args .. " >openssl.log 2>&1"
+    if not run(command) then
+      local log = io.open(dir .. "/openssl.log"):read("*a")
+      error("openssl " .. args .. " failed: " .. log, 2)
+    end
+  end
+
+  openssl("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+    .. " -subj '/CN=lua-appcenter test CA' -keyout ca.key -out ca.pem"
+    .. " -addext basicConstraints=critical,CA:TRUE"
+    .. " -addext keyUsage=critical,keyCertSign,cRLSign")
+  for name, subject_alt_name in pairs(servers) do
+    write_file(dir .. "/" .. name .. ".ext", table.concat({
+      "basicConstraints = CA:FALSE",
+      "keyUsage = critical, digitalSignature",
+      "extendedKeyUsage = serverAuth",
+      "subjectAltName = " .. subject_alt_name,
+    }, "\n") .. "\n")
+    openssl(("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      .. " -subj /CN=%s -keyout %s.key -out %s.csr"):format(name, name, name))
+    openssl(("x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+      .. " -extfile %s.ext -out %s.pem"):format(name, name, name))
+  end
+  return dir
+end
+
+describe("TLS", function()
+  local pki, good, other, self_signed
+
+  setup(function()
+    pki = make_pki{
+      loopback = "IP:127.0.0.1, DNS:localhost",
+      other = "DNS:other.invalid",
+    }
+    good = emulator.start{ tls_cert = pki .. "/loopback.pem", tls_key = pki .. "/loopback.key" }
+    other = emulator.start{ tls_cert = pki .. "/other.pem", tls_key = pki .. "/other.key" }
+    local cert, key = emulator.make_certificate(pki)
+    self_signed = emulator.start{ tls_cert = cert, tls_key = key }
+  end)
+
+  teardown(function()
+    for _, emu in ipairs{ good, other, self_signed } do
+      emu:stop()
+    end
+    run("rm -rf " .. shell_quote(pki))
+  end)
+
+  before_each(function()
+    for _, emu in ipairs{ good, other, self_signed } do
+      emu:reset()
+    end
+  end)
+
+  local function options(emu, extra)
+    local opts = { endpoint = emu.url, project_id = emu.project_id, token = emu.token }
+    for key, value in pairs(extra or {}) do
+      opts[key] = value
+    end
+    return opts
+  end
+
+  local function call(emu, extra)
+    local client = assert(core.new(options(emu, extra)))
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    return result, err
+  end
+
+  -- reason is a pattern for the message, whose wording comes from
+  -- libcurl 7.88 and OpenSSL 3.0, so that each case fails for its own cause.
+  local function assert_tls_error(err, reason)
+    assert.is_table(err)
+    assert.equals("tls", err.kind)
+    assert.is_false(err.retryable)
+    assert.matches(reason, err.message)
+  end
+
+  it("serves HTTPS", function()
+    assert.matches("^https://127%.0%.0%.1:%d+$", good.url)
+  end)
+
+  it("rejects the test CA by default", function()
+    local result, err = call(good)
+    assert.is_nil(result)
+    assert_tls_error(err, "unable to get local issuer certificate")
+    assert.equals(0, good:stats().requests)
+  end)
+
+  it("accepts the server with ca_file", function()
+    local result, meta = call(good, { ca_file = pki .. "/ca.pem" })
+    assert.is_table(result, tostring(meta))
+    assert.is_string(result.credential.access)
+    assert.equals(1, good:stats().requests)
+  end)
+
+  it("accepts localhost by name with ca_file", function()
+    local port = good.url:match(":(%d+)$")
+    local client = assert(core.new{
+      endpoint = "https://localhost:" .. port, project_id = good.project_id,
+      token = good.token, ca_file = pki .. "/ca.pem",
+    })
+    local result, meta = client:create_credential("setup.exe")
+    client:close()
+    assert.is_table(result, tostring(meta))
+    assert.equals(200, meta.status)
+  end)
+
+  it("rejects a certificate for another host name", function()
+    local result, err = call(other, { ca_file = pki .. "/ca.pem" })
+    assert.is_nil(result)
+    assert_tls_error(err, "host name '127%.0%.0%.1'")
+    assert.equals(0, other:stats().requests)
+  end)
+
+  it("rejects a self-signed certificate outside ca_file", function()
+    local result, err = call(self_signed, { ca_file = pki .. "/ca.pem" })
+    assert.is_nil(result)
+    assert_tls_error(err, "self%-signed certificate")
+    assert.equals(0, self_signed:stats().requests)
+  end)
+
+  it("reports a missing ca_file as a TLS error", function()
+    local result, err = call(good, { ca_file = pki .. "/missing.pem" })
+    assert.is_nil(result)
+    assert_tls_error(err, "certificate file")
+    assert.equals(0, good:stats().requests)
+  end)
+
+  it("skips verification with verify_tls = false", function()
+    for _, emu in ipairs{ good, other, self_signed } do
+      local result, meta = call(emu, { verify_tls = false })
+      assert.is_table(result, tostring(meta))
+      assert.is_string(result.credential.access)
+    end
+  end)
+
+  it("verifies in non-blocking requests", function()
+    local client = assert(core.new(options(other, { ca_file = pki .. "/ca.pem" })))
+    local outcome
+    client:start("setup.exe", function(result, err)
+      outcome = { result = result, err = err }
+    end)
+    for _ = 1, 100 do
+      if outcome then
+        break
+      end
+      client:poll(100)
+    end
+    client:close()
+    assert.is_table(outcome)
+    assert.is_nil(outcome.result)
+    assert_tls_error(outcome.err, "host name")
+  end)
+
+  it("does not retry a TLS error in the wrapper", function()
+    local retries = 0
+    local client = assert(appcenter.new(options(other, {
+      ca_file = pki .. "/ca.pem",
+      retry = {
+        max_attempts = 3, base_delay_ms = 1,
+        on_retry = function() retries = retries + 1 end,
+      },
+    })))
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert_tls_error(err, "host name")
+    assert.equals(1, err.attempts)
+    assert.equals(0, retries)
+    assert.equals(1, other:stats().connections)
+  end)
+end)
