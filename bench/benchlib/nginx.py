@@ -25,6 +25,8 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+    # The default allows 8 KiB per header line, less than --token-bytes may request.
+    large_client_header_buffers 4 64k;
     keepalive_timeout 120s;
     # The default, 1000, would make every client reconnect during a run.
     keepalive_requests 1000000;
