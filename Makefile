@@ -109,6 +109,7 @@ sanitize: $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
 	  ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  APPCENTER_TEST_LUA="env ASAN_OPTIONS=detect_leaks=0 $(CURDIR)/build/sanitize-$$l/host" \
 	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/sanitize-$$l/?.so;;" \
 	    build/sanitize-$$l/host $(BUSTED) -o json \
 	      > build/results-$$l.json || exit 1; \

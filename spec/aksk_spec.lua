@@ -40,13 +40,7 @@ local function write_file(path, text)
   file:close()
 end
 
--- Returns the name of the interpreter that runs this spec.
-local function interpreter()
-  if jit then
-    return "luajit"
-  end
-  return "lua" .. _VERSION:match("%d+%.%d+")
-end
+local interpreter = require("spec.support.interpreter")
 
 -- Runs `script` in a new Lua process with this process's module paths,
 -- the variables in SOURCE_VARIABLES unset, HOME pointing to a folder that

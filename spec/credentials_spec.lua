@@ -56,13 +56,7 @@ local function read_file(path)
   return text
 end
 
--- Returns the name of the interpreter that runs this spec.
-local function interpreter()
-  if jit then
-    return "luajit"
-  end
-  return "lua" .. _VERSION:match("%d+%.%d+")
-end
+local interpreter = require("spec.support.interpreter")
 
 -- Runs `script` in a new Lua process with this process's module paths, the
 -- variables in SOURCE_VARIABLES unset, HOME set to `home` and the
