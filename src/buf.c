@@ -48,11 +48,6 @@ int ac_buf_adds(ac_buf *b, const char *s) {
 }
 
 
-int ac_buf_addc(ac_buf *b, char c) {
-  return ac_buf_add(b, &c, 1);
-}
-
-
 void ac_buf_reset(ac_buf *b) {
   b->len = 0;
   b->failed = 0;

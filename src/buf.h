@@ -21,7 +21,16 @@ typedef struct ac_buf {
 int ac_buf_reserve(ac_buf *b, size_t extra);
 int ac_buf_add(ac_buf *b, const char *s, size_t n);
 int ac_buf_adds(ac_buf *b, const char *s);
-int ac_buf_addc(ac_buf *b, char c);
+
+/* Appends one byte; inline because builders call it per character. */
+static inline int ac_buf_addc(ac_buf *b, char c) {
+  if (b->len + 1 < b->cap) {
+    b->data[b->len++] = c;
+    b->data[b->len] = '\0';
+    return 0;
+  }
+  return ac_buf_add(b, &c, 1);
+}
 
 void ac_buf_reset(ac_buf *b);
 void ac_buf_free(ac_buf *b);

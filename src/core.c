@@ -356,7 +356,7 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   }
   snprintf(c->user_agent, sizeof c->user_agent,
            "lua-appcenter/%s libcurl/%s %s", AC_VERSION,
-           curl_version_info(CURLVERSION_NOW)->version, AC_LUA_NAME);
+           ac_curl_version(), AC_LUA_NAME);
   t->max_body_bytes = (size_t)max_body;
   t->verify_tls = opt_bool(L, opts, "verify_tls", 1);
   t->ca_file = c->ca_file;
@@ -788,7 +788,7 @@ int luaopen_appcenter_core(lua_State *L) {
   luaL_setfuncs(L, module_functions, 0);
   lua_pushliteral(L, AC_VERSION);
   lua_setfield(L, -2, "version");
-  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_pushstring(L, ac_curl_version());
   lua_setfield(L, -2, "curl_version");
   return 1;
 }

@@ -21,9 +21,20 @@
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_status = CURLE_FAILED_INIT;
+static char curl_version_text[32];
 
+/* curl_version_info rewrites static buffers on every call in libcurl
+ * 7.88, so it runs once here and the version is kept. */
 static void global_init(void) {
   global_status = curl_global_init(CURL_GLOBAL_DEFAULT);
+  snprintf(curl_version_text, sizeof curl_version_text, "%s",
+           curl_version_info(CURLVERSION_NOW)->version);
+}
+
+
+const char *ac_curl_version(void) {
+  pthread_once(&global_once, global_init);
+  return curl_version_text;
 }
 
 
@@ -51,45 +62,53 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
 }
 
 
-/* Copies the value of header "name" into out when line is that header.
- * Control characters inside the value become '?', because the value ends
- * up in one-line error messages and logs. */
-static void copy_header(const char *line, size_t len, const char *name,
-                        char *out, size_t cap) {
-  size_t name_len = strlen(name), n, i;
+/* Copies a header value, trimmed, into out. Control characters become
+ * '?', because the value ends up in one-line error messages and logs. */
+static void copy_value(const char *value, size_t len, char *out,
+                       size_t cap) {
+  size_t n, i;
 
-  if (len <= name_len || strncasecmp(line, name, name_len) != 0
-      || line[name_len] != ':')
-    return;
-
-  line += name_len + 1;
-  len -= name_len + 1;
-  while (len > 0 && (*line == ' ' || *line == '\t')) {
-    line++;
+  while (len > 0 && (*value == ' ' || *value == '\t')) {
+    value++;
     len--;
   }
-  while (len > 0 && (unsigned char)line[len - 1] <= ' ')
+  while (len > 0 && (unsigned char)value[len - 1] <= ' ')
     len--;
   n = len < cap - 1 ? len : cap - 1;
   for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)line[i];
+    unsigned char c = (unsigned char)value[i];
     out[i] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
   }
   out[n] = '\0';
 }
 
 
+/* Keeps the few response headers the module reports. The name length
+ * picks the candidate, so most lines cost one memchr. */
 static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   ac_transport *t = ud;
-  size_t len = size * n;
+  size_t len = size * n, name_len;
+  const char *colon = memchr(line, ':', len);
+  char *out = NULL;
+  size_t cap = 0;
 
-  copy_header(line, len, "X-Request-Id", t->request_id,
-              sizeof t->request_id);
-  copy_header(line, len, "x-obs-request-id", t->request_id,
-              sizeof t->request_id);
-  copy_header(line, len, "ETag", t->etag, sizeof t->etag);
-  copy_header(line, len, "Retry-After", t->retry_after,
-              sizeof t->retry_after);
+  if (colon == NULL)
+    return len;
+  name_len = (size_t)(colon - line);
+  if (name_len == 4 && strncasecmp(line, "ETag", 4) == 0) {
+    out = t->etag;
+    cap = sizeof t->etag;
+  } else if (name_len == 11 && strncasecmp(line, "Retry-After", 11) == 0) {
+    out = t->retry_after;
+    cap = sizeof t->retry_after;
+  } else if ((name_len == 12 && strncasecmp(line, "X-Request-Id", 12) == 0)
+             || (name_len == 16
+                 && strncasecmp(line, "x-obs-request-id", 16) == 0)) {
+    out = t->request_id;
+    cap = sizeof t->request_id;
+  }
+  if (out != NULL)
+    copy_value(colon + 1, len - name_len - 1, out, cap);
   return len;
 }
 

@@ -53,6 +53,9 @@ typedef struct ac_transport {
  * and Lua states. Returns CURLE_OK or libcurl's failure code. */
 CURLcode ac_transport_global_init(void);
 
+/* Returns libcurl's version string, read once per process. */
+const char *ac_curl_version(void);
+
 /* Returns 0, or -1 with a message in msg (AC_MSG_SIZE bytes). */
 int ac_transport_init(ac_transport *t, const ac_transport_opts *o,
                       char *msg);
