@@ -59,7 +59,12 @@ typedef struct ac_client {
   ac_socket *sockets;          /* what libcurl waits for, per socket */
   size_t socket_count;
   size_t socket_cap;
-  int uploading;               /* set while upload.c runs a transfer */
+  int uploading;               /* set while upload.c runs a transfer or
+                                * a progress callback */
+  lua_State *progress_state;   /* poll()'s state while the progress
+                                * callbacks of non-blocking uploads may
+                                * run, else NULL */
+  int in_progress_callback;    /* set while one of them runs */
   int open;
 } ac_client;
 
@@ -74,7 +79,7 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
                            CURLcode rc, long status);
 
-/* upload.c: client:upload. */
+/* upload.c: client:upload; upload.h has what multi.c shares. */
 void ac_upload_add_methods(lua_State *L);
 
 /* multi.c: the non-blocking requests. */

@@ -17,6 +17,9 @@
  * so a client that talks plain http to a loopback emulator uploads over
  * http too.
  *
+ * The functions declared in upload.h build the request and shape the
+ * outcome for this call and for client:start_upload (multi.c).
+ *
  * Caveats: the upload handle is separate from the App Center handle and
  * serves one upload at a time; there is no multipart upload, so objects
  * are limited to OBS's single-PUT size (5 GiB).
@@ -35,6 +38,7 @@
 #include "error.h"
 #include "obs.h"
 #include "response.h"
+#include "upload.h"
 
 /* Progress callbacks are called at most this often, plus once at the
  * end, so a fast upload does not spend its time in Lua. */
@@ -43,21 +47,8 @@
 /* 24 hours, the limit of the other calls' timeout_ms. */
 #define AC_MAX_UPLOAD_TIMEOUT_MS 86400000L
 
-typedef struct upload_source {
-  FILE *file;
-  const char *data;
-  curl_off_t total;
-  curl_off_t offset;           /* position in data */
-} upload_source;
-
-typedef struct upload_progress {
-  lua_State *L;
-  int fn;                      /* stack index of the callback, 0: none */
-  double last_ms;
-  curl_off_t last_sent;        /* -1 before the first call */
-  int aborted;                 /* the callback returned false */
-  int error_at;                /* stack index of its error, 0: none */
-} upload_progress;
+typedef ac_upload_source upload_source;
+typedef ac_upload_progress upload_progress;
 
 
 /* ---------------------------------------------------------------------
@@ -103,16 +94,41 @@ static double clock_ms(void) {
 }
 
 
+/* Returns the state to run the progress callback on, or NULL when no
+ * call may run now. A non-blocking upload's callback runs only while
+ * poll() hands sockets to libcurl or finishes the upload. */
+static lua_State *progress_state(const upload_progress *p) {
+  if (p->fn == 0)
+    return NULL;
+  return p->multi_client ? p->multi_client->progress_state : p->L;
+}
+
+
 /* Calls the Lua progress callback in protected mode; returns 0 to go on
- * or 1 to abort. */
+ * or 1 to abort. A non-blocking upload's client is marked meanwhile, so
+ * that the callback cannot close it, or start or cancel its requests,
+ * while libcurl is running. */
 static int call_progress(upload_progress *p, curl_off_t sent,
                          curl_off_t total) {
-  lua_State *L = p->L;
+  lua_State *L = progress_state(p);
+  ac_client *c = p->multi_client;
+  int uploading = 0, failed;
 
+  if (L == NULL || !lua_checkstack(L, 4))
+    return 0;
+  if (c != NULL) {
+    uploading = c->uploading;
+    c->uploading = c->in_progress_callback = 1;
+  }
   lua_pushvalue(L, p->fn);
   lua_pushnumber(L, (lua_Number)sent);
   lua_pushnumber(L, (lua_Number)total);
-  if (lua_pcall(L, 2, 1, 0) != 0) {
+  failed = lua_pcall(L, 2, 1, 0) != 0;
+  if (c != NULL) {
+    c->uploading = uploading;
+    c->in_progress_callback = 0;
+  }
+  if (failed) {
     p->error_at = lua_gettop(L);  /* left on the stack for later */
     return 1;
   }
@@ -194,16 +210,7 @@ static int body_md5(upload_source *src, char out[AC_MD5_BASE64_SIZE]) {
  * The upload
  * ------------------------------------------------------------------- */
 
-typedef struct upload_call {
-  ac_obs_request req;
-  upload_source src;
-  upload_progress progress;
-  char date[AC_HTTP_DATE_SIZE];
-  char md5[AC_MD5_BASE64_SIZE];
-  const char *path;
-  long timeout_ms;
-  const char *secrets[7];
-} upload_call;
+typedef ac_upload upload_call;
 
 
 /* Fills call from the result table at 2 and the options table at 3.
@@ -277,9 +284,10 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
   }
   lua_pop(L, 1);
   lua_getfield(L, 3, "progress");
-  if (lua_isfunction(L, -1))
+  if (lua_isfunction(L, -1)) {
     call->progress.fn = lua_gettop(L);
-  else
+    call->progress.wanted = 1;
+  } else
     lua_pop(L, 1);
   return 0;
 }
@@ -342,11 +350,10 @@ static struct curl_slist *upload_headers(upload_call *call,
 }
 
 
-static void prepare_handle(ac_client *c, upload_call *call,
-                           const ac_buf *url, struct curl_slist *headers) {
-  CURL *h = c->upload.curl;
+void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
+  CURL *h = t->curl;
 
-  ac_transport_prepare(&c->upload, url->data, headers, NULL, 0, 0);
+  ac_transport_prepare(t, call->url.data, call->headers, NULL, 0, 0);
   curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
   curl_easy_setopt(h, CURLOPT_READFUNCTION, read_body);
   curl_easy_setopt(h, CURLOPT_READDATA, &call->src);
@@ -357,28 +364,32 @@ static void prepare_handle(ac_client *c, upload_call *call,
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    (c->transport_opts.timeout_ms + 999) / 1000);
-  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.fn ? 0L : 1L);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.wanted ? 0L : 1L);
   curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(h, CURLOPT_XFERINFODATA, &call->progress);
+  call->progress.last_ms = clock_ms();
+  /* So that an empty body still gets its one call at the end. */
+  call->progress.last_sent = -1;
 }
 
 
-static void push_meta(lua_State *L, ac_client *c, upload_call *call,
-                      const ac_buf *url, long status) {
+static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
+                      long status) {
+  const ac_buf *url = &call->url;
   curl_off_t total_us = 0;
 
-  curl_easy_getinfo(c->upload.curl, CURLINFO_TOTAL_TIME_T, &total_us);
+  curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
   lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)status);
   lua_setfield(L, -2, "status");
   lua_pushlstring(L, url->data, url->len);
   lua_setfield(L, -2, "url");
-  if (c->upload.etag[0] != '\0') {
-    lua_pushstring(L, c->upload.etag);
+  if (t->etag[0] != '\0') {
+    lua_pushstring(L, t->etag);
     lua_setfield(L, -2, "etag");
   }
-  if (c->upload.request_id[0] != '\0') {
-    lua_pushstring(L, c->upload.request_id);
+  if (t->request_id[0] != '\0') {
+    lua_pushstring(L, t->request_id);
     lua_setfield(L, -2, "request_id");
   }
   lua_pushnumber(L, (lua_Number)call->src.total);
@@ -391,15 +402,15 @@ static void push_meta(lua_State *L, ac_client *c, upload_call *call,
 
 
 /* Pushes nil and the error for a non-2xx OBS answer. */
-static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
-                           long status) {
+static void push_obs_error(lua_State *L, ac_transport *t,
+                           upload_call *call, long status) {
   ac_error_info e = {0};
   ac_obs_error obs;
   char message[AC_MSG_SIZE];
   int expired;
 
   memset(&obs, 0, sizeof obs);
-  ac_obs_parse_error(c->upload.body.data, c->upload.body.len, &obs);
+  ac_obs_parse_error(t->body.data, t->body.len, &obs);
   if (obs.message[0] != '\0')
     snprintf(message, sizeof message, "OBS: %s", obs.message);
   else
@@ -412,9 +423,8 @@ static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
   e.status = status;
   e.code = obs.code;
   e.message = message;
-  e.request_id = c->upload.request_id[0] ? c->upload.request_id
-                                         : obs.request_id;
-  e.retry_after = c->upload.retry_after;
+  e.request_id = t->request_id[0] ? t->request_id : obs.request_id;
+  e.retry_after = t->retry_after;
   e.retryable = ac_status_retryable(status);
   e.secrets = call->secrets;
   lua_pushnil(L);
@@ -426,71 +436,142 @@ static void push_obs_error(lua_State *L, ac_client *c, upload_call *call,
 }
 
 
-/* Sends the request and pushes the outcome. Returns the number of values
- * pushed, -1 with msg when memory runs out, or -2 with the progress
- * callback's error on the stack. */
-static int send_upload(lua_State *L, ac_client *c, upload_call *call,
-                       char *msg) {
-  ac_buf url = {0}, auth = {0};
-  struct curl_slist *headers;
-  long status = 0;
-  CURLcode rc;
-  int n;
+/* ---------------------------------------------------------------------
+ * Shared with client:start_upload
+ * ------------------------------------------------------------------- */
+
+/* Points call->secrets at the client's own secrets, which it keeps in
+ * that form, followed by the two issued ones. */
+static void set_secrets(ac_client *c, upload_call *call) {
+  int n = 0;
+
+  memcpy(call->secrets, c->secrets, sizeof c->secrets);
+  while (call->secrets[n] != NULL)
+    n++;
+  call->secrets[n++] = call->req.secret;
+  call->secrets[n++] = call->req.security_token;
+  call->secrets[n] = NULL;
+}
+
+
+/* Dates and signs the request and builds its URL and headers. Returns
+ * 0, or -1 when memory runs out. */
+static int sign_request(upload_call *call) {
+  ac_buf auth = {0};
+  int failed;
 
   ac_http_date(time(NULL), call->date);
   call->req.date = call->date;
-  if (ac_obs_url(&call->req, &url) != 0
-      || ac_obs_authorization(&call->req, &auth) != 0
-      || (headers = upload_headers(call, &auth)) == NULL) {
-    ac_buf_free(&url);
-    ac_buf_free(&auth);
-    snprintf(msg, AC_MSG_SIZE, "not enough memory");
-    return -1;
-  }
+  failed = ac_obs_url(&call->req, &call->url) != 0
+        || ac_obs_authorization(&call->req, &auth) != 0
+        || (call->headers = upload_headers(call, &auth)) == NULL;
+  ac_buf_free(&auth);
+  return failed ? -1 : 0;
+}
 
-  prepare_handle(c, call, &url, headers);
+
+int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
+                    char *msg) {
+  int md5;
+
+  if (read_call(L, c, call, msg) != 0)
+    return -1;
+  set_secrets(c, call);
+  call->req.content_md5 = "";
+  if (open_source(call, msg) != 0)
+    return -1;
+
+  lua_getfield(L, 3, "content_md5");
+  md5 = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (md5 && body_md5(&call->src, call->md5) != 0) {
+    snprintf(msg, AC_MSG_SIZE, "reading \"%.200s\" for Content-MD5 "
+             "failed", call->path);
+    return -2;
+  }
+  if (md5)
+    call->req.content_md5 = call->md5;
+
+  if (sign_request(call) != 0) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -2;
+  }
+  return 0;
+}
+
+
+void ac_upload_final_progress(ac_upload *call, CURLcode rc, long status) {
+  if (rc == CURLE_OK && status >= 200 && status <= 299
+      && call->progress.wanted && !call->progress.error_at
+      && call->progress.last_sent != call->src.total)
+    call_progress(&call->progress, call->src.total, call->src.total);
+}
+
+
+int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
+                           ac_transport *t, CURLcode rc, long status) {
+  ac_error_info e = {0};
+
+  if (rc == CURLE_ABORTED_BY_CALLBACK
+      && (call->progress.aborted || call->progress.error_at)) {
+    e.kind = AC_KIND_CANCELLED;
+    e.message = call->progress.aborted
+              ? "upload aborted by the progress callback"
+              : "upload aborted because the progress callback raised an "
+                "error";
+    lua_pushnil(L);
+    ac_push_error(L, &e);
+    return 2;
+  }
+  if (rc != CURLE_OK)
+    return ac_client_push_outcome(L, c, t, rc, status);
+  if (status < 200 || status > 299) {
+    push_obs_error(L, t, call, status);
+    return 2;
+  }
+  push_meta(L, t, call, status);
+  return 1;
+}
+
+
+void ac_upload_free(ac_upload *call) {
+  if (call->src.file != NULL)
+    fclose(call->src.file);
+  call->src.file = NULL;
+  curl_slist_free_all(call->headers);
+  call->headers = NULL;
+  ac_buf_free(&call->url);
+}
+
+
+/* ---------------------------------------------------------------------
+ * client:upload
+ * ------------------------------------------------------------------- */
+
+/* Sends the request on the client's upload handle and pushes the
+ * outcome. Returns the number of values pushed, or -2 with the progress
+ * callback's error on the stack. */
+static int send_upload(lua_State *L, ac_client *c, upload_call *call) {
+  long status = 0;
+  CURLcode rc;
+
+  ac_upload_setup(c, call, &c->upload);
   call->progress.L = L;
-  call->progress.last_ms = clock_ms();
-  /* So that an empty body still gets its one call at the end. */
-  call->progress.last_sent = -1;
   c->uploading = 1;
   rc = curl_easy_perform(c->upload.curl);
   curl_easy_getinfo(c->upload.curl, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_setopt(c->upload.curl, CURLOPT_HTTPHEADER, NULL);
-  curl_slist_free_all(headers);
-  ac_buf_free(&auth);
 
   /* The call at the end, when the interval skipped it during the
    * transfer. An error raised in it propagates like any other. */
-  if (rc == CURLE_OK && status >= 200 && status <= 299
-      && call->progress.fn && !call->progress.error_at
-      && call->progress.last_sent != call->src.total)
-    call_progress(&call->progress, call->src.total, call->src.total);
+  ac_upload_final_progress(call, rc, status);
   c->uploading = 0;
 
   if (call->progress.error_at) {
-    ac_buf_free(&url);
     lua_pushvalue(L, call->progress.error_at);
     return -2;
   }
-  if (rc == CURLE_ABORTED_BY_CALLBACK && call->progress.aborted) {
-    ac_error_info e = {0};
-    e.kind = AC_KIND_CANCELLED;
-    e.message = "upload aborted by the progress callback";
-    lua_pushnil(L);
-    ac_push_error(L, &e);
-    n = 2;
-  } else if (rc != CURLE_OK) {
-    n = ac_client_push_outcome(L, c, &c->upload, rc, status);
-  } else if (status < 200 || status > 299) {
-    push_obs_error(L, c, call, status);
-    n = 2;
-  } else {
-    push_meta(L, c, call, &url, status);
-    n = 1;
-  }
-  ac_buf_free(&url);
-  return n;
+  return ac_upload_push_outcome(L, c, call, &c->upload, rc, status);
 }
 
 
@@ -498,11 +579,7 @@ static int send_upload(lua_State *L, ac_client *c, upload_call *call,
 
 /* Closes the file when the call ends in any way, a Lua error included. */
 static int upload_call_gc(lua_State *L) {
-  upload_call *call = lua_touserdata(L, 1);
-
-  if (call->src.file != NULL)
-    fclose(call->src.file);
-  call->src.file = NULL;
+  ac_upload_free(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -524,7 +601,7 @@ static int l_upload(lua_State *L) {
   ac_client *c = luaL_checkudata(L, 1, AC_CLIENT_MT);
   upload_call *call;
   char msg[AC_MSG_SIZE];
-  int n, md5;
+  int n;
 
   if (!c->open)
     return luaL_error(L, "appcenter.core: the client is closed");
@@ -540,41 +617,20 @@ static int l_upload(lua_State *L) {
   }
   lua_settop(L, 3);
   call = push_upload_call(L);
-  if (read_call(L, c, call, msg) != 0)
+  switch (ac_upload_build(L, c, call, msg)) {
+  case -1:
     return ac_return_invalid(L, msg);
-
-  /* The list ends at its first NULL: the client's own secrets, which
-   * it keeps in that form, then the two issued ones. */
-  memcpy(call->secrets, c->secrets, sizeof c->secrets);
-  n = 0;
-  while (call->secrets[n] != NULL)
-    n++;
-  call->secrets[n++] = call->req.secret;
-  call->secrets[n++] = call->req.security_token;
-  call->secrets[n] = NULL;
-  call->req.content_md5 = "";
-  if (open_source(call, msg) != 0)
-    return ac_return_invalid(L, msg);
-
-  lua_getfield(L, 3, "content_md5");
-  md5 = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (md5 && body_md5(&call->src, call->md5) != 0)
-    return luaL_error(L, "appcenter.core: reading \"%s\" for Content-MD5 "
-                      "failed", call->path);
-  if (md5)
-    call->req.content_md5 = call->md5;
+  case -2:
+    return luaL_error(L, "appcenter.core: %s", msg);
+  }
 
   if (c->upload.curl == NULL
       && ac_transport_init(&c->upload, &c->transport_opts, msg) != 0)
     return luaL_error(L, "appcenter.core: %s", msg);
 
-  n = send_upload(L, c, call, msg);
-  if (n == -2)
-    return lua_error(L);
-  if (n < 0)
-    return luaL_error(L, "appcenter.core: %s", msg);
-  return n;
+  n = send_upload(L, c, call);
+  ac_upload_free(call);
+  return n == -2 ? lua_error(L) : n;
 }
 
 

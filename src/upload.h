@@ -1,0 +1,72 @@
+/*
+ * Uploads to OBS, shared by the blocking client:upload (upload.c) and
+ * the non-blocking client:start_upload (multi.c): building the request
+ * from the Lua arguments, the libcurl callbacks and the outcome.
+ */
+#ifndef AC_UPLOAD_H
+#define AC_UPLOAD_H
+
+#include <stdio.h>
+
+#include "client.h"
+#include "obs.h"
+
+typedef struct ac_upload_source {
+  FILE *file;
+  const char *data;
+  curl_off_t total;
+  curl_off_t offset;           /* position in data */
+} ac_upload_source;
+
+typedef struct ac_upload_progress {
+  lua_State *L;                /* blocking uploads: the caller's state */
+  ac_client *multi_client;     /* non-blocking uploads: the client */
+  int fn;                      /* stack index of the callback, 0: none */
+  int wanted;                  /* opts.progress is a function */
+  double last_ms;
+  curl_off_t last_sent;        /* -1 before the first call */
+  int aborted;                 /* the callback returned false */
+  int error_at;                /* stack index of its error, 0: none */
+} ac_upload_progress;
+
+/* One upload. The strings of req, data and the last two secrets point
+ * into Lua values that the caller keeps alive until the upload ends. */
+typedef struct ac_upload {
+  ac_obs_request req;
+  ac_upload_source src;
+  ac_upload_progress progress;
+  char date[AC_HTTP_DATE_SIZE];
+  char md5[AC_MD5_BASE64_SIZE];
+  const char *path;
+  long timeout_ms;
+  const char *secrets[7];      /* NULL-terminated */
+  ac_buf url;
+  struct curl_slist *headers;
+} ac_upload;
+
+/* Reads the result table at index 2 and the options table at 3 into u,
+ * which starts zeroed, opens the file, computes the MD5 and builds the
+ * URL, the signature and the headers. A progress function is left on
+ * the stack at u->progress.fn. Returns 0; -1 with msg for invalid input
+ * (nothing was sent); -2 with msg for a failure to raise. Raises when
+ * either argument is not a table. */
+int ac_upload_build(lua_State *L, ac_client *c, ac_upload *u, char *msg);
+
+/* Sets up t to send u. Both must stay in place until the transfer
+ * ends. */
+void ac_upload_setup(ac_client *c, ac_upload *u, ac_transport *t);
+
+/* Calls the progress callback with sent == total after a 2xx answer
+ * when the interval skipped that call during the transfer. */
+void ac_upload_final_progress(ac_upload *u, CURLcode rc, long status);
+
+/* Pushes meta, or nil and an error, for the end of u's transfer on t;
+ * returns the number of values pushed. An abort by the progress
+ * callback is a `cancelled` error. */
+int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *u,
+                           ac_transport *t, CURLcode rc, long status);
+
+/* Closes the file and frees the URL and the headers; safe to repeat. */
+void ac_upload_free(ac_upload *u);
+
+#endif
