@@ -2,13 +2,17 @@
  * Non-blocking requests on libcurl's multi interface.
  *
  *   local req = client:start(file_name, function(result, meta_or_err) end)
+ *   local up = client:start_upload(result, opts, function(meta_or_nil,
+ *                                                         err) end)
  *   client:poll(timeout_ms)   -- drives transfers, runs callbacks
  *
  * Each request is a userdata with its own easy handle; the client's multi
  * handle shares one connection cache among them. References:
  *   client uservalue[lightuserdata(req)] = request userdata (while in
  *   flight, so an unreferenced request still completes);
- *   request uservalue = {client userdata, callback}.
+ *   request uservalue = {client userdata, callback}, and for an upload
+ *   also the progress function, opts.body, credential.secret and
+ *   credential.security_token, whose strings the upload points into.
  * Every started request gets exactly one callback call: its outcome, or
  * a `cancelled` error from cancel() or close(). When a client is garbage
  * collected with requests in flight, they are freed without callbacks.
@@ -17,8 +21,13 @@
  * callback keeps the list of sockets it waits on, poll(2) waits on them,
  * and the ready ones are handed back to libcurl.
  *
- * Caveats: callbacks run inside poll(), never from libcurl callbacks;
- * poll() may not be called from a callback.
+ * Callbacks run inside poll(), never from libcurl callbacks. Progress
+ * callbacks of uploads are the exception: they run inside libcurl's
+ * callback during poll(), in protected mode, on poll()'s stack, so they
+ * may not start, cancel or close anything of the same client. poll()
+ * raises their first error after the upload's callback has run.
+ *
+ * Caveats: poll() may not be called from a callback.
  */
 #include <poll.h>
 #include <stdlib.h>
@@ -28,6 +37,7 @@
 #include "client.h"
 #include "compat.h"
 #include "error.h"
+#include "upload.h"
 
 #define AC_REQUEST_MT "appcenter.core.request"
 
@@ -37,6 +47,7 @@ struct ac_request {
   ac_transport transport;
   ac_buf body;
   struct curl_slist *headers;  /* per call (AK/SK); NULL: the client's */
+  ac_upload *upload;           /* NULL for a credential request */
   ac_client *client;           /* NULL once finished */
   ac_request *prev;
   ac_request *next;
@@ -82,6 +93,11 @@ static void free_transfer(ac_request *r) {
   ac_buf_free(&r->body);
   curl_slist_free_all(r->headers);
   r->headers = NULL;
+  if (r->upload != NULL) {
+    ac_upload_free(r->upload);
+    free(r->upload);
+    r->upload = NULL;
+  }
 }
 
 
@@ -175,29 +191,50 @@ static void push_cancelled(lua_State *L, const char *message) {
 }
 
 
+/* Runs the last progress call of an upload that poll() finished, and
+ * returns the stack index of the first error its progress callback
+ * raised, or 0. */
+static int finish_progress(lua_State *L, ac_client *c, ac_request *r,
+                           CURLcode rc, long status) {
+  if (r->upload == NULL)
+    return 0;
+  c->progress_state = L;
+  ac_upload_final_progress(r->upload, rc, status);
+  c->progress_state = NULL;
+  return r->upload->progress.error_at > 0 ? r->upload->progress.error_at
+                                          : 0;
+}
+
+
 /* Finishes r and calls its callback in protected mode. With cancel_reason
- * the outcome is a cancelled error, else the transfer's result. Returns
- * 0, or -1 with the callback's error on the stack. */
+ * the outcome is a cancelled error, else the transfer's result, and
+ * *progress_error is set as finish_progress returns it. Returns 0, or -1
+ * with the callback's error on the stack. */
 static int complete(lua_State *L, int client_idx, ac_request *r,
-                    CURLcode rc, const char *cancel_reason) {
+                    CURLcode rc, const char *cancel_reason,
+                    int *progress_error) {
   ac_client *c = r->client;
   long status = 0;
-  int req_idx;
+  int req_idx, n = 2;
 
+  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &status);
+  if (cancel_reason == NULL)
+    *progress_error = finish_progress(L, c, r, rc, status);
   take_request(L, client_idx, r);
   req_idx = lua_gettop(L);
-  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &status);
   detach(r, cancel_reason ? AC_REQ_CANCELLED : AC_REQ_DONE);
 
   take_callback(L, req_idx);
   if (cancel_reason != NULL)
     push_cancelled(L, cancel_reason);
+  else if (r->upload != NULL)
+    n = ac_upload_push_outcome(L, c, r->upload, &r->transport, rc, status);
   else
     ac_client_push_outcome(L, c, &r->transport, rc, status);
   free_transfer(r);
   lua_remove(L, req_idx);
 
-  return lua_pcall(L, 2, 0, 0) == 0 ? 0 : -1;
+  return lua_pcall(L, n, 0, 0) == 0 ? 0 : -1;
 }
 
 
@@ -219,11 +256,18 @@ static int drain(lua_State *L, int client_idx, ac_client *c, int *saved) {
   while (c->open && c->multi != NULL
          && (msg = curl_multi_info_read(c->multi, &left)) != NULL) {
     ac_request *r = NULL;
+    int progress_error = 0, failed;
 
     if (msg->msg != CURLMSG_DONE)
       continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-    if (complete(L, client_idx, r, msg->data.result, NULL) != 0)
+    failed = complete(L, client_idx, r, msg->data.result, NULL,
+                      &progress_error);
+    /* The progress callback's error came first; it stays where it is
+     * on the stack. */
+    if (progress_error != 0 && *saved == 0)
+      *saved = progress_error;
+    if (failed)
       keep_first_error(L, saved);
     done++;
   }
@@ -238,7 +282,8 @@ int ac_multi_close(lua_State *L, int idx, ac_client *c) {
     ac_request *r = c->requests;
 
     if (L != NULL) {
-      if (complete(L, idx, r, CURLE_OK, "the client was closed") != 0)
+      if (complete(L, idx, r, CURLE_OK, "the client was closed", NULL)
+          != 0)
         keep_first_error(L, &saved);
     } else {
       detach(r, AC_REQ_CANCELLED);
@@ -293,49 +338,46 @@ static long call_timeout(lua_State *L, int idx) {
 }
 
 
-static int l_start(lua_State *L) {
-  ac_client *c = check_open(L);
-  ac_request *r;
-  const char *file_name;
-  char msg[AC_MSG_SIZE];
-  size_t len;
-  long timeout_ms;
+/* Raises when a progress callback of the client's uploads is running,
+ * because libcurl rejects changes to the multi handle from inside its
+ * callbacks. */
+static void check_not_in_progress(lua_State *L, ac_client *c,
+                                  const char *name) {
+  if (c->in_progress_callback)
+    luaL_error(L, "appcenter.core: %s called from an upload's progress "
+               "callback; call it from the upload's callback instead",
+               name);
+}
 
-  luaL_checktype(L, 2, LUA_TSTRING);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  timeout_ms = call_timeout(L, 4);
-  file_name = lua_tolstring(L, 2, &len);
 
-  r = ac_newuserdata(L, sizeof *r);
+/* Pushes a new request userdata in state "new". */
+static ac_request *push_request(lua_State *L) {
+  ac_request *r = ac_newuserdata(L, sizeof *r);
+
   memset(r, 0, sizeof *r);
   luaL_getmetatable(L, AC_REQUEST_MT);
   lua_setmetatable(L, -2);
+  return r;
+}
 
-  switch (ac_client_prepare(c, file_name, len, &r->body, &r->headers,
-                            msg)) {
-  case -1:
-    return ac_return_invalid(L, msg);
-  case -2:
-    return luaL_error(L, "appcenter.core: not enough memory");
-  }
+
+/* Creates the easy handle of r for the client. Raises on failure. */
+static void init_transfer(lua_State *L, ac_client *c, ac_request *r) {
+  char msg[AC_MSG_SIZE];
+
   if (ensure_multi(c) != 0
       || ac_transport_init(&r->transport, &c->transport_opts, msg) != 0)
-    return luaL_error(L, "appcenter.core: cannot start a request: %s",
-                      c->multi ? msg : "curl_multi_init failed");
-
-  ac_transport_prepare(&r->transport, c->url.data,
-                       r->headers ? r->headers : c->headers, r->body.data,
-                       r->body.len, timeout_ms);
+    luaL_error(L, "appcenter.core: cannot start a request: %s",
+               c->multi ? msg : "curl_multi_init failed");
   curl_easy_setopt(r->transport.curl, CURLOPT_PRIVATE, (char *)r);
+}
 
+
+/* Hands r, the userdata on top of the stack whose uservalue is set, to
+ * the client's multi handle. Raises when libcurl rejects it. */
+static void launch(lua_State *L, ac_client *c, ac_request *r) {
   /* Lua references first: nothing below may raise once libcurl owns
    * the handle without the client knowing about it. */
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 1);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 2);
-  ac_setuservalue(L, -2);
   ac_getuservalue(L, 1);
   lua_pushlightuserdata(L, r);
   lua_pushvalue(L, -3);
@@ -345,7 +387,7 @@ static int l_start(lua_State *L) {
   if (curl_multi_add_handle(c->multi, r->transport.curl) != CURLM_OK) {
     take_request(L, 1, r);
     lua_pop(L, 1);
-    return luaL_error(L, "appcenter.core: curl_multi_add_handle failed");
+    luaL_error(L, "appcenter.core: curl_multi_add_handle failed");
   }
   r->client = c;
   r->state = AC_REQ_RUNNING;
@@ -354,6 +396,127 @@ static int l_start(lua_State *L) {
     c->requests->prev = r;
   c->requests = r;
   c->request_count++;
+}
+
+
+static int l_start(lua_State *L) {
+  ac_client *c = check_open(L);
+  ac_request *r;
+  const char *file_name;
+  char msg[AC_MSG_SIZE];
+  size_t len;
+  long timeout_ms;
+
+  check_not_in_progress(L, c, "start");
+  luaL_checktype(L, 2, LUA_TSTRING);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  timeout_ms = call_timeout(L, 4);
+  file_name = lua_tolstring(L, 2, &len);
+
+  r = push_request(L);
+  switch (ac_client_prepare(c, file_name, len, &r->body, &r->headers,
+                            msg)) {
+  case -1:
+    return ac_return_invalid(L, msg);
+  case -2:
+    return luaL_error(L, "appcenter.core: not enough memory");
+  }
+  init_transfer(L, c, r);
+  ac_transport_prepare(&r->transport, c->url.data,
+                       r->headers ? r->headers : c->headers, r->body.data,
+                       r->body.len, timeout_ms);
+
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2);
+  ac_setuservalue(L, -2);
+  launch(L, c, r);
+  return 1;
+}
+
+
+/* Stores t[key] at index slot of the table at -1, and returns whether
+ * it is the string that expected points to. t is the table at index
+ * t_idx, or its field sub when sub is not NULL. */
+static int anchor_string(lua_State *L, int t_idx, const char *sub,
+                         const char *key, const char *expected, int slot) {
+  const char *s;
+
+  lua_pushvalue(L, t_idx);
+  if (sub != NULL) {
+    lua_getfield(L, -1, sub);
+    lua_remove(L, -2);
+  }
+  lua_getfield(L, -1, key);
+  lua_remove(L, -2);
+  s = lua_tostring(L, -1);
+  lua_rawseti(L, -2, slot);
+  return s == expected;
+}
+
+
+/* Sets the uservalue of the upload request at req_idx, with the Lua
+ * values that its upload points into. Returns 0, or -1 when the result
+ * or the options return other values on a second read, as a table with
+ * an __index metamethod may. */
+static int anchor_upload(lua_State *L, int req_idx, const ac_upload *u) {
+  int same;
+
+  lua_createtable(L, 6, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 4);
+  lua_rawseti(L, -2, 2);
+  if (u->progress.fn != 0) {
+    lua_pushvalue(L, u->progress.fn);
+    lua_rawseti(L, -2, 3);
+  }
+  same = (u->src.data == NULL
+          || anchor_string(L, 3, NULL, "body", u->src.data, 4))
+      && anchor_string(L, 2, "credential", "secret", u->req.secret, 5)
+      && anchor_string(L, 2, "credential", "security_token",
+                       u->req.security_token, 6);
+  ac_setuservalue(L, req_idx);
+  return same ? 0 : -1;
+}
+
+
+/* client:start_upload(result, opts, callback): the upload of
+ * client:upload, on an easy handle of its own. */
+static int l_start_upload(lua_State *L) {
+  ac_client *c = check_open(L);
+  ac_request *r;
+  char msg[AC_MSG_SIZE];
+
+  check_not_in_progress(L, c, "start_upload");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  lua_settop(L, 4);
+
+  r = push_request(L);
+  r->upload = calloc(1, sizeof *r->upload);
+  if (r->upload == NULL)
+    return luaL_error(L, "appcenter.core: not enough memory");
+  switch (ac_upload_build(L, c, r->upload, msg)) {
+  case -1:
+    return ac_return_invalid(L, msg);
+  case -2:
+    return luaL_error(L, "appcenter.core: %s", msg);
+  }
+  if (anchor_upload(L, 5, r->upload) != 0)
+    return ac_return_invalid(L, "invalid result or upload options: the "
+                             "tables return other strings on a second "
+                             "read; pass plain tables");
+  lua_settop(L, 5);
+  r->upload->progress.fn = 0;  /* poll() binds it to its own stack */
+  r->upload->progress.multi_client = c;
+
+  init_transfer(L, c, r);
+  ac_upload_setup(c, r->upload, &r->transport);
+  launch(L, c, r);
   return 1;
 }
 
@@ -416,6 +579,52 @@ static void service_sockets(ac_client *c, long wait_ms) {
 }
 
 
+/* Pushes the progress function of each upload in flight onto poll()'s
+ * stack, where libcurl's progress callback finds it. The client userdata
+ * is at index 1. */
+static void bind_progress(lua_State *L, ac_client *c) {
+  ac_request *r;
+  int n = 0;
+
+  for (r = c->requests; r != NULL; r = r->next)
+    n += r->upload != NULL && r->upload->progress.wanted;
+  luaL_checkstack(L, n + 4, "too many uploads in flight");
+  for (r = c->requests; r != NULL; r = r->next) {
+    if (r->upload == NULL || !r->upload->progress.wanted)
+      continue;
+    ac_getuservalue(L, 1);
+    lua_pushlightuserdata(L, r);
+    lua_rawget(L, -2);
+    ac_getuservalue(L, -1);
+    lua_rawgeti(L, -1, 3);
+    lua_replace(L, -4);
+    lua_pop(L, 2);
+    r->upload->progress.fn = lua_gettop(L);
+  }
+}
+
+
+/* Undoes bind_progress for the uploads still in flight. A progress
+ * error of one of them is kept in *saved when it is the first, and
+ * marked as reported, because its stack slot goes away with this call. */
+static void unbind_progress(ac_client *c, int *saved) {
+  ac_request *r;
+
+  for (r = c->requests; r != NULL; r = r->next) {
+    ac_upload_progress *p;
+
+    if (r->upload == NULL)
+      continue;
+    p = &r->upload->progress;
+    if (p->error_at > 0 && *saved == 0)
+      *saved = p->error_at;
+    if (p->error_at > 0)
+      p->error_at = -1;
+    p->fn = 0;
+  }
+}
+
+
 static int l_poll(lua_State *L) {
   ac_client *c = check_open(L);
   lua_Integer timeout_ms = luaL_optinteger(L, 2, 0);
@@ -428,17 +637,21 @@ static int l_poll(lua_State *L) {
     return luaL_error(L, "appcenter.core: poll called from a request "
                       "callback");
   lua_settop(L, 1);
+  bind_progress(L, c);
 
   c->polling = 1;
   while (c->open && c->request_count > 0) {
     double left = deadline - now_ms();
 
+    c->progress_state = L;
     service_sockets(c, left >= 1 ? (long)left : 0);
+    c->progress_state = NULL;
     done += drain(L, 1, c, &saved);
     if (done > 0 || now_ms() >= deadline)
       break;
   }
   c->polling = 0;
+  unbind_progress(c, &saved);
 
   if (saved != 0) {
     lua_pushvalue(L, saved);
@@ -504,6 +717,7 @@ static int l_timeout(lua_State *L) {
 
 static const luaL_Reg client_methods[] = {
   {"start", l_start},
+  {"start_upload", l_start_upload},
   {"poll", l_poll},
   {"perform", l_perform},
   {"pending", l_pending},
@@ -530,11 +744,12 @@ static int l_request_cancel(lua_State *L) {
     return 1;
   }
 
+  check_not_in_progress(L, r->client, "cancel");
   /* The client userdata is the first entry of the request's uservalue. */
   lua_settop(L, 1);
   ac_getuservalue(L, 1);
   lua_rawgeti(L, -1, 1);
-  if (complete(L, 3, r, CURLE_OK, "the request was cancelled") != 0)
+  if (complete(L, 3, r, CURLE_OK, "the request was cancelled", NULL) != 0)
     return lua_error(L);
   lua_pushboolean(L, 1);
   return 1;

@@ -26,7 +26,8 @@ typedef struct ac_upload_progress {
   double last_ms;
   curl_off_t last_sent;        /* -1 before the first call */
   int aborted;                 /* the callback returned false */
-  int error_at;                /* stack index of its error, 0: none */
+  int error_at;                /* stack index of its error, 0: none,
+                                * -1: reported by an earlier poll() */
 } ac_upload_progress;
 
 /* One upload. The strings of req, data and the last two secrets point
