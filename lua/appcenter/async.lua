@@ -1,6 +1,7 @@
 -- Non-blocking requests of the wrapper client, for game loops and event
--- loops: start, poll, cancel, close and a coroutine helper, with the same
--- retries, deadline and retry budget as the blocking create_credential.
+-- loops: start, start_upload, poll, cancel, close and coroutine helpers,
+-- with the same retries, deadline and retry budget as the blocking
+-- create_credential and upload.
 --
 -- Each attempt is one request of appcenter.core's multi interface. When
 -- the retry policy (appcenter/retry.lua) retries a failed attempt, the
@@ -106,7 +107,12 @@ local function finish(request, result, info)
 
   local callback = request.callback
   request.callback = nil
-  local ok, err = pcall(callback, result, info)
+  local ok, err
+  if request.meta_only and result ~= nil then
+    ok, err = pcall(callback, result)
+  else
+    ok, err = pcall(callback, result, info)
+  end
   if not ok then
     record_error(state, err)
   end
@@ -142,21 +148,40 @@ local function on_attempt_done(request, result, info)
   end
 end
 
--- Starts the core request of the current attempt. Returns true, or nil
--- and an invalid_argument error when appcenter.core rejects the input.
--- Raises what core_client:start raises.
-local function launch(request, timeout_ms)
+-- Starts one attempt of a credential request on the core client.
+local function start_credential_attempt(request, timeout_ms, callback)
   local call_opts
   if timeout_ms then
     call_opts = { timeout_ms = timeout_ms }
   end
+  return request.client.core_client:start(request.file_name, callback,
+    call_opts)
+end
 
-  local core_request, err = request.client.core_client:start(
-    request.file_name,
+-- Starts one attempt of an upload on the core client, which reopens
+-- opts.path. The core callback receives `meta` alone, and the retry
+-- policy expects `result, meta`.
+local function start_upload_attempt(request, timeout_ms, callback)
+  local call_opts = request.call_opts
+  call_opts.timeout_ms = timeout_ms or request.timeout_ms
+  return request.client.core_client:start_upload(request.result, call_opts,
+    function(meta, err)
+      if meta then
+        callback(meta, meta)
+      else
+        callback(nil, err)
+      end
+    end)
+end
+
+-- Starts the core request of the current attempt. Returns true, or nil
+-- and an invalid_argument error when appcenter.core rejects the input.
+-- Raises what core_client:start or start_upload raises.
+local function launch(request, timeout_ms)
+  local core_request, err = request.start_attempt(request, timeout_ms,
     function(result, info)
       on_attempt_done(request, result, info)
-    end,
-    call_opts)
+    end)
   if not core_request then
     err.attempts = request.call.attempt
     return nil, err
@@ -227,6 +252,20 @@ local function next_retry_ms(client, state)
 end
 
 
+-- Starts the first attempt of a new request and returns the request, or
+-- nil and the error when the core client rejects the input.
+local function start_request(request)
+  local _, timeout_ms = request.call:begin_attempt()
+  local started, err = launch(request, timeout_ms)
+  if not started then
+    request.stage = "done"
+    return nil, err
+  end
+  local state = request.async_state
+  state.in_flight = state.in_flight + 1
+  return request
+end
+
 local function check_open(state, level)
   if state.closed then
     error("appcenter: the client is closed", level + 1)
@@ -251,23 +290,40 @@ function async.start(client, file_name, callback)
   local state = state_of(client)
   check_open(state, 2)
 
-  local request = setmetatable({
+  return start_request(setmetatable({
     client = client,
     async_state = state,
     file_name = file_name,
+    start_attempt = start_credential_attempt,
     callback = callback,
     call = retry.new_call(client.policy),
     stage = "new",
-  }, Request)
+  }, Request))
+end
 
-  local _, timeout_ms = request.call:begin_attempt()
-  local started, err = launch(request, timeout_ms)
-  if not started then
-    request.stage = "done"
-    return nil, err
-  end
-  state.in_flight = state.in_flight + 1
-  return request
+-- Starts an upload of `result` with `call_opts` (the core upload's
+-- options) under `policy`, which init.lua builds as for the blocking
+-- upload, and returns its handle. `callback(meta)` or
+-- `callback(nil, err)` runs once, like start's callback. Returns nil and
+-- an invalid_argument error, without calling the callback, when the
+-- core client rejects the input, such as a missing file. Raises for a
+-- closed client.
+function async.start_upload(client, result, call_opts, policy, callback)
+  local state = state_of(client)
+  check_open(state, 2)
+
+  return start_request(setmetatable({
+    client = client,
+    async_state = state,
+    result = result,
+    call_opts = call_opts,
+    timeout_ms = call_opts.timeout_ms,
+    start_attempt = start_upload_attempt,
+    meta_only = true,
+    callback = callback,
+    call = retry.new_call(policy),
+    stage = "new",
+  }, Request))
 end
 
 local function poll_loop(client, state, timeout_ms)
@@ -439,28 +495,22 @@ local function resume_error(co, err)
   return err
 end
 
--- Requests an upload credential from inside a coroutine: starts the
--- request, yields until a callback from poll (or cancel, or close)
--- resumes the coroutine, and returns `result, meta` or `nil, err` like
--- create_credential. Raises outside a coroutine.
---
--- The coroutine yields no values. When other code resumes it before the
--- request has ended, it yields again. An error raised by the coroutine
--- after the callback resumed it is raised by that poll, with the
--- coroutine's traceback when the error is a string. A coroutine that is
--- never resumed keeps its request, and stays suspended until the client
--- is closed, which resumes it with a `cancelled` error, or is collected.
-function async.await(client, file_name)
+-- Runs start(callback) inside the running coroutine and yields until the
+-- callback resumes it; returns the callback's arguments. `name` and
+-- `alternative` name the methods in the error raised outside a
+-- coroutine. The public functions call it as a tail call, so that level
+-- 2 is their caller.
+local function await_request(name, alternative, start)
   local co, is_main = coroutine.running()
   if not co or is_main then
-    error("appcenter: create_credential_async must be called inside a "
-      .. "coroutine; outside one, call create_credential or start", 2)
+    error(("appcenter: %s must be called inside a coroutine; outside "
+      .. "one, call %s"):format(name, alternative), 2)
   end
 
   local outcome
   local yielded = false
-  local request, err = async.start(client, file_name, function(result, info)
-    outcome = { result, info }
+  local request, err = start(function(...)
+    outcome = pack(...)
     if yielded and coroutine.status(co) == "suspended" then
       local ok, co_err = coroutine.resume(co)
       if not ok then
@@ -483,7 +533,37 @@ function async.await(client, file_name)
       error(yield_err, 0)
     end
   end
-  return outcome[1], outcome[2]
+  return unpack(outcome, 1, outcome.n)
+end
+
+
+-- Requests an upload credential from inside a coroutine: starts the
+-- request, yields until a callback from poll (or cancel, or close)
+-- resumes the coroutine, and returns `result, meta` or `nil, err` like
+-- create_credential. Raises outside a coroutine.
+--
+-- The coroutine yields no values. When other code resumes it before the
+-- request has ended, it yields again. An error raised by the coroutine
+-- after the callback resumed it is raised by that poll, with the
+-- coroutine's traceback when the error is a string. A coroutine that is
+-- never resumed keeps its request, and stays suspended until the client
+-- is closed, which resumes it with a `cancelled` error, or is collected.
+function async.await(client, file_name)
+  return await_request("create_credential_async",
+    "create_credential or start", function(callback)
+      return async.start(client, file_name, callback)
+    end)
+end
+
+-- Uploads from inside a coroutine as async.await requests a credential:
+-- returns `meta` or `nil, err` like the blocking upload. init.lua builds
+-- the arguments of async.start_upload.
+function async.await_upload(client, result, call_opts, policy)
+  return await_request("upload_async", "upload or start_upload",
+    function(callback)
+      return async.start_upload(client, result, call_opts, policy,
+        callback)
+    end)
 end
 
 return async

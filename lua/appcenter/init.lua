@@ -126,6 +126,45 @@ function Client:create_credential(file_name)
   end)
 end
 
+-- Checks the arguments of the upload method `name` and returns the
+-- retry policy and the core client's options for it. Raises at the
+-- caller of that method.
+local function prepare_upload(client, name, result, opts)
+  if type(result) ~= "table" then
+    error(("bad argument #1 to '%s' (table expected, got %s)")
+      :format(name, type(result)), 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #2 to '%s' (table expected, got %s)")
+      :format(name, type(opts)), 3)
+  end
+  opts = opts or {}
+  local deadline_ms = opts.deadline_ms
+  if deadline_ms ~= nil
+      and (type(deadline_ms) ~= "number" or not (deadline_ms >= 1)) then
+    error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
+      .. "got %s)"):format(name, tostring(deadline_ms)), 3)
+  end
+  if client.core_client.upload == nil then
+    error("appcenter: " .. name .. " is not available inside nginx; hand "
+      .. "the credential to the client that has the file", 3)
+  end
+
+  local policy = {}
+  for setting, value in pairs(client.policy) do
+    policy[setting] = value
+  end
+  policy.deadline_ms = deadline_ms
+  policy.timeout_ms = opts.timeout_ms or math.huge
+
+  local call_opts = {}
+  for option, value in pairs(opts) do
+    call_opts[option] = value
+  end
+  call_opts.deadline_ms = nil
+  return policy, call_opts
+end
+
 -- Uploads the object that `result` of create_credential allows, with the
 -- client's retries and retry budget. `opts` are those of the core
 -- client's upload (path or body, content_type, content_md5, path_style,
@@ -138,43 +177,13 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
-  if type(result) ~= "table" then
-    error(("bad argument #1 to 'upload' (table expected, got %s)")
-      :format(type(result)), 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #2 to 'upload' (table expected, got %s)")
-      :format(type(opts)), 2)
-  end
-  opts = opts or {}
-  local deadline_ms = opts.deadline_ms
-  if deadline_ms ~= nil
-      and (type(deadline_ms) ~= "number" or not (deadline_ms >= 1)) then
-    error(("bad option 'deadline_ms' to 'upload' (number >= 1 expected, "
-      .. "got %s)"):format(tostring(deadline_ms)), 2)
-  end
+  local policy, call_opts = prepare_upload(self, "upload", result, opts)
   local core_client = self.core_client
-  if core_client.upload == nil then
-    error("appcenter: upload is not available inside nginx; hand the "
-      .. "credential to the client that has the file", 2)
-  end
-
-  local policy = {}
-  for name, value in pairs(self.policy) do
-    policy[name] = value
-  end
-  policy.deadline_ms = deadline_ms
-  policy.timeout_ms = opts.timeout_ms or math.huge
-
-  local call_opts = {}
-  for name, value in pairs(opts) do
-    call_opts[name] = value
-  end
-  call_opts.deadline_ms = nil
+  local timeout_ms = call_opts.timeout_ms
   -- retry.run expects `result, meta` from each attempt, and the core
   -- upload returns its meta alone.
-  local meta, err = retry.run(policy, function(timeout_ms)
-    call_opts.timeout_ms = timeout_ms or opts.timeout_ms
+  local meta, err = retry.run(policy, function(attempt_timeout_ms)
+    call_opts.timeout_ms = attempt_timeout_ms or timeout_ms
     local attempt_meta, attempt_err = core_client:upload(result, call_opts)
     if attempt_meta then
       return attempt_meta, attempt_meta
@@ -231,6 +240,29 @@ Client.pending = async.pending
 Client.sockets = async.sockets
 Client.timeout = async.timeout
 Client.create_credential_async = async.await
+
+-- Starts the upload of `upload` without blocking, with the same options
+-- and retries, and returns a request like start's. `callback(meta)` or
+-- `callback(nil, err)` runs once, from poll, cancel or close. Returns
+-- nil and an invalid_argument error, without calling the callback, for
+-- input that the core client rejects, such as a missing file.
+function Client:start_upload(result, opts, callback)
+  local policy, call_opts = prepare_upload(self, "start_upload", result,
+    opts)
+  if type(callback) ~= "function" then
+    error(("bad argument #3 to 'start_upload' (function expected, got %s)")
+      :format(type(callback)), 2)
+  end
+  return async.start_upload(self, result, call_opts, policy, callback)
+end
+
+-- Uploads from inside a coroutine: start_upload, then yields until poll
+-- ends the upload, and returns `meta` or `nil, err` like upload.
+function Client:upload_async(result, opts)
+  local policy, call_opts = prepare_upload(self, "upload_async", result,
+    opts)
+  return async.await_upload(self, result, call_opts, policy)
+end
 
 -- Requests one credential with a client of its own, which is closed
 -- afterwards, so the retry budget starts full on every call.
