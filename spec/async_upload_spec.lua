@@ -1,0 +1,475 @@
+-- Non-blocking uploads to the emulator's OBS port: core_client:start_upload
+-- driven by poll, compared with the blocking upload and with what the
+-- emulator stored, and the wrapper's start_upload with its retries.
+
+local appcenter = require("appcenter")
+local core = require("appcenter.core")
+local emulator = require("spec.support.emulator")
+
+local function shell_quote(value)
+  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
+end
+
+local function write_file(path, data)
+  local file = assert(io.open(path, "wb"))
+  assert(file:write(data))
+  assert(file:close())
+end
+
+-- Returns the lower-case hexadecimal SHA-256 of a file, from sha256sum.
+local function file_sha256(path)
+  local pipe = assert(io.popen("sha256sum " .. shell_quote(path), "r"))
+  local output = pipe:read("*a")
+  pipe:close()
+  return assert(output:match("^(%x+)"), "sha256sum printed " .. output)
+end
+
+-- Returns the number of open file descriptors of this process, or with
+-- `path` those open on that file. The pipe that reads the count adds the
+-- same one descriptor on every call.
+local function open_fd_count(path)
+  local stat = assert(io.open("/proc/self/stat", "r"))
+  local pid = assert(stat:read("*l"):match("^(%d+)"))
+  stat:close()
+  local command = "ls /proc/" .. pid .. "/fd | wc -l"
+  if path then
+    command = "ls -l /proc/" .. pid .. "/fd | grep -cF -- "
+      .. shell_quote(" -> " .. path)
+  end
+  local pipe = assert(io.popen(command, "r"))
+  local count = tonumber(pipe:read("*a"))
+  pipe:close()
+  return count
+end
+
+-- Polls until nothing is in flight, at most max_polls times.
+local function drive(client, max_polls)
+  for _ = 1, max_polls or 400 do
+    if client:pending() == 0 then
+      return
+    end
+    client:poll(50)
+  end
+  error("uploads still in flight after polling")
+end
+
+describe("async upload", function()
+  local emu
+  local directory
+
+  setup(function()
+    emu = emulator.start()
+    local pipe = assert(io.popen("mktemp -d", "r"))
+    directory = pipe:read("*l")
+    pipe:close()
+    assert.is_truthy(directory and directory:match("^/"))
+  end)
+
+  teardown(function()
+    emu:stop()
+    os.execute("rm -rf " .. shell_quote(directory))
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local function new_client()
+    return assert(core.new(emu:client_options()))
+  end
+
+  local function credential(client, file_name)
+    local result, err = client:create_credential(file_name or "replay.bin")
+    assert.is_table(result, tostring(err))
+    return result
+  end
+
+  local function make_file(name, data)
+    local path = directory .. "/" .. name
+    write_file(path, data)
+    return path
+  end
+
+  -- Writes `mib` MiB of zeros to a file and returns its path.
+  local function make_big_file(name, mib)
+    local path = directory .. "/" .. name
+    assert(os.execute(("dd if=/dev/zero of=%s bs=1M count=%d status=none")
+      :format(shell_quote(path), mib)))
+    return path
+  end
+
+  local function assert_stored(result, size, sha256)
+    local object = emu:object(result.bucket_name, result.object_path)
+    assert.is_table(object, "no object stored under " .. result.object_path)
+    assert.equals(size, object.size)
+    assert.equals(sha256, object.sha256)
+    return object
+  end
+
+  -- Starts one upload, polls until it ends and returns the callback's
+  -- arguments as a packed table.
+  local function run_upload(client, result, opts)
+    local outcome
+    assert(client:start_upload(result, opts, function(...)
+      outcome = { n = select("#", ...), ... }
+    end))
+    drive(client)
+    return assert(outcome, "the callback did not run")
+  end
+
+  it("uploads a string", function()
+    local client = new_client()
+    local result = credential(client, "note.txt")
+    local body = ("async line\n"):rep(1000)
+    local outcome = run_upload(client, result, { body = body })
+    local meta = outcome[1]
+
+    assert.equals(1, outcome.n)
+    assert.equals(200, meta.status)
+    assert.equals(#body, meta.bytes)
+    assert.equals(1, meta.attempts)
+    assert.matches("^%x+$", meta.request_id)
+    local object = assert_stored(result, #body,
+      file_sha256(make_file("note.txt", body)))
+    assert.equals('"' .. object.md5 .. '"', meta.etag)
+    assert.equals("text/plain", object.content_type)
+    client:close()
+  end)
+
+  it("uploads a file with Content-MD5", function()
+    local path = make_file("file.bin", ("file data "):rep(50000))
+    local client = new_client()
+    local result = credential(client, "file.bin")
+    local outcome = run_upload(client, result, {
+      path = path, content_md5 = true, path_style = true,
+    })
+    local meta = outcome[1]
+
+    assert.equals(200, meta.status)
+    assert.equals(500000, meta.bytes)
+    assert.equals("http://" .. emu.server_end_point .. "/"
+      .. emulator.BUCKET_NAME .. "/" .. result.object_path, meta.url)
+    local object = assert_stored(result, 500000, file_sha256(path))
+    assert.is_string(object.content_md5)
+    client:close()
+  end)
+
+  it("returns the blocking upload's error", function()
+    emu:fault{ target = "obs", status = 503, times = 2,
+      headers = { ["x-obs-request-id"] = "same-id" } }
+    local client = new_client()
+    local result = credential(client)
+    local outcome = run_upload(client, result, { body = "x" })
+    local meta, sync_err = client:upload(result, { body = "x" })
+
+    assert.is_nil(meta)
+    assert.is_nil(outcome[1])
+    local async_err = outcome[2]
+    for _, field in ipairs({ "kind", "status", "code", "message",
+                             "request_id", "retryable" }) do
+      assert.equals(sync_err[field], async_err[field])
+    end
+    assert.equals(503, async_err.status)
+    assert.equals(tostring(sync_err), tostring(async_err))
+    client:close()
+  end)
+
+  it("returns invalid input at once", function()
+    local client = new_client()
+    local called = false
+    local request, err = client:start_upload(credential(client),
+      { path = directory .. "/missing.bin" }, function()
+        called = true
+      end)
+
+    assert.is_nil(request)
+    assert.equals("invalid_argument", err.kind)
+    assert.matches("missing.bin", err.message, 1, true)
+    assert.equals(0, client:pending())
+    assert.is_false(called)
+    assert.has_error(function()
+      client:start_upload(credential(client), { body = "x" })
+    end)
+    client:close()
+  end)
+
+  it("reports monotonic progress ending at total", function()
+    local path = make_big_file("progress.bin", 16)
+    local total = 16 * 1024 * 1024
+    local client = new_client()
+    local calls = {}
+    local outcome = run_upload(client, credential(client, "progress.bin"), {
+      path = path,
+      progress = function(sent, size)
+        calls[#calls + 1] = { sent, size }
+      end,
+    })
+
+    assert.equals(200, outcome[1].status)
+    assert.is_true(#calls >= 1)
+    for i, call in ipairs(calls) do
+      assert.equals(total, call[2])
+      if i > 1 then
+        assert.is_true(call[1] >= calls[i - 1][1], "progress went back")
+      end
+    end
+    assert.equals(total, calls[#calls][1])
+    client:close()
+  end)
+
+  it("aborts when progress returns false", function()
+    local path = make_big_file("abort.bin", 64)
+    local client = new_client()
+    local result = credential(client, "abort.bin")
+    local calls = 0
+    local outcome = run_upload(client, result, {
+      path = path,
+      progress = function()
+        calls = calls + 1
+        return false
+      end,
+    })
+
+    assert.is_nil(outcome[1])
+    assert.equals("cancelled", outcome[2].kind)
+    assert.matches("progress callback", outcome[2].message, 1, true)
+    assert.equals(1, calls)
+    assert.is_nil(emu:object(result.bucket_name, result.object_path))
+    client:close()
+  end)
+
+  for _, body in ipairs({ ("e"):rep(100000), "" }) do
+    it("raises progress error from poll, " .. #body .. " bytes", function()
+      local client = new_client()
+      local outcome
+      assert(client:start_upload(credential(client), {
+        body = body,
+        progress = function()
+          error("progress failed on purpose")
+        end,
+      }, function(...)
+        outcome = { ... }
+      end))
+
+      local raised
+      for _ = 1, 200 do
+        local ok, message = pcall(client.poll, client, 50)
+        if not ok then
+          raised = message
+          break
+        end
+        if client:pending() == 0 then
+          break
+        end
+      end
+      assert.matches("progress failed on purpose", tostring(raised), 1, true)
+      assert.is_table(outcome, "the callback did not run")
+      assert.equals(0, client:pending())
+      if #body > 0 then
+        assert.is_nil(outcome[1])
+        assert.equals("cancelled", outcome[2].kind)
+      else
+        -- The empty body's only progress call comes after OBS answered.
+        assert.equals(200, outcome[1].status)
+      end
+      assert.equals(200, run_upload(client, credential(client),
+        { body = "after" })[1].status)
+      client:close()
+    end)
+  end
+
+  it("rejects start and close from progress", function()
+    local client = new_client()
+    local other = credential(client, "other.bin")
+    local messages = {}
+    local outcome = run_upload(client, credential(client), {
+      body = ("p"):rep(100000),
+      progress = function()
+        for _, fn in ipairs({
+          function() client:start("x.bin", function() end) end,
+          function() client:start_upload(other, { body = "x" }, function() end) end,
+          function() client:close() end,
+        }) do
+          local ok, message = pcall(fn)
+          assert(not ok)
+          messages[#messages + 1] = tostring(message)
+        end
+      end,
+    })
+
+    assert.equals(200, outcome[1].status)
+    assert.matches("start called from an upload's progress", messages[1], 1, true)
+    assert.matches("start_upload called from an upload's progress",
+      messages[2], 1, true)
+    assert.matches("close called from an upload's progress", messages[3], 1, true)
+    client:close()
+  end)
+
+  -- The credentials come from a client of their own whose connection
+  -- stays open, so that only the uploading client changes the count.
+  it("closes the file on cancel", function()
+    local path = make_big_file("cancel.bin", 8)
+    local issuer = new_client()
+    local result = credential(issuer, "cancel.bin")
+    collectgarbage()
+    collectgarbage()
+    local before = open_fd_count()
+    local client = new_client()
+    local outcome
+    local request = assert(client:start_upload(result, { path = path },
+      function(...)
+        outcome = { ... }
+      end))
+    assert.equals(1, open_fd_count(path))
+
+    assert.is_true(request:cancel())
+    assert.equals(0, open_fd_count(path))
+    assert.equals("cancelled", request:status())
+    assert.is_nil(outcome[1])
+    assert.equals("cancelled", outcome[2].kind)
+    assert.equals(0, client:pending())
+    client:close()
+    assert.equals(before, open_fd_count())
+    issuer:close()
+  end)
+
+  it("closes the files on close", function()
+    local path = make_big_file("close.bin", 8)
+    local issuer = new_client()
+    local results = { credential(issuer, "a.bin"), credential(issuer, "b.bin") }
+    collectgarbage()
+    collectgarbage()
+    local before = open_fd_count()
+    local client = new_client()
+    local outcomes = {}
+    for i, result in ipairs(results) do
+      assert(client:start_upload(result, { path = path }, function(...)
+        outcomes[i] = { ... }
+      end))
+    end
+    client:poll(20)
+    assert.equals(2, open_fd_count(path))
+
+    client:close()
+    assert.equals(before, open_fd_count())
+    for i = 1, 2 do
+      assert.equals("cancelled", outcomes[i][2].kind)
+      assert.matches("closed", outcomes[i][2].message, 1, true)
+    end
+    issuer:close()
+  end)
+
+  it("closes the file on garbage collection", function()
+    local path = make_big_file("gc.bin", 1)
+    local issuer = new_client()
+    local result = credential(issuer, "gc.bin")
+    collectgarbage()
+    collectgarbage()
+    local before = open_fd_count()
+    local called = false
+    do
+      local client = new_client()
+      assert(client:start_upload(result, { path = path }, function()
+        called = true
+      end))
+      assert.equals(1, open_fd_count(path))
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.equals(before, open_fd_count())
+    assert.is_false(called)
+    issuer:close()
+  end)
+
+  it("runs uploads and credential requests at once", function()
+    local client = new_client()
+    local results = {}
+    for i = 1, 4 do
+      results[i] = credential(client, ("many-%d.bin"):format(i))
+    end
+    local paths = {}
+    local uploads, credentials = {}, {}
+    for i, result in ipairs(results) do
+      paths[i] = make_file(("many-%d.bin"):format(i), ("m"):rep(i * 70000))
+      assert(client:start_upload(result, { path = paths[i] }, function(...)
+        uploads[i] = { ... }
+      end))
+      assert(client:start(("cred-%d.bin"):format(i), function(...)
+        credentials[i] = { ... }
+      end))
+    end
+    assert.equals(8, client:pending())
+    drive(client)
+
+    for i, result in ipairs(results) do
+      assert.equals(200, uploads[i][1].status)
+      assert_stored(result, i * 70000, file_sha256(paths[i]))
+      assert.matches(("cred%%-%d%%.bin$"):format(i),
+        credentials[i][1].object_path)
+    end
+    client:close()
+  end)
+
+  describe("through the wrapper", function()
+    it("retries a 503 inside poll", function()
+      local path = make_file("retried.bin", ("r"):rep(300000))
+      emu:fault{ target = "obs", status = 503, after_body = true }
+      local retries = {}
+      local client = assert(appcenter.new(emu:client_options{ retry = {
+        base_delay_ms = 0,
+        on_retry = function(err, attempt)
+          retries[#retries + 1] = { err.status, attempt }
+        end,
+      } }))
+      local result = credential(client, "retried.bin")
+      local outcome
+      local request = assert(client:start_upload(result, { path = path },
+        function(...)
+          outcome = { n = select("#", ...), ... }
+        end))
+      drive(client)
+
+      assert.equals("done", request:status())
+      assert.equals(1, outcome.n)
+      assert.equals(200, outcome[1].status)
+      assert.equals(2, outcome[1].attempts)
+      assert.same({ { 503, 1 } }, retries)
+      assert.equals(2, emu:stats().obs_requests)
+      assert_stored(result, 300000, file_sha256(path))
+      client:close()
+    end)
+
+    it("cancels an upload", function()
+      local client = assert(appcenter.new(emu:client_options()))
+      local outcome
+      local request = assert(client:start_upload(credential(client),
+        { body = "x" }, function(...)
+          outcome = { ... }
+        end))
+
+      assert.is_true(request:cancel())
+      assert.equals("cancelled", outcome[2].kind)
+      assert.is_false(request:cancel())
+      client:close()
+    end)
+
+    it("uploads from a coroutine", function()
+      local client = assert(appcenter.new(emu:client_options()))
+      local result = credential(client, "co.bin")
+      local meta, err
+      coroutine.wrap(function()
+        meta, err = client:upload_async(result, { body = "from a coroutine" })
+      end)()
+      drive(client)
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert_stored(result, 16,
+        file_sha256(make_file("co.bin", "from a coroutine")))
+      assert.has_error(function()
+        client:upload_async(result, { body = "x" })
+      end)
+      client:close()
+    end)
+  end)
+end)
