@@ -31,9 +31,9 @@ local function open_fd_count(path)
   local stat = assert(io.open("/proc/self/stat", "r"))
   local pid = assert(stat:read("*l"):match("^(%d+)"))
   stat:close()
-  local command = "ls /proc/" .. pid .. "/fd | wc -l"
+  local command = "ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l"
   if path then
-    command = "ls -l /proc/" .. pid .. "/fd | grep -cF -- "
+    command = "ls -l /proc/" .. pid .. "/fd 2>/dev/null | grep -cF -- "
       .. shell_quote(" -> " .. path)
   end
   local pipe = assert(io.popen(command, "r"))
@@ -269,7 +269,7 @@ describe("async upload", function()
         assert.is_nil(outcome[1])
         assert.equals("cancelled", outcome[2].kind)
       else
-        -- The empty body's only progress call comes after OBS answered.
+        -- The empty body's only progress call comes after OBS responded.
         assert.equals(200, outcome[1].status)
       end
       assert.equals(200, run_upload(client, credential(client),

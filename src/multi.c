@@ -587,10 +587,10 @@ static void bind_progress(lua_State *L, ac_client *c) {
   int n = 0;
 
   for (r = c->requests; r != NULL; r = r->next)
-    n += r->upload != NULL && r->upload->progress.wanted;
+    n += r->upload != NULL && r->upload->progress.has_callback;
   luaL_checkstack(L, n + 4, "too many uploads in flight");
   for (r = c->requests; r != NULL; r = r->next) {
-    if (r->upload == NULL || !r->upload->progress.wanted)
+    if (r->upload == NULL || !r->upload->progress.has_callback)
       continue;
     ac_getuservalue(L, 1);
     lua_pushlightuserdata(L, r);

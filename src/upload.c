@@ -286,7 +286,7 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
   lua_getfield(L, 3, "progress");
   if (lua_isfunction(L, -1)) {
     call->progress.fn = lua_gettop(L);
-    call->progress.wanted = 1;
+    call->progress.has_callback = 1;
   } else
     lua_pop(L, 1);
   return 0;
@@ -364,7 +364,7 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    (c->transport_opts.timeout_ms + 999) / 1000);
-  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.wanted ? 0L : 1L);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.has_callback ? 0L : 1L);
   curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(h, CURLOPT_XFERINFODATA, &call->progress);
   call->progress.last_ms = clock_ms();
@@ -502,7 +502,7 @@ int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
 
 void ac_upload_final_progress(ac_upload *call, CURLcode rc, long status) {
   if (rc == CURLE_OK && status >= 200 && status <= 299
-      && call->progress.wanted && !call->progress.error_at
+      && call->progress.has_callback && !call->progress.error_at
       && call->progress.last_sent != call->src.total)
     call_progress(&call->progress, call->src.total, call->src.total);
 }

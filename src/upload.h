@@ -22,7 +22,7 @@ typedef struct ac_upload_progress {
   lua_State *L;                /* blocking uploads: the caller's state */
   ac_client *multi_client;     /* non-blocking uploads: the client */
   int fn;                      /* stack index of the callback, 0: none */
-  int wanted;                  /* opts.progress is a function */
+  int has_callback;            /* opts.progress is a function */
   double last_ms;
   curl_off_t last_sent;        /* -1 before the first call */
   int aborted;                 /* the callback returned false */
