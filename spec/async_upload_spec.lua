@@ -26,7 +26,8 @@ end
 
 -- Returns the number of open file descriptors of this process, or with
 -- `path` those open on that file. The pipe that reads the count adds the
--- same one descriptor on every call.
+-- same one descriptor on every call. The total also drops when libcurl
+-- closes an idle connection, so the specs compare it with <=.
 local function open_fd_count(path)
   local stat = assert(io.open("/proc/self/stat", "r"))
   local pid = assert(stat:read("*l"):match("^(%d+)"))
@@ -329,7 +330,7 @@ describe("async upload", function()
     assert.equals("cancelled", outcome[2].kind)
     assert.equals(0, client:pending())
     client:close()
-    assert.equals(before, open_fd_count())
+    assert.is_true(open_fd_count() <= before, "a descriptor was left open")
     issuer:close()
   end)
 
@@ -351,7 +352,7 @@ describe("async upload", function()
     assert.equals(2, open_fd_count(path))
 
     client:close()
-    assert.equals(before, open_fd_count())
+    assert.is_true(open_fd_count() <= before, "a descriptor was left open")
     for i = 1, 2 do
       assert.equals("cancelled", outcomes[i][2].kind)
       assert.matches("closed", outcomes[i][2].message, 1, true)
@@ -376,7 +377,8 @@ describe("async upload", function()
     end
     collectgarbage()
     collectgarbage()
-    assert.equals(before, open_fd_count())
+    assert.equals(0, open_fd_count(path))
+    assert.is_true(open_fd_count() <= before, "a descriptor was left open")
     assert.is_false(called)
     issuer:close()
   end)
