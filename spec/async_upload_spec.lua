@@ -288,7 +288,9 @@ describe("async upload", function()
       progress = function()
         for _, fn in ipairs({
           function() client:start("x.bin", function() end) end,
-          function() client:start_upload(other, { body = "x" }, function() end) end,
+          function()
+            client:start_upload(other, { body = "x" }, function() end)
+          end,
           function() client:close() end,
         }) do
           local ok, message = pcall(fn)
@@ -299,10 +301,12 @@ describe("async upload", function()
     })
 
     assert.equals(200, outcome[1].status)
-    assert.matches("start called from an upload's progress", messages[1], 1, true)
+    assert.matches("start called from an upload's progress", messages[1],
+      1, true)
     assert.matches("start_upload called from an upload's progress",
       messages[2], 1, true)
-    assert.matches("close called from an upload's progress", messages[3], 1, true)
+    assert.matches("close called from an upload's progress", messages[3],
+      1, true)
     client:close()
   end)
 

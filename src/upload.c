@@ -364,7 +364,8 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    (c->transport_opts.timeout_ms + 999) / 1000);
-  curl_easy_setopt(h, CURLOPT_NOPROGRESS, call->progress.has_callback ? 0L : 1L);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS,
+                   call->progress.has_callback ? 0L : 1L);
   curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(h, CURLOPT_XFERINFODATA, &call->progress);
   call->progress.last_ms = clock_ms();
