@@ -39,6 +39,17 @@ static void fetch_digest(void) {
 }
 
 
+/* Frees the digest when the module is unloaded: Lua unloads C modules
+ * with dlclose when a state closes, and a later load fetches anew. */
+#if defined(__GNUC__)
+__attribute__((destructor))
+#endif
+static void free_digest(void) {
+  EVP_MD_free(sha256_md);
+  sha256_md = NULL;
+}
+
+
 static const EVP_MD *sha256(void) {
   pthread_once(&digest_once, fetch_digest);
   return sha256_md != NULL ? sha256_md : EVP_sha256();
