@@ -41,7 +41,9 @@ int main(int argc, char **argv) {
     status = lua_pcall(L, argc - 2, 0, 0);
   }
   if (status != 0)
-    fprintf(stderr, "%s: %s\n", argv[0], lua_tostring(L, -1));
+    fprintf(stderr, "%s: %s\n", argv[0], lua_type(L, -1) == LUA_TSTRING
+            ? lua_tostring(L, -1) : "the script failed with a non-string "
+                                    "error value");
   lua_close(L);
   return status == 0 ? 0 : 1;
 }
