@@ -403,11 +403,23 @@ describe("appcenter-credential", function()
     assert.is_nil(stderr:find("wrong-token", 1, true))
   end)
 
-  it("invalid file name exits 1", function()
+  it("rejects --token with advice", function()
+    local args = endpoint_args("replay.bin")
+    table.insert(args, 1, "--token=fake-token-on-command-line")
+    local status, stdout, stderr = run_tool(args, emu.token)
+
+    assert.equal(2, status)
+    assert.equal("", stdout)
+    assert.is_not_nil(stderr:find("--token-file", 1, true), stderr)
+    assert.is_not_nil(stderr:find("APPCENTER_TOKEN", 1, true), stderr)
+    assert.equal(0, emu:stats().requests)
+  end)
+
+  it("invalid file name exits 2", function()
     local status, stdout, stderr = run_tool(endpoint_args("bad:name.bin"),
       emu.token)
 
-    assert.equal(1, status)
+    assert.equal(2, status)
     assert.equal("", stdout)
     assert.is_not_nil(stderr:find("invalid_argument", 1, true), stderr)
     assert.equal(0, emu:stats().requests)

@@ -68,6 +68,18 @@ typedef struct ac_client {
   int open;
 } ac_client;
 
+/* An option name and the Lua type its value must have. */
+typedef struct ac_option {
+  const char *name;
+  int type;
+} ac_option;
+
+/* Raises for a key of the table at idx that is not in list (a NULL-named
+ * entry ends it) or a value of the wrong type; these are programming
+ * errors. file_name is accepted only with allow_file_name. */
+void ac_check_options(lua_State *L, int idx, const ac_option *list,
+                      const char *fname, int allow_file_name);
+
 /* Validates file_name, writes the JSON body into body and, with AK/SK,
  * the signed per-call headers into *per_call. Returns 0; -1 with msg for
  * invalid input; -2 when memory runs out. */

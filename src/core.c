@@ -57,10 +57,6 @@ AC_EXPORT int luaopen_appcenter_core(lua_State *L);
  * Option tables
  * ------------------------------------------------------------------- */
 
-typedef struct ac_option {
-  const char *name;
-  int type;
-} ac_option;
 
 static const ac_option client_options[] = {
   {"endpoint", LUA_TSTRING},
@@ -90,8 +86,8 @@ static const ac_option call_options[] = {
 
 /* Raises for a key that is not an option name or a value of the wrong
  * type; these are programming errors. */
-static void check_options(lua_State *L, int idx, const ac_option *list,
-                          const char *fname, int allow_file_name) {
+void ac_check_options(lua_State *L, int idx, const ac_option *list,
+                      const char *fname, int allow_file_name) {
   const ac_option *o;
 
   idx = ac_absindex(L, idx);
@@ -429,7 +425,7 @@ static int push_client(lua_State *L, int opts, const char *fname,
   char msg[AC_MSG_SIZE];
 
   luaL_checktype(L, opts, LUA_TTABLE);
-  check_options(L, opts, client_options, fname, allow_file_name);
+  ac_check_options(L, opts, client_options, fname, allow_file_name);
 
   c = ac_newuserdata(L, sizeof *c);
   memset(c, 0, sizeof *c);
@@ -637,7 +633,7 @@ static int l_client_create_credential(lua_State *L) {
   file_name = lua_tolstring(L, 2, &len);
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
-    check_options(L, 3, call_options, "create_credential", 0);
+    ac_check_options(L, 3, call_options, "create_credential", 0);
     if (opt_count(L, 3, "timeout_ms", 0, AC_MAX_TIMEOUT_MS, &timeout_ms,
                   msg) != 0)
       return ac_return_invalid(L, msg);

@@ -141,7 +141,8 @@ int ac_obs_check_target(const char *server_end_point, const char *bucket,
   char shown[72] = "";
 
   if (server_end_point[0] == '\0'
-      || has_byte_outside(server_end_point, "-.:[]ABCDEFGHIJKLMNOPQRSTUVWXYZ")) {
+      || has_byte_outside(server_end_point,
+                          "-.:[]ABCDEFGHIJKLMNOPQRSTUVWXYZ")) {
     snprintf(msg, AC_MSG_SIZE, "invalid server_end_point: expected a host "
              "name with an optional port, e.g. "
              "obs.cn-north-4.myhuaweicloud.com");

@@ -213,6 +213,18 @@ static int body_md5(upload_source *src, char out[AC_MD5_BASE64_SIZE]) {
 typedef ac_upload upload_call;
 
 
+static const ac_option upload_options[] = {
+  {"path", LUA_TSTRING},
+  {"body", LUA_TSTRING},
+  {"content_type", LUA_TSTRING},
+  {"content_md5", LUA_TBOOLEAN},
+  {"path_style", LUA_TBOOLEAN},
+  {"progress", LUA_TFUNCTION},
+  {"timeout_ms", LUA_TNUMBER},
+  {NULL, 0}
+};
+
+
 /* Fills call from the result table at 2 and the options table at 3.
  * Returns 0, or -1 with msg for bad input. Raises when either is not a
  * table. */
@@ -224,6 +236,7 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
 
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
+  ac_check_options(L, 3, upload_options, "upload", 0);
   if (!(r->server_end_point = required_field(L, 2, "", "server_end_point",
                                              msg))
       || !(r->bucket = required_field(L, 2, "", "bucket_name", msg))
