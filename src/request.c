@@ -2,8 +2,9 @@
  * Request building and input validation (no I/O).
  *
  * Caveats: endpoints are checked for shape (scheme, host, no query,
- * fragment or user info), not resolved; a host name is not checked
- * against DNS rules beyond rejecting spaces and control characters.
+ * fragment or user info) and are not resolved. A host name is not
+ * checked against DNS rules beyond rejecting spaces and control
+ * characters.
  */
 #include "request.h"
 

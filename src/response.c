@@ -4,7 +4,7 @@
  * The result mirrors the wire format. Unknown fields are dropped and
  * JSON null becomes nil. The six fields an upload needs (server_end_point,
  * bucket_name, object_path and the three credential fields) must be
- * strings; the policy fields may be null but must be present.
+ * strings. The policy fields must be present but may be null.
  *
  * Caveats: numbers in error codes are converted with Lua's tostring, so
  * a code sent as 1.0 reads "1.0".
