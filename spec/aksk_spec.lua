@@ -23,58 +23,16 @@ local SOURCE_VARIABLES = {
   "HUAWEICLOUD_SDK_REGION_WORKSPACE_XX_TEST_1",
 }
 
-local function shell_quote(value)
-  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
-end
+local subprocess = require("spec.support.subprocess")
+local shell_quote = subprocess.shell_quote
 
-local function read_file(path)
-  local file = assert(io.open(path, "rb"))
-  local text = file:read("*a")
-  file:close()
-  return text
-end
-
-local function write_file(path, text)
-  local file = assert(io.open(path, "wb"))
-  file:write(text)
-  file:close()
-end
-
-local interpreter = require("spec.support.interpreter")
-
--- Runs `script` in a new Lua process with this process's module paths,
--- the variables in SOURCE_VARIABLES unset, HOME pointing to a folder that
--- does not exist and the variables in `env` set. Returns the exit status,
--- stdout and stderr.
+-- Runs `script` in a new Lua process with the variables in
+-- SOURCE_VARIABLES unset, HOME pointing to a folder that does not exist
+-- and the variables in `env` set. Returns the exit status, stdout and
+-- stderr.
 local function run_lua(script, env)
-  local script_path = os.tmpname()
-  local stderr_path = os.tmpname()
-  write_file(script_path, script)
-
-  local words = { "env" }
-  for _, name in ipairs(SOURCE_VARIABLES) do
-    words[#words + 1] = "-u " .. name
-  end
-  words[#words + 1] = "LUA_PATH=" .. shell_quote(package.path)
-  words[#words + 1] = "LUA_CPATH=" .. shell_quote(package.cpath)
-  words[#words + 1] = "HOME=" .. shell_quote(script_path .. ".no-home")
-  for name, value in pairs(env or {}) do
-    words[#words + 1] = name .. "=" .. shell_quote(value)
-  end
-  words[#words + 1] = interpreter()
-  words[#words + 1] = shell_quote(script_path)
-  local command = ("%s 2>%s </dev/null; echo \"exit=$?\"")
-    :format(table.concat(words, " "), shell_quote(stderr_path))
-
-  local pipe = assert(io.popen(command, "r"))
-  local output = pipe:read("*a")
-  pipe:close()
-  local stderr = read_file(stderr_path)
-  os.remove(script_path)
-  os.remove(stderr_path)
-
-  local stdout, status = output:match("^(.-)exit=(%d+)\n$")
-  return tonumber(status), stdout, stderr
+  return subprocess.run_lua(script, SOURCE_VARIABLES,
+    os.tmpname() .. ".no-home", env)
 end
 
 

@@ -74,9 +74,9 @@ typedef struct ac_option {
   int type;
 } ac_option;
 
-/* Raises for a key of the table at idx that is not in list (a NULL-named
- * entry ends it) or a value of the wrong type; these are programming
- * errors. file_name is accepted only with allow_file_name. */
+/* Raises for a key of the table at idx that is not in list, or for a
+ * value of the wrong type, because both are programming errors. The list
+ * ends with a NULL name; file_name is accepted only with allow_file_name. */
 void ac_check_options(lua_State *L, int idx, const ac_option *list,
                       const char *fname, int allow_file_name);
 

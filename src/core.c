@@ -84,8 +84,6 @@ static const ac_option call_options[] = {
 };
 
 
-/* Raises for a key that is not an option name or a value of the wrong
- * type; these are programming errors. */
 void ac_check_options(lua_State *L, int idx, const ac_option *list,
                       const char *fname, int allow_file_name) {
   const ac_option *o;

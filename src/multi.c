@@ -171,7 +171,7 @@ static void take_request(lua_State *L, int client_idx, ac_request *r) {
 }
 
 
-/* Pushes the callback of the request at req_idx and forgets it. */
+/* Pushes the callback of the request at req_idx and clears it there. */
 static void take_callback(lua_State *L, int req_idx) {
   ac_getuservalue(L, req_idx);
   lua_rawgeti(L, -1, 2);

@@ -415,7 +415,7 @@ static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
 }
 
 
-/* Pushes nil and the error for a non-2xx OBS answer. */
+/* Pushes nil and the error for a non-2xx OBS response. */
 static void push_obs_error(lua_State *L, ac_transport *t,
                            upload_call *call, long status) {
   ac_error_info e = {0};

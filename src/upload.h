@@ -57,7 +57,7 @@ int ac_upload_build(lua_State *L, ac_client *c, ac_upload *u, char *msg);
  * ends. */
 void ac_upload_setup(ac_client *c, ac_upload *u, ac_transport *t);
 
-/* Calls the progress callback with sent == total after a 2xx answer
+/* Calls the progress callback with sent == total after a 2xx response
  * when the interval skipped that call during the transfer. */
 void ac_upload_final_progress(ac_upload *u, CURLcode rc, long status);
 

@@ -29,22 +29,9 @@ local CONTROL_TIMEOUT_SECONDS = 10
 local Emulator = {}
 Emulator.__index = Emulator
 
-local function repository_root()
-  local source = debug.getinfo(1, "S").source
-  if source:sub(1, 1) == "@" then
-    local root = source:sub(2):match("^(.*)spec/support/emulator%.lua$")
-    if root == "" then
-      return "."
-    elseif root then
-      return (root:gsub("/$", ""))
-    end
-  end
-  return "."
-end
-
-local function shell_quote(value)
-  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
-end
+local subprocess = require("spec.support.subprocess")
+local repository_root = subprocess.repository_root
+local shell_quote = subprocess.shell_quote
 
 local function read_file(path)
   local file = io.open(path, "rb")

@@ -13,22 +13,9 @@ local hostile = {}
 local Server = {}
 Server.__index = Server
 
-local function repository_root()
-  local source = debug.getinfo(1, "S").source
-  if source:sub(1, 1) == "@" then
-    local root = source:sub(2):match("^(.*)spec/support/hostile%.lua$")
-    if root == "" then
-      return "."
-    elseif root then
-      return (root:gsub("/$", ""))
-    end
-  end
-  return "."
-end
-
-local function shell_quote(value)
-  return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
-end
+local subprocess = require("spec.support.subprocess")
+local repository_root = subprocess.repository_root
+local shell_quote = subprocess.shell_quote
 
 --- Starts a server and returns its handle once it printed its ready line.
 -- opts: mode (required, see hostile_server.py), status, body, headers (a
