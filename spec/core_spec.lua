@@ -447,6 +447,57 @@ describe("appcenter.core", function()
       assert.equals("S", result.credential.secret)
     end)
 
+    it("drops unknown fields and nulls at every level", function()
+      local body = valid_body()
+      body.policy.note = cjson.null
+      body.policy.statement.condition = { ip = { "10.0.0.0/8" } }
+      body.policy.statement.effect = cjson.null
+      body.credential.expires_at = cjson.null
+      body.credential.region = "cn-north-4"
+      local result = shaped(cjson.encode(body))
+      local function keys(t)
+        local names = {}
+        for k in pairs(t) do
+          names[#names + 1] = k
+        end
+        table.sort(names)
+        return table.concat(names, ",")
+      end
+      assert.equals("bucket_name,credential,object_path,policy,server_end_point",
+        keys(result))
+      assert.equals("statement,version", keys(result.policy))
+      assert.equals("action,resource", keys(result.policy.statement))
+      assert.equals("access,secret,security_token", keys(result.credential))
+    end)
+
+    it("reports the first problem in field order", function()
+      local body = valid_body()
+      body.bucket_name = 7
+      body.credential.access = false
+      body.object_path = nil
+      for _ = 1, 5 do
+        local _, err = shaped(cjson.encode(body))
+        assert.matches("bucket_name must be a string, got number",
+          err.message, 1, true)
+      end
+    end)
+
+    it("rejects an object for a string array", function()
+      local body = valid_body()
+      body.policy.statement.resource = { first = "obs:*:*:object:b/a.txt" }
+      local _, err = shaped(cjson.encode(body))
+      assert.equals("invalid_response", err.kind)
+      assert.matches("policy.statement.resource must be an array of strings, got an object",
+        err.message, 1, true)
+    end)
+
+    it("accepts an empty array of strings", function()
+      local body = valid_body()
+      body.policy.statement.action = cjson.empty_array or {}
+      local result = shaped(cjson.encode(body))
+      assert.same({}, result.policy.statement.action)
+    end)
+
     it("returns a list of statements as a list", function()
       local body = valid_body()
       local one = body.policy.statement

@@ -4,7 +4,8 @@
  * The result mirrors the wire format. Unknown fields are dropped and
  * JSON null becomes nil. The six fields an upload needs (server_end_point,
  * bucket_name, object_path and the three credential fields) must be
- * strings. The policy fields must be present but may be null.
+ * strings. The policy fields must be present but may be null; action
+ * and resource must be arrays of strings.
  *
  * Caveats: numbers in error codes are converted with Lua's tostring, so
  * a code sent as 1.0 reads "1.0".
@@ -154,7 +155,61 @@ static void clean_text(char *out, const char *s, size_t len,
 
 /* ---------------------------------------------------------------------
  * Success: the result table
+ *
+ * The decoded body becomes the result in place, because a second tree
+ * of tables would add to the garbage every call leaves. Known fields are
+ * checked in a fixed order, so the first problem reported does not
+ * depend on hash order. Then JSON nulls and unknown fields are cleared.
  * ------------------------------------------------------------------- */
+
+typedef enum field_type {
+  AC_FIELD_STRING,          /* a string */
+  AC_FIELD_STRING_OR_NULL,  /* a string or null */
+  AC_FIELD_STRINGS,         /* an array of strings, or null */
+  AC_FIELD_POLICY,          /* the policy object, or null */
+  AC_FIELD_STATEMENT,       /* one statement object or a list, or null */
+  AC_FIELD_CREDENTIAL       /* the credential object */
+} field_type;
+
+typedef struct field {
+  const char *name;
+  size_t len;
+  field_type type;
+} field;
+
+#define FIELD(name, type) {name, sizeof name - 1, type}
+
+static const field result_fields[] = {
+  FIELD("server_end_point", AC_FIELD_STRING),
+  FIELD("bucket_name", AC_FIELD_STRING),
+  FIELD("object_path", AC_FIELD_STRING),
+  FIELD("policy", AC_FIELD_POLICY),
+  FIELD("credential", AC_FIELD_CREDENTIAL),
+  {NULL, 0, AC_FIELD_STRING}
+};
+
+static const field policy_fields[] = {
+  FIELD("version", AC_FIELD_STRING_OR_NULL),
+  FIELD("statement", AC_FIELD_STATEMENT),
+  {NULL, 0, AC_FIELD_STRING}
+};
+
+static const field statement_fields[] = {
+  FIELD("effect", AC_FIELD_STRING_OR_NULL),
+  FIELD("action", AC_FIELD_STRINGS),
+  FIELD("resource", AC_FIELD_STRINGS),
+  {NULL, 0, AC_FIELD_STRING}
+};
+
+static const field credential_fields[] = {
+  FIELD("access", AC_FIELD_STRING),
+  FIELD("secret", AC_FIELD_STRING),
+  FIELD("security_token", AC_FIELD_STRING),
+  {NULL, 0, AC_FIELD_STRING}
+};
+
+#undef FIELD
+
 
 /* Shaping state: the first problem found, as a field path. */
 typedef struct shape {
@@ -179,64 +234,63 @@ static void shape_fail(shape *s, const char *path, const char *key,
 }
 
 
-/* Copies src[key] into the table on top of the stack. */
-static void copy_string(shape *s, int src, const char *path,
-                        const char *key, int nullable) {
-  lua_State *L = s->L;
-
-  lua_getfield(L, src, key);
-  if (lua_type(L, -1) == LUA_TSTRING)
-    lua_setfield(L, -2, key);
-  else {
-    if (!(nullable && is_json_null(L, -1)))
-      shape_fail(s, path, key, "a string", -1);
-    lua_pop(L, 1);
-  }
+/* Tells a non-empty JSON object from an array. lua-cjson decodes an
+ * array to keys 1..n and an object to string keys. */
+static int is_json_object(lua_State *L, int idx) {
+  if (lua_rawlen(L, idx) > 0)
+    return 0;
+  lua_pushnil(L);
+  if (lua_next(L, idx) == 0)
+    return 0;
+  lua_pop(L, 2);
+  return 1;
 }
 
 
-/* Copies src[key], an array of strings, into the table on top. */
-static void copy_string_array(shape *s, int src, const char *path,
-                              const char *key) {
+/* Checks that every element of the array at idx is a string. */
+static void check_strings(shape *s, int idx, const char *path,
+                          const char *key) {
   lua_State *L = s->L;
-  int arr, i, n;
   char where[AC_TEXT_SIZE];
+  int i, n;
 
-  lua_getfield(L, src, key);
-  if (is_json_null(L, -1)) {
-    lua_pop(L, 1);
+  if (is_json_object(L, idx)) {
+    snprintf(s->msg, sizeof s->msg, "invalid response: %s.%s must be an "
+             "array of strings, got an object", path, key);
+    s->failed = 1;
     return;
   }
-  if (!lua_istable(L, -1)) {
-    shape_fail(s, path, key, "an array of strings", -1);
-    lua_pop(L, 1);
-    return;
-  }
-
-  arr = lua_gettop(L);
-  n = (int)lua_rawlen(L, arr);
-  lua_createtable(L, n, 0);
+  n = (int)lua_rawlen(L, idx);
   for (i = 1; i <= n && !s->failed; i++) {
-    lua_rawgeti(L, arr, i);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_rawseti(L, -2, i);
-      continue;
+    lua_rawgeti(L, idx, i);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      snprintf(where, sizeof where, "%s[%d]", key, i);
+      shape_fail(s, path, where, "a string", -1);
     }
-    snprintf(where, sizeof where, "%s[%d]", key, i);
-    shape_fail(s, path, where, "a string", -1);
     lua_pop(L, 1);
   }
-  lua_setfield(L, arr - 1, key);
-  lua_pop(L, 1);
 }
 
 
-/* Pushes a shaped copy of the statement object at src. */
-static void shape_statement(shape *s, int src, const char *path) {
-  lua_createtable(s->L, 0, 3);
-  copy_string(s, src, path, "effect", 1);
-  copy_string_array(s, src, path, "action");
-  copy_string_array(s, src, path, "resource");
+static void shape_object(shape *s, int idx, const char *path,
+                         const field *fields);
+
+
+/* Shapes each object of the statement list at idx. */
+static void shape_statements(shape *s, int idx) {
+  lua_State *L = s->L;
+  char path[48];
+  int i, n = (int)lua_rawlen(L, idx);
+
+  for (i = 1; i <= n && !s->failed; i++) {
+    snprintf(path, sizeof path, "policy.statement[%d]", i);
+    lua_rawgeti(L, idx, i);
+    if (lua_istable(L, -1))
+      shape_object(s, lua_gettop(L), path, statement_fields);
+    else
+      shape_fail(s, "policy", path + 7, "an object", -1);
+    lua_pop(L, 1);
+  }
 }
 
 
@@ -254,97 +308,113 @@ static int is_statement_list(lua_State *L, int idx) {
 }
 
 
-static void shape_policy(shape *s, int src) {
-  lua_State *L = s->L;
-  int policy, stmt, i, n;
-  char path[32];
-
-  lua_getfield(L, src, "policy");
-  if (is_json_null(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
-  if (!lua_istable(L, -1)) {
-    shape_fail(s, "", "policy", "an object", -1);
-    lua_pop(L, 1);
-    return;
-  }
-
-  policy = lua_gettop(L);
-  lua_createtable(L, 0, 2);
-  copy_string(s, policy, "policy", "version", 1);
-
-  lua_getfield(L, policy, "statement");
-  stmt = lua_gettop(L);
-  if (lua_istable(L, stmt) && is_statement_list(L, stmt)) {
-    n = (int)lua_rawlen(L, stmt);
-    lua_createtable(L, n, 0);
-    for (i = 1; i <= n && !s->failed; i++) {
-      snprintf(path, sizeof path, "policy.statement[%d]", i);
-      lua_rawgeti(L, stmt, i);
-      if (lua_istable(L, -1)) {
-        shape_statement(s, lua_gettop(L), path);
-        lua_rawseti(L, -3, i);
-      } else {
-        shape_fail(s, "policy", path + 7, "an object", -1);
-      }
-      lua_pop(L, 1);
-    }
-    lua_setfield(L, stmt - 1, "statement");
-  } else if (lua_istable(L, stmt)) {
-    shape_statement(s, stmt, "policy.statement");
-    lua_setfield(L, stmt - 1, "statement");
-  } else if (!is_json_null(L, stmt)) {
-    shape_fail(s, "policy", "statement", "an object", stmt);
-  }
-  lua_pop(L, 1);
-
-  lua_setfield(L, policy - 1, "policy");
-  lua_pop(L, 1);
-}
-
-
-static void shape_credential(shape *s, int src) {
-  lua_State *L = s->L;
-
-  lua_getfield(L, src, "credential");
-  if (!lua_istable(L, -1)) {
-    shape_fail(s, "", "credential", "an object", -1);
-    lua_pop(L, 1);
-    return;
-  }
-  lua_createtable(L, 0, 3);
-  copy_string(s, lua_gettop(L) - 1, "credential", "access", 0);
-  copy_string(s, lua_gettop(L) - 1, "credential", "secret", 0);
-  copy_string(s, lua_gettop(L) - 1, "credential", "security_token", 0);
-  lua_setfield(L, -3, "credential");
-  lua_pop(L, 1);
-}
-
-
-/* Pushes the result table, or returns -1 with s->msg set and the stack
- * as it was. src is the decoded body. */
-static int shape_result(shape *s, int src) {
+/* Checks the value on top of the stack, obj[f->name]. A JSON null that
+ * f allows is cleared in obj. */
+static void shape_field(shape *s, int obj, const char *path,
+                        const field *f) {
   lua_State *L = s->L;
   int top = lua_gettop(L);
 
-  if (!lua_istable(L, src)) {
-    snprintf(s->msg, sizeof s->msg, "invalid response: the body must be "
-             "a JSON object, got %s", json_type_name(L, src));
-    return -1;
+  if (is_json_null(L, top) && f->type != AC_FIELD_STRING
+      && f->type != AC_FIELD_CREDENTIAL) {
+    lua_pushnil(L);
+    lua_setfield(L, obj, f->name);
+    return;
   }
+  switch (f->type) {
+  case AC_FIELD_STRING:
+  case AC_FIELD_STRING_OR_NULL:
+    if (lua_type(L, top) != LUA_TSTRING)
+      shape_fail(s, path, f->name, "a string", top);
+    return;
+  case AC_FIELD_STRINGS:
+    if (lua_istable(L, top))
+      check_strings(s, top, path, f->name);
+    else
+      shape_fail(s, path, f->name, "an array of strings", top);
+    return;
+  case AC_FIELD_STATEMENT:
+    if (lua_istable(L, top) && is_statement_list(L, top))
+      shape_statements(s, top);
+    else if (lua_istable(L, top))
+      shape_object(s, top, "policy.statement", statement_fields);
+    else
+      shape_fail(s, path, f->name, "an object", top);
+    return;
+  case AC_FIELD_POLICY:
+  case AC_FIELD_CREDENTIAL:
+    /* Both sit at the top level, so the name is the path. */
+    if (lua_istable(L, top))
+      shape_object(s, top, f->name, f->type == AC_FIELD_POLICY
+                   ? policy_fields : credential_fields);
+    else
+      shape_fail(s, path, f->name, "an object", top);
+    return;
+  }
+}
 
-  lua_createtable(L, 0, 5);
-  copy_string(s, src, "", "server_end_point", 0);
-  copy_string(s, src, "", "bucket_name", 0);
-  copy_string(s, src, "", "object_path", 0);
-  shape_policy(s, src);
-  shape_credential(s, src);
-  if (s->failed) {
-    lua_settop(L, top);
+
+static int is_known_key(lua_State *L, int idx, const field *fields) {
+  const char *key;
+  size_t len;
+  const field *f;
+
+  if (lua_type(L, idx) != LUA_TSTRING)
+    return 0;
+  key = lua_tolstring(L, idx, &len);
+  for (f = fields; f->name != NULL; f++)
+    if (f->len == len && memcmp(f->name, key, len) == 0)
+      return 1;
+  return 0;
+}
+
+
+/* Checks the known fields of the object at idx in order, then clears
+ * every other field. */
+static void shape_object(shape *s, int idx, const char *path,
+                         const field *fields) {
+  lua_State *L = s->L;
+  const field *f;
+
+  for (f = fields; f->name != NULL && !s->failed; f++) {
+    lua_getfield(L, idx, f->name);
+    shape_field(s, idx, path, f);
+    lua_pop(L, 1);
+  }
+  if (s->failed)
+    return;
+
+  /* Clearing a field while next walks the table is allowed. */
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    if (!is_known_key(L, -1, fields)) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, idx);
+    }
+  }
+}
+
+
+/* Turns the decoded body at idx into the result, or returns -1 with
+ * s->msg set. The stack is left as it was. */
+static int shape_result(shape *s, int idx) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+
+  if (!lua_istable(L, idx)) {
+    snprintf(s->msg, sizeof s->msg, "invalid response: the body must be "
+             "a JSON object, got %s", json_type_name(L, idx));
     return -1;
   }
-  return 0;
+  if (!lua_checkstack(L, 32)) {
+    snprintf(s->msg, sizeof s->msg, "not enough memory");
+    return -1;
+  }
+  shape_object(s, idx, "", result_fields);
+  lua_settop(L, top);
+  return s->failed ? -1 : 0;
 }
 
 
@@ -500,15 +570,14 @@ int ac_push_response(lua_State *L, const ac_response *r) {
     return 2;
   }
 
-  memset(&s, 0, sizeof s);
   s.L = L;
+  s.failed = 0;
   if (shape_result(&s, top + 1) != 0) {
     lua_settop(L, top);
     lua_pushnil(L);
     push_invalid_response(L, r, s.msg);
     return 2;
   }
-  lua_remove(L, top + 1);
   push_meta(L, r);
   return 2;
 }
