@@ -188,7 +188,8 @@ def main():
             if shutil.which("valgrind") is None:
                 data["profile_error"] = "valgrind not found"
             else:
-                profiled = [by_name[name] for name in ("floor", "core-token", "core-aksk")
+                profiled = [by_name[name] for name in ("floor", "core-token", "core-aksk",
+                                                 "core-token-luajit", "luacurl-luajit")
                             if name in by_name and not by_name[name].skip_reason]
                 data["profile"] = callgrind.profile(nginx, profiled, args.profile_requests)
     finally:
