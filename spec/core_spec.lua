@@ -4,6 +4,7 @@
 local core = require("appcenter.core")
 local cjson = require("cjson")
 local emulator = require("spec.support.emulator")
+local subprocess = require("spec.support.subprocess")
 
 local FORBIDDEN = { ":", "^", ";", "|", "~", "`", "{", "}", "[", "]", "<", ">" }
 
@@ -523,6 +524,41 @@ describe("appcenter.core", function()
   end)
 
   describe("transport", function()
+    -- Runs one call in a child process with the given environment and
+    -- returns its output: "ok", or the error kind and message.
+    local function call_with_environment(env)
+      local script = ([[
+        local core = require("appcenter.core")
+        local client = assert(core.new{ endpoint = %q, project_id = %q, token = %q })
+        local result, err = client:create_credential("a.txt")
+        io.write(result and "ok" or (err.kind .. ": " .. err.message))
+      ]]):format(emu.url, emu.project_id, emu.token)
+      local names = { "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+        "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY" }
+      local status, stdout, stderr = subprocess.run_lua(script, names, os.getenv("HOME") or "/", env)
+      assert.equals(0, status, stderr)
+      return stdout
+    end
+
+    it("uses no proxy without proxy variables", function()
+      assert.equals("ok", call_with_environment({}))
+      assert.equals(1, emu:stats().requests)
+    end)
+
+    for _, name in ipairs({ "http_proxy", "ALL_PROXY" }) do
+      it("honours " .. name .. " from the environment", function()
+        local output = call_with_environment({ [name] = "http://127.0.0.1:1" })
+        assert.matches("^network: ", output)
+        assert.equals(0, emu:stats().requests)
+      end)
+    end
+
+    it("honours no_proxy with a proxy variable", function()
+      local output = call_with_environment({
+        http_proxy = "http://127.0.0.1:1", no_proxy = "127.0.0.1" })
+      assert.equals("ok", output)
+    end)
+
     it("times out", function()
       emu:fault({ delay_ms = 1500 })
       local _, err = new_client({ timeout_ms = 200 }):create_credential("a.txt")

@@ -3,12 +3,14 @@
  *
  * Caveats: one handle serves one call at a time, so a client must not be
  * used from two threads at once. Redirects are never followed and only
- * http and https are enabled.
+ * http and https are enabled. When no proxy variable is set as a handle
+ * is set up, the handle ignores proxy variables set later.
  */
 #include "transport.h"
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -117,6 +119,25 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
  * Handle setup
  * ------------------------------------------------------------------- */
 
+/* Names libcurl reads to pick a proxy for http and https, plus
+ * HTTP_PROXY, which libcurl ignores but which is checked to be safe. */
+static const char *const proxy_variables[] = {
+  "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+  "all_proxy", "ALL_PROXY", NULL
+};
+
+
+static int proxy_in_environment(void) {
+  const char *const *name;
+  const char *value;
+
+  for (name = proxy_variables; *name != NULL; name++)
+    if ((value = getenv(*name)) != NULL && *value != '\0')
+      return 1;
+  return 0;
+}
+
+
 static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   CURL *c = t->curl;
   CURLcode rc = CURLE_OK;
@@ -140,8 +161,14 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
   if (o->ca_file != NULL)
     SET(CURLOPT_CAINFO, o->ca_file);
-  if (o->proxy != NULL)
+  if (o->proxy != NULL) {
     SET(CURLOPT_PROXY, o->proxy);
+  } else if (!proxy_in_environment()) {
+    /* libcurl reads the proxy variables on every transfer. With none
+     * set now, an empty proxy and no-proxy list skip those reads. */
+    SET(CURLOPT_PROXY, "");
+    SET(CURLOPT_NOPROXY, "");
+  }
 
 #undef SET
   return rc;
