@@ -119,8 +119,8 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
  * Handle setup
  * ------------------------------------------------------------------- */
 
-/* Names libcurl reads to pick a proxy for http and https, plus
- * HTTP_PROXY, which libcurl ignores but which is checked to be safe. */
+/* Names libcurl reads to pick a proxy for http and https. HTTP_PROXY,
+ * which libcurl ignores, also keeps the lookups on when it is set. */
 static const char *const proxy_variables[] = {
   "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
   "all_proxy", "ALL_PROXY", NULL
