@@ -98,7 +98,41 @@ static void check_string_field(int table, const char *key, int required) {
 }
 
 
+/* Checks that every value in the result tree is a string or a table,
+ * so no JSON null (a light userdata) is left, and that every key of
+ * the table at idx is one of names. */
+static void check_tree(int idx, const char *const *names, int depth) {
+  const char *const *name;
+  const char *key;
+
+  FUZZ_CHECK(depth < 6, "the result tree is at most five tables deep");
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    FUZZ_CHECK(lua_type(L, -1) == LUA_TSTRING || lua_istable(L, -1),
+               "result values are strings or tables");
+    if (names != NULL) {
+      FUZZ_CHECK(lua_type(L, -2) == LUA_TSTRING, "result keys are names");
+      key = lua_tostring(L, -2);
+      for (name = names; *name != NULL && strcmp(*name, key) != 0; name++)
+        ;
+      FUZZ_CHECK(*name != NULL, "no unknown field in the result");
+    }
+    if (lua_istable(L, -1))
+      check_tree(lua_gettop(L), NULL, depth + 1);
+    lua_pop(L, 1);
+  }
+}
+
+
 static void check_result(int result, int meta, long status) {
+  static const char *const result_names[] = {
+    "server_end_point", "bucket_name", "object_path", "policy",
+    "credential", NULL
+  };
+  static const char *const credential_names[] = {
+    "access", "secret", "security_token", NULL
+  };
+
   FUZZ_CHECK(status >= 200 && status <= 299, "a result only for 2xx");
   FUZZ_CHECK(lua_istable(L, result), "the result is a table");
   check_string_field(result, "server_end_point", 1);
@@ -109,7 +143,9 @@ static void check_result(int result, int meta, long status) {
   check_string_field(lua_gettop(L), "access", 1);
   check_string_field(lua_gettop(L), "secret", 1);
   check_string_field(lua_gettop(L), "security_token", 1);
+  check_tree(lua_gettop(L), credential_names, 1);
   lua_pop(L, 1);
+  check_tree(result, result_names, 0);
 
   FUZZ_CHECK(lua_istable(L, meta), "meta is a table");
   lua_getfield(L, meta, "status");
