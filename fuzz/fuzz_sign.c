@@ -15,7 +15,8 @@
  * - The Authorization value has the documented form. Its signature is the
  *   HMAC-SHA256, computed here with libcrypto, of the string to sign built
  *   from ac_canonical_request's output.
- * - Signing twice gives the same value.
+ * - Signing twice gives the same value, and so does a signer reused
+ *   after it signed a different request.
  */
 #include "fuzz.h"
 
@@ -189,6 +190,30 @@ static void check_signature(const ac_sign_input *in, const ac_buf *canon,
 }
 
 
+/* Signs in, a request without headers, then in again with one signer;
+ * both signatures of in must equal auth. */
+static void check_reused_signer(const ac_sign_input *in,
+                                const ac_buf *auth) {
+  ac_signer *signer = ac_signer_new(in->sk, in->sk_len);
+  ac_sign_input other = *in;
+  ac_buf out = {0};
+  int round;
+
+  FUZZ_CHECK(signer != NULL, "a signer can be created");
+  other.header_count = 0;
+  for (round = 0; round < 2; round++) {
+    FUZZ_CHECK(ac_signer_sign(signer, in, &out) == 0
+               && out.len == auth->len
+               && memcmp(out.data, auth->data, auth->len) == 0,
+               "a reused signer gives the value of ac_sign");
+    FUZZ_CHECK(ac_signer_sign(signer, &other, &out) == 0,
+               "a request without headers can be signed");
+  }
+  ac_signer_free(signer);
+  ac_buf_free(&out);
+}
+
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_field f[FUZZ_MAX_FIELDS];
   ac_header headers[FUZZ_MAX_HEADERS];
@@ -258,6 +283,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(ac_sign(&in, &auth2) == 0 && auth2.len == auth.len
                && memcmp(auth.data, auth2.data, auth.len) == 0,
                "signing is deterministic");
+    check_reused_signer(&in, &auth);
   }
 
   ac_buf_free(&canon);

@@ -11,6 +11,7 @@
 
 #include "buf.h"
 #include "request.h"
+#include "sign.h"
 #include "transport.h"
 
 #define AC_CLIENT_MT "appcenter.core.client"
@@ -41,8 +42,8 @@ typedef struct ac_client {
   char *project_id;
   char *token;
   char *ak;
-  char *sk;
-  size_t sk_len;
+  char *sk;                    /* kept to redact it from errors */
+  ac_signer *signer;           /* keyed with sk; NULL with a token */
   char *security_token;
   ac_buf url;
   size_t path_at;              /* where the path starts in url */

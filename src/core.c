@@ -182,6 +182,7 @@ static void client_release(ac_client *c) {
   free(c->proxy);
   free_secret(c->token);
   free_secret(c->sk);
+  ac_signer_free(c->signer);
   free_secret(c->security_token);
   ac_buf_free(&c->url);
   ac_buf_free(&c->body);
@@ -310,12 +311,17 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   c->token = token ? copy_string(token, token_len) : NULL;
   c->ak = ak ? copy_string(ak, ak_len) : NULL;
   c->sk = sk ? copy_string(sk, sk_len) : NULL;
-  c->sk_len = sk_len;
   c->security_token = st ? copy_string(st, st_len) : NULL;
+  c->signer = sk ? ac_signer_new(sk, sk_len) : NULL;
   set_secrets(c->secrets, c->token, c->sk, c->security_token);
   if ((token && !c->token) || (ak && !c->ak) || (sk && !c->sk)
       || (st && !c->security_token)) {
     snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  if (sk && !c->signer) {
+    snprintf(msg, AC_MSG_SIZE, "AK/SK signing setup failed: not enough "
+             "memory, or libcrypto lacks HMAC-SHA256");
     return -1;
   }
   return 0;
@@ -477,10 +483,8 @@ static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body) {
   in.body = body->data;
   in.body_len = body->len;
   in.ak = c->ak;
-  in.sk = c->sk;
-  in.sk_len = c->sk_len;
   in.sdk_date = date;
-  if (ac_sign(&in, &c->authorization) != 0)
+  if (ac_signer_sign(c->signer, &in, &c->authorization) != 0)
     return NULL;
 
   for (i = 0; i <= n; i++) {

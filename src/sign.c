@@ -12,8 +12,9 @@
 
 #include <pthread.h>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/sha.h>
 
 /* A header list longer than this is a caller bug, not a request. */
@@ -24,41 +25,67 @@ static const char hex_upper[] = "0123456789ABCDEF";
 
 
 /* ---------------------------------------------------------------------
- * Digests
+ * Algorithms
  * ------------------------------------------------------------------- */
 
-/* SHA-256 is fetched once per process: OpenSSL 3 looks an algorithm up
- * on every call to SHA256() or EVP_sha256(), which cost more than the
- * hashing itself for these short inputs (measured with callgrind). The
- * fetched digest lives until the process ends. */
-static pthread_once_t digest_once = PTHREAD_ONCE_INIT;
+/* SHA-256 and HMAC are fetched once per process: OpenSSL 3 looks an
+ * algorithm up on every call to SHA256(), EVP_sha256() or HMAC(), which
+ * cost more than the hashing itself for these short inputs (measured with
+ * callgrind). pthread_once makes the fetch safe when Lua states on several
+ * threads sign at the same time. */
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 static EVP_MD *sha256_md;
+static EVP_MAC *hmac_mac;
 
-static void fetch_digest(void) {
+static void fetch_algorithms(void) {
   sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  hmac_mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 }
 
 
-/* Frees the digest when the module is unloaded: Lua unloads C modules
- * with dlclose when a state closes, and a later load fetches anew. */
+/* Frees both when the module is unloaded: Lua unloads C modules with
+ * dlclose when a state closes, and a later load fetches anew. Contexts
+ * still alive keep their own references. */
 #if defined(__GNUC__)
 __attribute__((destructor))
 #endif
-static void free_digest(void) {
+static void free_algorithms(void) {
   EVP_MD_free(sha256_md);
   sha256_md = NULL;
+  EVP_MAC_free(hmac_mac);
+  hmac_mac = NULL;
 }
 
 
 static const EVP_MD *sha256(void) {
-  pthread_once(&digest_once, fetch_digest);
+  pthread_once(&fetch_once, fetch_algorithms);
   return sha256_md != NULL ? sha256_md : EVP_sha256();
 }
 
 
-static void sha256_digest(const char *data, size_t len,
-                          unsigned char out[SHA256_DIGEST_LENGTH]) {
-  EVP_Digest(data ? data : "", len, out, NULL, sha256(), NULL);
+/* Returns a new HMAC context, or NULL. When the process-wide fetch failed,
+ * HMAC is fetched for this context alone. */
+static EVP_MAC_CTX *new_hmac_ctx(void) {
+  EVP_MAC *fetched = NULL;
+  EVP_MAC_CTX *ctx = NULL;
+
+  pthread_once(&fetch_once, fetch_algorithms);
+  if (hmac_mac == NULL)
+    fetched = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  if (hmac_mac != NULL || fetched != NULL)
+    ctx = EVP_MAC_CTX_new(hmac_mac != NULL ? hmac_mac : fetched);
+  EVP_MAC_free(fetched);
+  return ctx;
+}
+
+
+/* Writes the SHA-256 of data into out, reusing md. Returns 0, or -1 when
+ * libcrypto fails. */
+static int sha256_digest(EVP_MD_CTX *md, const char *data, size_t len,
+                         unsigned char out[SHA256_DIGEST_LENGTH]) {
+  return EVP_DigestInit_ex2(md, sha256(), NULL)
+      && EVP_DigestUpdate(md, data ? data : "", len)
+      && EVP_DigestFinal_ex(md, out, NULL) ? 0 : -1;
 }
 
 
@@ -66,17 +93,21 @@ static void sha256_digest(const char *data, size_t len,
  * Encoding helpers
  * ------------------------------------------------------------------- */
 
-static void add_hex(ac_buf *b, const unsigned char *d, size_t n) {
+/* Writes the n bytes at d as 2 * n lower-case hex digits, without a NUL. */
+static void to_hex(const unsigned char *d, size_t n, char *out) {
   size_t i;
-  char *out;
 
-  if (ac_buf_reserve(b, n * 2) != 0)
-    return;
-  out = b->data + b->len;
   for (i = 0; i < n; i++) {
     *out++ = hex_lower[d[i] >> 4];
     *out++ = hex_lower[d[i] & 0xF];
   }
+}
+
+
+static void add_hex(ac_buf *b, const unsigned char *d, size_t n) {
+  if (ac_buf_reserve(b, n * 2) != 0)
+    return;
+  to_hex(d, n, b->data + b->len);
   b->len += n * 2;
   b->data[b->len] = '\0';
 }
@@ -360,14 +391,16 @@ static int find_content_sha256(const ac_sign_input *in, const char **value,
 }
 
 
-/* Builds the canonical request; names receives the signed header list. */
-static int build_canonical(const ac_sign_input *in, ac_buf *out,
-                           ac_buf *names) {
+/* Builds the canonical request into out and the signed header list into
+ * names. md hashes the body. */
+static int build_canonical(const ac_sign_input *in, EVP_MD_CTX *md,
+                           ac_buf *out, ac_buf *names) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   const char *m, *payload_hash;
   size_t payload_hash_len;
 
   ac_buf_reset(out);
+  ac_buf_reset(names);
   for (m = in->method; *m; m++)
     ac_buf_addc(out, (*m >= 'a' && *m <= 'z') ? (char)(*m - 32) : *m);
   ac_buf_addc(out, '\n');
@@ -386,54 +419,116 @@ static int build_canonical(const ac_sign_input *in, ac_buf *out,
   if (find_content_sha256(in, &payload_hash, &payload_hash_len)) {
     ac_buf_add(out, payload_hash, payload_hash_len);
   } else {
-    sha256_digest(in->body, in->body_len, digest);
+    if (sha256_digest(md, in->body, in->body_len, digest) != 0)
+      return -1;
     add_hex(out, digest, sizeof digest);
   }
-  return out->failed ? -1 : 0;
+  return out->failed || names->failed ? -1 : 0;
 }
 
 
 int ac_canonical_request(const ac_sign_input *in, ac_buf *out) {
   ac_buf names = {0};
-  int rc = build_canonical(in, out, &names);
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int rc = md != NULL ? build_canonical(in, md, out, &names) : -1;
 
+  EVP_MD_CTX_free(md);
   ac_buf_free(&names);
   return rc;
 }
 
 
-int ac_sign(const ac_sign_input *in, ac_buf *out) {
-  ac_buf canonical = {0}, names = {0}, to_sign = {0};
+struct ac_signer {
+  EVP_MAC_CTX *hmac;   /* HMAC-SHA256, keyed with the secret key */
+  EVP_MD_CTX *md;      /* hashes the body and the canonical request */
+  ac_buf canonical;    /* may contain a security token header */
+  ac_buf names;        /* the signed header list */
+};
+
+
+ac_signer *ac_signer_new(const char *sk, size_t sk_len) {
+  /* OSSL_PARAM takes a non-const pointer, although HMAC only reads it. */
+  static char digest_name[] = "SHA256";
+  OSSL_PARAM params[2];
+  ac_signer *s = calloc(1, sizeof *s);
+
+  if (s == NULL)
+    return NULL;
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                               digest_name, 0);
+  params[1] = OSSL_PARAM_construct_end();
+  s->hmac = new_hmac_ctx();
+  s->md = EVP_MD_CTX_new();
+  /* A NULL key would leave the context without one, so an empty key is
+   * passed as "". */
+  if (s->hmac == NULL || s->md == NULL
+      || !EVP_MAC_init(s->hmac, (const unsigned char *)(sk ? sk : ""),
+                       sk_len, params)) {
+    ac_signer_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+
+void ac_signer_free(ac_signer *s) {
+  if (s == NULL)
+    return;
+  /* OpenSSL 3's default provider clears its key copy and the digest
+   * states as it frees them (hmac_prov.c, digestcommon.h). */
+  EVP_MAC_CTX_free(s->hmac);
+  EVP_MD_CTX_free(s->md);
+  ac_buf_clear_free(&s->canonical);
+  ac_buf_free(&s->names);
+  free(s);
+}
+
+
+static int mac_update(EVP_MAC_CTX *ctx, const char *data, size_t len) {
+  return EVP_MAC_update(ctx, (const unsigned char *)data, len);
+}
+
+
+int ac_signer_sign(ac_signer *s, const ac_sign_input *in, ac_buf *out) {
   unsigned char digest[SHA256_DIGEST_LENGTH], mac[EVP_MAX_MD_SIZE];
-  unsigned int mac_len = 0;
-  int rc = -1;
+  char digest_hex[2 * SHA256_DIGEST_LENGTH];
+  size_t mac_len = 0;
 
-  if (build_canonical(in, &canonical, &names) != 0)
-    goto done;
-  sha256_digest(canonical.data, canonical.len, digest);
+  if (build_canonical(in, s->md, &s->canonical, &s->names) != 0
+      || sha256_digest(s->md, s->canonical.data, s->canonical.len,
+                       digest) != 0)
+    return -1;
+  to_hex(digest, sizeof digest, digest_hex);
 
-  ac_buf_adds(&to_sign, AC_SIGN_ALGORITHM "\n");
-  ac_buf_adds(&to_sign, in->sdk_date);
-  ac_buf_addc(&to_sign, '\n');
-  add_hex(&to_sign, digest, sizeof digest);
-  if (to_sign.failed
-      || HMAC(sha256(), in->sk, (int)in->sk_len,
-              (const unsigned char *)to_sign.data, to_sign.len, mac,
-              &mac_len) == NULL)
-    goto done;
+  /* The string to sign is the algorithm, the date and the hex digest of
+   * the canonical request, joined by newlines. It goes to the MAC in
+   * parts, so no buffer is built. EVP_MAC_init with a NULL key restarts
+   * with the key set in ac_signer_new, because OpenSSL 3's HMAC provider
+   * (hmac_prov.c) keeps the digest states after the padded key blocks. */
+  if (!EVP_MAC_init(s->hmac, NULL, 0, NULL)
+      || !mac_update(s->hmac, AC_SIGN_ALGORITHM "\n",
+                     sizeof AC_SIGN_ALGORITHM)
+      || !mac_update(s->hmac, in->sdk_date, strlen(in->sdk_date))
+      || !mac_update(s->hmac, "\n", 1)
+      || !mac_update(s->hmac, digest_hex, sizeof digest_hex)
+      || !EVP_MAC_final(s->hmac, mac, &mac_len, sizeof mac))
+    return -1;
 
   ac_buf_reset(out);
   ac_buf_adds(out, AC_SIGN_ALGORITHM " Access=");
   ac_buf_adds(out, in->ak);
   ac_buf_adds(out, ", SignedHeaders=");
-  ac_buf_add(out, names.data ? names.data : "", names.len);
+  ac_buf_add(out, s->names.data, s->names.len);
   ac_buf_adds(out, ", Signature=");
   add_hex(out, mac, mac_len);
-  rc = out->failed || names.failed ? -1 : 0;
+  return out->failed ? -1 : 0;
+}
 
-done:
-  ac_buf_free(&canonical);
-  ac_buf_free(&names);
-  ac_buf_free(&to_sign);
+
+int ac_sign(const ac_sign_input *in, ac_buf *out) {
+  ac_signer *s = ac_signer_new(in->sk, in->sk_len);
+  int rc = s != NULL ? ac_signer_sign(s, in, out) : -1;
+
+  ac_signer_free(s);
   return rc;
 }
