@@ -79,13 +79,47 @@ static EVP_MAC_CTX *new_hmac_ctx(void) {
 }
 
 
-/* Writes the SHA-256 of data into out, reusing md. Returns 0, or -1 when
- * libcrypto fails. */
-static int sha256_digest(EVP_MD_CTX *md, const char *data, size_t len,
+/* Two SHA-256 contexts for a series of digests. Each digest starts with a
+ * copy of initial, which EVP_DigestInit_ex2 set up once, because on every
+ * call that function frees and reallocates the provider context and checks
+ * for an ENGINE (OpenSSL 3.0 crypto/evp/digest.c). perf showed that path
+ * as the costliest part of hashing a short request body. */
+typedef struct sha256_hasher {
+  EVP_MD_CTX *initial;
+  EVP_MD_CTX *work;
+} sha256_hasher;
+
+
+/* Returns 0, or -1 when memory runs out or libcrypto fails; h must be
+ * freed with hasher_free either way. */
+static int hasher_init(sha256_hasher *h) {
+  h->initial = EVP_MD_CTX_new();
+  h->work = EVP_MD_CTX_new();
+  if (h->initial == NULL || h->work == NULL
+      || !EVP_DigestInit_ex2(h->initial, sha256(), NULL))
+    return -1;
+  return 0;
+}
+
+
+static void hasher_free(sha256_hasher *h) {
+  EVP_MD_CTX_free(h->initial);
+  EVP_MD_CTX_free(h->work);
+  h->initial = h->work = NULL;
+}
+
+
+/* Writes into out the SHA-256 of data, continued from the state start:
+ * h->initial, or a context that has already hashed some leading bytes.
+ * Returns 0, or -1 when libcrypto fails. */
+static int hasher_digest(sha256_hasher *h, const EVP_MD_CTX *start,
+                         const char *data, size_t len,
                          unsigned char out[SHA256_DIGEST_LENGTH]) {
-  return EVP_DigestInit_ex2(md, sha256(), NULL)
-      && EVP_DigestUpdate(md, data ? data : "", len)
-      && EVP_DigestFinal_ex(md, out, NULL) ? 0 : -1;
+  if (!EVP_MD_CTX_copy_ex(h->work, start)
+      || !EVP_DigestUpdate(h->work, data ? data : "", len)
+      || !EVP_DigestFinal_ex(h->work, out, NULL))
+    return -1;
+  return 0;
 }
 
 
@@ -93,21 +127,17 @@ static int sha256_digest(EVP_MD_CTX *md, const char *data, size_t len,
  * Encoding helpers
  * ------------------------------------------------------------------- */
 
-/* Writes the n bytes at d as 2 * n lower-case hex digits, without a NUL. */
-static void to_hex(const unsigned char *d, size_t n, char *out) {
+static void add_hex(ac_buf *b, const unsigned char *d, size_t n) {
   size_t i;
+  char *out;
 
+  if (ac_buf_reserve(b, n * 2) != 0)
+    return;
+  out = b->data + b->len;
   for (i = 0; i < n; i++) {
     *out++ = hex_lower[d[i] >> 4];
     *out++ = hex_lower[d[i] & 0xF];
   }
-}
-
-
-static void add_hex(ac_buf *b, const unsigned char *d, size_t n) {
-  if (ac_buf_reserve(b, n * 2) != 0)
-    return;
-  to_hex(d, n, b->data + b->len);
   b->len += n * 2;
   b->data[b->len] = '\0';
 }
@@ -392,8 +422,8 @@ static int find_content_sha256(const ac_sign_input *in, const char **value,
 
 
 /* Builds the canonical request into out and the signed header list into
- * names. md hashes the body. */
-static int build_canonical(const ac_sign_input *in, EVP_MD_CTX *md,
+ * names. h hashes the body. */
+static int build_canonical(const ac_sign_input *in, sha256_hasher *h,
                            ac_buf *out, ac_buf *names) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   const char *m, *payload_hash;
@@ -419,7 +449,7 @@ static int build_canonical(const ac_sign_input *in, EVP_MD_CTX *md,
   if (find_content_sha256(in, &payload_hash, &payload_hash_len)) {
     ac_buf_add(out, payload_hash, payload_hash_len);
   } else {
-    if (sha256_digest(md, in->body, in->body_len, digest) != 0)
+    if (hasher_digest(h, h->initial, in->body, in->body_len, digest) != 0)
       return -1;
     add_hex(out, digest, sizeof digest);
   }
@@ -428,11 +458,11 @@ static int build_canonical(const ac_sign_input *in, EVP_MD_CTX *md,
 
 
 int ac_canonical_request(const ac_sign_input *in, ac_buf *out) {
+  sha256_hasher h = {0};
   ac_buf names = {0};
-  EVP_MD_CTX *md = EVP_MD_CTX_new();
-  int rc = md != NULL ? build_canonical(in, md, out, &names) : -1;
+  int rc = hasher_init(&h) == 0 ? build_canonical(in, &h, out, &names) : -1;
 
-  EVP_MD_CTX_free(md);
+  hasher_free(&h);
   ac_buf_free(&names);
   return rc;
 }
@@ -440,9 +470,10 @@ int ac_canonical_request(const ac_sign_input *in, ac_buf *out) {
 
 struct ac_signer {
   EVP_MAC_CTX *hmac;   /* HMAC-SHA256, keyed with the secret key */
-  EVP_MD_CTX *md;      /* hashes the body and the canonical request */
+  sha256_hasher hasher;/* hashes the body and the canonical request */
   ac_buf canonical;    /* may contain a security token header */
   ac_buf names;        /* the signed header list */
+  ac_buf to_sign;      /* the string to sign */
 };
 
 
@@ -458,10 +489,9 @@ ac_signer *ac_signer_new(const char *sk, size_t sk_len) {
                                                digest_name, 0);
   params[1] = OSSL_PARAM_construct_end();
   s->hmac = new_hmac_ctx();
-  s->md = EVP_MD_CTX_new();
   /* A NULL key would leave the context without one, so an empty key is
    * passed as "". */
-  if (s->hmac == NULL || s->md == NULL
+  if (s->hmac == NULL || hasher_init(&s->hasher) != 0
       || !EVP_MAC_init(s->hmac, (const unsigned char *)(sk ? sk : ""),
                        sk_len, params)) {
     ac_signer_free(s);
@@ -477,40 +507,37 @@ void ac_signer_free(ac_signer *s) {
   /* OpenSSL 3's default provider clears its key copy and the digest
    * states as it frees them (hmac_prov.c, digestcommon.h). */
   EVP_MAC_CTX_free(s->hmac);
-  EVP_MD_CTX_free(s->md);
+  hasher_free(&s->hasher);
   ac_buf_clear_free(&s->canonical);
   ac_buf_free(&s->names);
+  ac_buf_free(&s->to_sign);
   free(s);
-}
-
-
-static int mac_update(EVP_MAC_CTX *ctx, const char *data, size_t len) {
-  return EVP_MAC_update(ctx, (const unsigned char *)data, len);
 }
 
 
 int ac_signer_sign(ac_signer *s, const ac_sign_input *in, ac_buf *out) {
   unsigned char digest[SHA256_DIGEST_LENGTH], mac[EVP_MAX_MD_SIZE];
-  char digest_hex[2 * SHA256_DIGEST_LENGTH];
+  ac_buf *to_sign = &s->to_sign;
   size_t mac_len = 0;
 
-  if (build_canonical(in, s->md, &s->canonical, &s->names) != 0
-      || sha256_digest(s->md, s->canonical.data, s->canonical.len,
-                       digest) != 0)
+  if (build_canonical(in, &s->hasher, &s->canonical, &s->names) != 0
+      || hasher_digest(&s->hasher, s->hasher.initial, s->canonical.data,
+                       s->canonical.len, digest) != 0)
     return -1;
-  to_hex(digest, sizeof digest, digest_hex);
 
-  /* The string to sign is the algorithm, the date and the hex digest of
-   * the canonical request, joined by newlines. It goes to the MAC in
-   * parts, so no buffer is built. EVP_MAC_init with a NULL key restarts
-   * with the key set in ac_signer_new, because OpenSSL 3's HMAC provider
-   * (hmac_prov.c) keeps the digest states after the padded key blocks. */
-  if (!EVP_MAC_init(s->hmac, NULL, 0, NULL)
-      || !mac_update(s->hmac, AC_SIGN_ALGORITHM "\n",
-                     sizeof AC_SIGN_ALGORITHM)
-      || !mac_update(s->hmac, in->sdk_date, strlen(in->sdk_date))
-      || !mac_update(s->hmac, "\n", 1)
-      || !mac_update(s->hmac, digest_hex, sizeof digest_hex)
+  ac_buf_reset(to_sign);
+  ac_buf_adds(to_sign, AC_SIGN_ALGORITHM "\n");
+  ac_buf_adds(to_sign, in->sdk_date);
+  ac_buf_addc(to_sign, '\n');
+  add_hex(to_sign, digest, sizeof digest);
+
+  /* EVP_MAC_init with a NULL key restarts with the key set in
+   * ac_signer_new, because OpenSSL 3's HMAC provider (hmac_prov.c) keeps
+   * the digest states after the padded key blocks. */
+  if (to_sign->failed
+      || !EVP_MAC_init(s->hmac, NULL, 0, NULL)
+      || !EVP_MAC_update(s->hmac, (const unsigned char *)to_sign->data,
+                         to_sign->len)
       || !EVP_MAC_final(s->hmac, mac, &mac_len, sizeof mac))
     return -1;
 
