@@ -7,6 +7,7 @@
  * header name and value.
  *
  * Checks:
+ * - X-Sdk-Date is the time that gmtime_r and strftime give.
  * - Signing fails only for more than 64 headers or a header name of 128
  *   bytes or more.
  * - The canonical URI and query use only unreserved characters and
@@ -21,6 +22,7 @@
 #include "fuzz.h"
 
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -54,8 +56,10 @@ static void to_hex(const unsigned char *d, size_t n, char *out) {
 }
 
 
-static void check_sdk_date(const char *date) {
+static void check_sdk_date(time_t t, const char *date) {
   static const char shape[] = "dddddddd" "T" "dddddd" "Z";
+  char expected[AC_SDK_DATE_SIZE];
+  struct tm tm;
   size_t i;
 
   FUZZ_CHECK(strlen(date) == AC_SDK_DATE_SIZE - 1, "X-Sdk-Date length");
@@ -65,6 +69,11 @@ static void check_sdk_date(const char *date) {
     else
       FUZZ_CHECK(date[i] == shape[i], "X-Sdk-Date T and Z");
   }
+  FUZZ_CHECK(gmtime_r(&t, &tm) != NULL
+             && strftime(expected, sizeof expected, "%Y%m%dT%H%M%SZ", &tm)
+                == AC_SDK_DATE_SIZE - 1
+             && strcmp(date, expected) == 0,
+             "X-Sdk-Date is the time that gmtime_r gives");
 }
 
 
@@ -221,6 +230,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ac_buf canon = {0}, auth = {0}, auth2 = {0};
   char date[AC_SDK_DATE_SIZE];
   uint64_t seconds = 0;
+  time_t when;
   size_t n, i, count = 0;
   int expect_failure = 0, rc_canon, rc_sign;
   fuzz_field ak, sk;
@@ -229,8 +239,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   for (i = 1; i < 9; i++)
     seconds = (seconds << 8) | data[i];
-  ac_sdk_date((time_t)(seconds % ((uint64_t)AC_SDK_DATE_MAX + 1)), date);
-  check_sdk_date(date);
+  when = (time_t)(seconds % ((uint64_t)AC_SDK_DATE_MAX + 1));
+  ac_sdk_date(when, date);
+  check_sdk_date(when, date);
 
   n = fuzz_split(data + 9, size - 9, f, FUZZ_MAX_FIELDS);
   for (i = 5; i + 1 < n && count < FUZZ_MAX_HEADERS; i += 2) {
