@@ -211,24 +211,41 @@ static void add_decoded(ac_buf *b, const char *s, size_t n) {
  * Canonical request parts
  * ------------------------------------------------------------------- */
 
-/* Decodes the path, encodes each segment and makes sure of a final '/'. */
+/* Decodes the path, encodes each segment and makes sure of a final '/'.
+ * Decoding and encoding share one pass: encoding goes byte by byte, so
+ * encoding every decoded byte but '/' gives the same segments as
+ * splitting the decoded path first. A %2F thus separates segments too. */
 static void add_canonical_uri(ac_buf *b, const char *path, size_t n) {
-  ac_buf plain = {0};
-  size_t start = 0, i;
+  size_t i;
+  char *out;
 
-  add_decoded(&plain, path, n);
-  for (i = 0; i <= plain.len; i++) {
-    if (i == plain.len || plain.data[i] == '/') {
-      if (i > start)
-        add_encoded(b, plain.data + start, i - start);
-      if (i < plain.len)
-        ac_buf_addc(b, '/');
-      start = i + 1;
+  /* Each byte of the path gives at most three, and one '/' may follow. */
+  if (ac_buf_reserve(b, n * 3 + 1) != 0)
+    return;
+  out = b->data + b->len;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)path[i];
+    int hi, lo;
+
+    /* Malformed %XX sequences stay as they are, as in add_decoded. */
+    if (c == '%' && i + 2 < n
+        && (hi = hex_value(path[i + 1])) >= 0
+        && (lo = hex_value(path[i + 2])) >= 0) {
+      c = (unsigned char)(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '/' || is_unreserved(c)) {
+      *out++ = (char)c;
+    } else {
+      *out++ = '%';
+      *out++ = hex_upper[c >> 4];
+      *out++ = hex_upper[c & 0xF];
     }
   }
+  b->len = (size_t)(out - b->data);
   if (b->len == 0 || b->data[b->len - 1] != '/')
-    ac_buf_addc(b, '/');
-  ac_buf_free(&plain);
+    b->data[b->len++] = '/';
+  b->data[b->len] = '\0';
 }
 
 
