@@ -531,6 +531,11 @@ struct ac_signer {
   EVP_MAC_CTX *hmac;   /* HMAC-SHA256, keyed with the secret key */
   sha256_hasher hasher;/* hashes the body and the canonical request */
   ac_buf canonical;    /* may contain a security token header */
+  ac_buf previous;     /* the canonical request signed before, which may
+                        * contain a security token header too */
+  EVP_MD_CTX *prefix;  /* the SHA-256 state after prefix_len bytes of
+                        * previous; used only when prefix_len > 0 */
+  size_t prefix_len;   /* a multiple of the SHA-256 block size */
   ac_buf names;        /* the signed header list */
   ac_buf to_sign;      /* the string to sign */
 };
@@ -550,7 +555,8 @@ ac_signer *ac_signer_new(const char *sk, size_t sk_len) {
   s->hmac = new_hmac_ctx();
   /* A NULL key would leave the context without one, so an empty key is
    * passed as "". */
-  if (s->hmac == NULL || hasher_init(&s->hasher) != 0
+  s->prefix = EVP_MD_CTX_new();
+  if (s->hmac == NULL || s->prefix == NULL || hasher_init(&s->hasher) != 0
       || !EVP_MAC_init(s->hmac, (const unsigned char *)(sk ? sk : ""),
                        sk_len, params)) {
     ac_signer_free(s);
@@ -567,10 +573,56 @@ void ac_signer_free(ac_signer *s) {
    * states as it frees them (hmac_prov.c, digestcommon.h). */
   EVP_MAC_CTX_free(s->hmac);
   hasher_free(&s->hasher);
+  EVP_MD_CTX_free(s->prefix);
   ac_buf_clear_free(&s->canonical);
+  ac_buf_clear_free(&s->previous);
   ac_buf_free(&s->names);
   ac_buf_free(&s->to_sign);
   free(s);
+}
+
+
+/* Writes the SHA-256 of s->canonical into out, then keeps the request in
+ * s->previous. Requests of one client differ first at X-Sdk-Date, so the
+ * SHA-256 blocks before it are the same every time. The state after them
+ * is kept in s->prefix and reused while the request starts with the same
+ * bytes, which a comparison with the previous request checks. Returns 0,
+ * or -1 when libcrypto fails. */
+static int hash_canonical(ac_signer *s,
+                          unsigned char out[SHA256_DIGEST_LENGTH]) {
+  const ac_buf *now = &s->canonical, *before = &s->previous;
+  size_t same = 0;
+  ac_buf swap;
+  int rc;
+
+  while (same + SHA256_CBLOCK <= now->len
+         && same + SHA256_CBLOCK <= before->len
+         && memcmp(now->data + same, before->data + same,
+                   SHA256_CBLOCK) == 0)
+    same += SHA256_CBLOCK;
+
+  /* The kept state is reused while the request still starts with its
+   * bytes. Otherwise, as on a signer's first requests or after a change
+   * before X-Sdk-Date, it is built again from the blocks that this request
+   * shares with the previous one. */
+  if (s->prefix_len == 0 || same < s->prefix_len) {
+    s->prefix_len = 0;
+    if (same > 0) {
+      if (!EVP_MD_CTX_copy_ex(s->prefix, s->hasher.initial)
+          || !EVP_DigestUpdate(s->prefix, now->data, same))
+        return -1;
+      s->prefix_len = same;
+    }
+  }
+  rc = hasher_digest(&s->hasher,
+                     s->prefix_len > 0 ? s->prefix : s->hasher.initial,
+                     now->data + s->prefix_len, now->len - s->prefix_len,
+                     out);
+
+  swap = s->previous;
+  s->previous = s->canonical;
+  s->canonical = swap;
+  return rc;
 }
 
 
@@ -580,8 +632,7 @@ int ac_signer_sign(ac_signer *s, const ac_sign_input *in, ac_buf *out) {
   size_t mac_len = 0;
 
   if (build_canonical(in, &s->hasher, &s->canonical, &s->names) != 0
-      || hasher_digest(&s->hasher, s->hasher.initial, s->canonical.data,
-                       s->canonical.len, digest) != 0)
+      || hash_canonical(s, digest) != 0)
     return -1;
 
   ac_buf_reset(to_sign);
