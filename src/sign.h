@@ -53,17 +53,18 @@ void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]);
  * should keep an ac_signer. */
 int ac_sign(const ac_sign_input *in, ac_buf *out);
 
-/* Signing state for one secret key: an HMAC context keyed once, a digest
- * context and scratch buffers, all reused by every signature. One thread
- * at a time may use a signer. */
+/* Signing state for one secret key, reused by every signature: an HMAC
+ * context keyed once, SHA-256 contexts, the state after the bytes that
+ * consecutive canonical requests share, and scratch buffers. One thread at
+ * a time may use a signer. */
 typedef struct ac_signer ac_signer;
 
 /* Creates a signer for the secret key sk (sk_len bytes). Returns NULL
  * when memory runs out or libcrypto fails. */
 ac_signer *ac_signer_new(const char *sk, size_t sk_len);
 
-/* Overwrites the key material and the scratch buffers, then frees s.
- * NULL is allowed. */
+/* Frees s, overwriting its key material and the canonical requests it
+ * keeps, which can contain a security token. NULL is allowed. */
 void ac_signer_free(ac_signer *s);
 
 /* Like ac_sign, but signs with the signer's key and ignores in->sk. */
