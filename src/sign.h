@@ -53,10 +53,10 @@ void ac_sdk_date(time_t t, char out[AC_SDK_DATE_SIZE]);
  * should keep an ac_signer. */
 int ac_sign(const ac_sign_input *in, ac_buf *out);
 
-/* Signing state for one secret key, reused by every signature: an HMAC
- * context keyed once, SHA-256 contexts, the state after the bytes that
- * consecutive canonical requests share, and scratch buffers. One thread at
- * a time may use a signer. */
+/* Signing state for one secret key, reused by every signature: the
+ * HMAC-SHA256 inner and outer states for the key, SHA-256 contexts, the
+ * state after the bytes that consecutive canonical requests share, and
+ * scratch buffers. One thread at a time may use a signer. */
 typedef struct ac_signer ac_signer;
 
 /* Creates a signer for the secret key sk (sk_len bytes). Returns NULL
