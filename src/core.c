@@ -322,7 +322,7 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   }
   if (sk && !c->signer) {
     snprintf(msg, AC_MSG_SIZE, "AK/SK signing setup failed: not enough "
-             "memory, or libcrypto lacks HMAC-SHA256");
+             "memory, or libcrypto lacks SHA-256");
     return -1;
   }
   return 0;
@@ -455,6 +455,7 @@ static int push_client(lua_State *L, int opts, const char *fname,
  * list, or NULL when memory runs out or signing fails. */
 static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body,
                                          ac_call_headers *call) {
+  static const char json[] = "application/json";
   static const char expect[] = "Expect:";
   char date[AC_SDK_DATE_SIZE];
   ac_header h[AC_CALL_HEADER_LINES];
@@ -469,7 +470,7 @@ static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body,
   } while (0)
 
   ac_sdk_date(time(NULL), date);
-  HEADER("Content-Type", "application/json", 16);
+  HEADER("Content-Type", json, sizeof json - 1);
   HEADER("Host", c->endpoint.host, strlen(c->endpoint.host));
   HEADER("X-Project-Id", c->project_id, strlen(c->project_id));
   HEADER("X-Sdk-Date", date, AC_SDK_DATE_SIZE - 1);
@@ -510,8 +511,8 @@ static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body,
   at[n++] = lines->len;
   ac_buf_add(lines, expect, sizeof expect);
 
-  /* The nodes point into lines only now, because the appends above could
-   * have moved it. */
+  /* The nodes are linked after all appends, so their pointers stay valid
+   * even if an append moved the buffer. */
   for (i = 0; i < n; i++) {
     call->nodes[i].data = lines->data + at[i];
     call->nodes[i].next = i + 1 < n ? &call->nodes[i + 1] : NULL;
