@@ -7,6 +7,7 @@
  * header name and value.
  *
  * Checks:
+ * - X-Sdk-Date is the time that gmtime_r and strftime give.
  * - Signing fails only for more than 64 headers or a header name of 128
  *   bytes or more.
  * - The canonical URI and query use only unreserved characters and
@@ -15,11 +16,13 @@
  * - The Authorization value has the documented form. Its signature is the
  *   HMAC-SHA256, computed here with libcrypto, of the string to sign built
  *   from ac_canonical_request's output.
- * - Signing twice gives the same value.
+ * - Signing twice gives the same value, and so does a signer reused
+ *   after it signed a different request.
  */
 #include "fuzz.h"
 
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -53,8 +56,10 @@ static void to_hex(const unsigned char *d, size_t n, char *out) {
 }
 
 
-static void check_sdk_date(const char *date) {
+static void check_sdk_date(time_t t, const char *date) {
   static const char shape[] = "dddddddd" "T" "dddddd" "Z";
+  char expected[AC_SDK_DATE_SIZE];
+  struct tm tm;
   size_t i;
 
   FUZZ_CHECK(strlen(date) == AC_SDK_DATE_SIZE - 1, "X-Sdk-Date length");
@@ -64,6 +69,11 @@ static void check_sdk_date(const char *date) {
     else
       FUZZ_CHECK(date[i] == shape[i], "X-Sdk-Date T and Z");
   }
+  FUZZ_CHECK(gmtime_r(&t, &tm) != NULL
+             && strftime(expected, sizeof expected, "%Y%m%dT%H%M%SZ", &tm)
+                == AC_SDK_DATE_SIZE - 1
+             && strcmp(date, expected) == 0,
+             "X-Sdk-Date is the time that gmtime_r gives");
 }
 
 
@@ -189,6 +199,30 @@ static void check_signature(const ac_sign_input *in, const ac_buf *canon,
 }
 
 
+/* Signs in, a request without headers, then in again with one signer;
+ * both signatures of in must equal auth. */
+static void check_reused_signer(const ac_sign_input *in,
+                                const ac_buf *auth) {
+  ac_signer *signer = ac_signer_new(in->sk, in->sk_len);
+  ac_sign_input other = *in;
+  ac_buf out = {0};
+  int round;
+
+  FUZZ_CHECK(signer != NULL, "a signer can be created");
+  other.header_count = 0;
+  for (round = 0; round < 2; round++) {
+    FUZZ_CHECK(ac_signer_sign(signer, in, &out) == 0
+               && out.len == auth->len
+               && memcmp(out.data, auth->data, auth->len) == 0,
+               "a reused signer gives the value of ac_sign");
+    FUZZ_CHECK(ac_signer_sign(signer, &other, &out) == 0,
+               "a request without headers can be signed");
+  }
+  ac_signer_free(signer);
+  ac_buf_free(&out);
+}
+
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_field f[FUZZ_MAX_FIELDS];
   ac_header headers[FUZZ_MAX_HEADERS];
@@ -196,6 +230,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ac_buf canon = {0}, auth = {0}, auth2 = {0};
   char date[AC_SDK_DATE_SIZE];
   uint64_t seconds = 0;
+  time_t when;
   size_t n, i, count = 0;
   int expect_failure = 0, rc_canon, rc_sign;
   fuzz_field ak, sk;
@@ -204,8 +239,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   for (i = 1; i < 9; i++)
     seconds = (seconds << 8) | data[i];
-  ac_sdk_date((time_t)(seconds % ((uint64_t)AC_SDK_DATE_MAX + 1)), date);
-  check_sdk_date(date);
+  when = (time_t)(seconds % ((uint64_t)AC_SDK_DATE_MAX + 1));
+  ac_sdk_date(when, date);
+  check_sdk_date(when, date);
 
   n = fuzz_split(data + 9, size - 9, f, FUZZ_MAX_FIELDS);
   for (i = 5; i + 1 < n && count < FUZZ_MAX_HEADERS; i += 2) {
@@ -258,6 +294,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(ac_sign(&in, &auth2) == 0 && auth2.len == auth.len
                && memcmp(auth.data, auth2.data, auth.len) == 0,
                "signing is deterministic");
+    check_reused_signer(&in, &auth);
   }
 
   ac_buf_free(&canon);

@@ -287,6 +287,21 @@ describe("core.sign", function()
           .. "got '2020-06-08'")
     end)
 
+    it("formats numeric dates in UTC", function()
+      local cases = {
+        { 0, "19700101T000000Z" },
+        { 951827696, "20000229T123456Z" },
+        { 4107542399, "21000228T235959Z" },
+        { 4107542400, "21000301T000000Z" },
+        { 13574563201, "24000229T000001Z" },
+        { 253402300799, "99991231T235959Z" },
+      }
+      for _, case in ipairs(cases) do
+        local headers = core.sign{ url = "https://h/", ak = "a", sk = "b", date = case[1] }
+        assert.equals(case[2], headers["X-Sdk-Date"], "date " .. case[1])
+      end
+    end)
+
     it("rejects a numeric date outside year 1970 to 9999", function()
       for _, date in ipairs{ -1, 253402300800, 1e18, 0 / 0 } do
         assert.has_error(sign_with({ date = date }))

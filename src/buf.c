@@ -62,3 +62,15 @@ void ac_buf_free(ac_buf *b) {
   b->len = b->cap = 0;
   b->failed = 0;
 }
+
+
+void ac_buf_clear_free(ac_buf *b) {
+  /* Stores through a volatile pointer, because a compiler may drop a
+   * plain memset before free as a dead store. */
+  volatile char *p = b->data;
+  size_t i;
+
+  for (i = 0; i < b->cap; i++)
+    p[i] = '\0';
+  ac_buf_free(b);
+}

@@ -35,4 +35,8 @@ static inline int ac_buf_addc(ac_buf *b, char c) {
 void ac_buf_reset(ac_buf *b);
 void ac_buf_free(ac_buf *b);
 
+/* Overwrites the whole allocation with zeros, then frees it, for buffers
+ * that held a secret. */
+void ac_buf_clear_free(ac_buf *b);
+
 #endif

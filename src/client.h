@@ -11,6 +11,7 @@
 
 #include "buf.h"
 #include "request.h"
+#include "sign.h"
 #include "transport.h"
 
 #define AC_CLIENT_MT "appcenter.core.client"
@@ -24,6 +25,22 @@
 #define AC_USER_AGENT_SIZE 160
 
 typedef struct ac_request ac_request;
+
+/* The maximum number of header lines an AK/SK call sends: Content-Type,
+ * Host, X-Project-Id, X-Sdk-Date, X-Security-Token, Authorization and
+ * Expect. */
+#define AC_CALL_HEADER_LINES 7
+
+/* The header list of one AK/SK call: its lines back to back in one
+ * buffer, linked through nodes that belong to the owner. CURLOPT_HTTPHEADER
+ * asks only for a fully valid list of struct curl_slist, so these nodes
+ * serve as well as curl_slist_append's, and reusing them allocates
+ * nothing. */
+typedef struct ac_call_headers {
+  struct curl_slist nodes[AC_CALL_HEADER_LINES];
+  ac_buf lines;                /* NUL-terminated; may contain the security
+                                * token, so it is cleared when freed */
+} ac_call_headers;
 
 typedef struct ac_socket {
   curl_socket_t fd;
@@ -41,14 +58,15 @@ typedef struct ac_client {
   char *project_id;
   char *token;
   char *ak;
-  char *sk;
-  size_t sk_len;
+  char *sk;                    /* kept to redact it from errors */
+  ac_signer *signer;           /* keyed with sk; NULL with a token */
   char *security_token;
   ac_buf url;
   size_t path_at;              /* where the path starts in url */
   ac_buf body;
   ac_buf authorization;
   struct curl_slist *headers;  /* fixed headers sent on every call */
+  ac_call_headers call_headers;/* the blocking calls' AK/SK headers */
   const char *secrets[4];      /* redacted from every error message */
 
   CURLM *multi;                /* created by the first start() */
@@ -80,12 +98,17 @@ typedef struct ac_option {
 void ac_check_options(lua_State *L, int idx, const ac_option *list,
                       const char *fname, int allow_file_name);
 
-/* Validates file_name, writes the JSON body into body and, with AK/SK,
- * the signed per-call headers into *per_call. Returns 0; -1 with msg for
- * invalid input; -2 when memory runs out. */
+/* Validates file_name, writes the JSON body into body and sets *headers
+ * to the header list to send: with AK/SK the signed list, built in call,
+ * else the client's fixed list. The list stays valid until call is built
+ * again or freed, or the client is released. Returns 0; -1 with msg for
+ * invalid input; -2 when memory runs out or signing fails. */
 int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
-                      ac_buf *body, struct curl_slist **per_call,
-                      char *msg);
+                      ac_buf *body, ac_call_headers *call,
+                      struct curl_slist **headers, char *msg);
+
+/* Clears and frees the lines of call; the nodes need no freeing. */
+void ac_call_headers_free(ac_call_headers *call);
 
 /* Pushes `result, meta` or `nil, err` for a finished transfer. */
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,

@@ -182,10 +182,12 @@ static void client_release(ac_client *c) {
   free(c->proxy);
   free_secret(c->token);
   free_secret(c->sk);
+  ac_signer_free(c->signer);
   free_secret(c->security_token);
   ac_buf_free(&c->url);
   ac_buf_free(&c->body);
   ac_buf_free(&c->authorization);
+  ac_call_headers_free(&c->call_headers);
   memset(c, 0, sizeof *c);
 }
 
@@ -310,12 +312,17 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   c->token = token ? copy_string(token, token_len) : NULL;
   c->ak = ak ? copy_string(ak, ak_len) : NULL;
   c->sk = sk ? copy_string(sk, sk_len) : NULL;
-  c->sk_len = sk_len;
   c->security_token = st ? copy_string(st, st_len) : NULL;
+  c->signer = sk ? ac_signer_new(sk, sk_len) : NULL;
   set_secrets(c->secrets, c->token, c->sk, c->security_token);
   if ((token && !c->token) || (ak && !c->ak) || (sk && !c->sk)
       || (st && !c->security_token)) {
     snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  if (sk && !c->signer) {
+    snprintf(msg, AC_MSG_SIZE, "AK/SK signing setup failed: not enough "
+             "memory, or libcrypto lacks SHA-256");
     return -1;
   }
   return 0;
@@ -444,29 +451,32 @@ static int push_client(lua_State *L, int opts, const char *fname,
  * One call
  * ------------------------------------------------------------------- */
 
-/* Signs the request and returns the per-call header list, or NULL when
- * memory runs out. */
-static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body) {
+/* Signs the request and builds its header list in call. Returns the
+ * list, or NULL when memory runs out or signing fails. */
+static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body,
+                                         ac_call_headers *call) {
+  static const char json[] = "application/json";
+  static const char expect[] = "Expect:";
   char date[AC_SDK_DATE_SIZE];
-  ac_header h[5];
+  ac_header h[AC_CALL_HEADER_LINES];
+  size_t at[AC_CALL_HEADER_LINES];
   ac_sign_input in;
-  struct curl_slist *list = NULL;
-  ac_buf line = {0};
-  size_t i, n = 0;
+  ac_buf *lines = &call->lines;
+  size_t i, n = 0, size = sizeof expect;
 
-#define HEADER(name_, value_) do { \
+#define HEADER(name_, value_, value_len_) do { \
     h[n].name = name_; h[n].name_len = sizeof name_ - 1; \
-    h[n].value = value_; h[n].value_len = strlen(value_); n++; \
+    h[n].value = value_; h[n].value_len = value_len_; n++; \
   } while (0)
 
   ac_sdk_date(time(NULL), date);
-  HEADER("Content-Type", "application/json");
-  HEADER("Host", c->endpoint.host);
-  HEADER("X-Project-Id", c->project_id);
-  HEADER("X-Sdk-Date", date);
+  HEADER("Content-Type", json, sizeof json - 1);
+  HEADER("Host", c->endpoint.host, strlen(c->endpoint.host));
+  HEADER("X-Project-Id", c->project_id, strlen(c->project_id));
+  HEADER("X-Sdk-Date", date, AC_SDK_DATE_SIZE - 1);
   if (c->security_token != NULL)
-    HEADER("X-Security-Token", c->security_token);
-#undef HEADER
+    HEADER("X-Security-Token", c->security_token,
+           strlen(c->security_token));
 
   memset(&in, 0, sizeof in);
   in.method = "POST";
@@ -477,29 +487,42 @@ static struct curl_slist *signed_headers(ac_client *c, const ac_buf *body) {
   in.body = body->data;
   in.body_len = body->len;
   in.ak = c->ak;
-  in.sk = c->sk;
-  in.sk_len = c->sk_len;
   in.sdk_date = date;
-  if (ac_sign(&in, &c->authorization) != 0)
+  if (ac_signer_sign(c->signer, &in, &c->authorization) != 0)
     return NULL;
+  HEADER("Authorization", c->authorization.data, c->authorization.len);
+#undef HEADER
 
-  for (i = 0; i <= n; i++) {
-    ac_buf_reset(&line);
-    ac_buf_adds(&line, i < n ? h[i].name : "Authorization");
-    ac_buf_adds(&line, ": ");
-    ac_buf_adds(&line, i < n ? h[i].value : c->authorization.data);
-    list = line.failed ? NULL : curl_slist_append(list, line.data);
-    if (list == NULL)
-      break;
+  /* Each line is "Name: value" and a NUL, and "Expect:" comes last, so
+   * that libcurl sends no Expect: 100-continue. The lines are measured
+   * first, so that a new list allocates once. */
+  for (i = 0; i < n; i++)
+    size += h[i].name_len + 2 + h[i].value_len + 1;
+  ac_buf_reset(lines);
+  if (ac_buf_reserve(lines, size) != 0)
+    return NULL;
+  for (i = 0; i < n; i++) {
+    at[i] = lines->len;
+    ac_buf_add(lines, h[i].name, h[i].name_len);
+    ac_buf_add(lines, ": ", 2);
+    ac_buf_add(lines, h[i].value, h[i].value_len);
+    ac_buf_addc(lines, '\0');
   }
-  if (line.data != NULL)
-    memset(line.data, 0, line.cap);
-  ac_buf_free(&line);
-  if (list != NULL && curl_slist_append(list, "Expect:") == NULL) {
-    curl_slist_free_all(list);
-    list = NULL;
+  at[n++] = lines->len;
+  ac_buf_add(lines, expect, sizeof expect);
+
+  /* The nodes are linked after all appends, so their pointers stay valid
+   * even if an append moved the buffer. */
+  for (i = 0; i < n; i++) {
+    call->nodes[i].data = lines->data + at[i];
+    call->nodes[i].next = i + 1 < n ? &call->nodes[i + 1] : NULL;
   }
-  return list;
+  return call->nodes;
+}
+
+
+void ac_call_headers_free(ac_call_headers *call) {
+  ac_buf_clear_free(&call->lines);
 }
 
 
@@ -576,14 +599,15 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
 
 
 int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
-                      ac_buf *body, struct curl_slist **per_call,
-                      char *msg) {
-  *per_call = NULL;
+                      ac_buf *body, ac_call_headers *call,
+                      struct curl_slist **headers, char *msg) {
+  *headers = c->headers;
   if (ac_check_file_name(file_name, len, msg) != 0)
     return -1;
   if (ac_build_body(body, file_name, len) != 0)
     return -2;
-  if (c->ak != NULL && (*per_call = signed_headers(c, body)) == NULL)
+  if (c->signer != NULL
+      && (*headers = signed_headers(c, body, call)) == NULL)
     return -2;
   return 0;
 }
@@ -591,22 +615,21 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 
 static int perform(lua_State *L, ac_client *c, const char *file_name,
                    size_t len, long timeout_ms) {
-  struct curl_slist *per_call;
+  struct curl_slist *headers;
   char msg[AC_MSG_SIZE];
   long status = 0;
   CURLcode rc;
 
-  switch (ac_client_prepare(c, file_name, len, &c->body, &per_call, msg)) {
+  switch (ac_client_prepare(c, file_name, len, &c->body, &c->call_headers,
+                            &headers, msg)) {
   case -1:
     return ac_return_invalid(L, msg);
   case -2:
     return luaL_error(L, "appcenter.core: not enough memory");
   }
 
-  rc = ac_transport_post(&c->transport, c->url.data,
-                         per_call ? per_call : c->headers, c->body.data,
+  rc = ac_transport_post(&c->transport, c->url.data, headers, c->body.data,
                          c->body.len, timeout_ms, &status);
-  curl_slist_free_all(per_call);
   return ac_client_push_outcome(L, c, &c->transport, rc, status);
 }
 

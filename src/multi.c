@@ -46,7 +46,7 @@ enum { AC_REQ_RUNNING = 1, AC_REQ_DONE, AC_REQ_CANCELLED };
 struct ac_request {
   ac_transport transport;
   ac_buf body;
-  struct curl_slist *headers;  /* per call (AK/SK); NULL: the client's */
+  ac_call_headers headers;     /* used with AK/SK only */
   ac_upload *upload;           /* NULL for a credential request */
   ac_client *client;           /* NULL once finished */
   ac_request *prev;
@@ -91,8 +91,7 @@ static void detach(ac_request *r, int state) {
 static void free_transfer(ac_request *r) {
   ac_transport_free(&r->transport);
   ac_buf_free(&r->body);
-  curl_slist_free_all(r->headers);
-  r->headers = NULL;
+  ac_call_headers_free(&r->headers);
   if (r->upload != NULL) {
     ac_upload_free(r->upload);
     free(r->upload);
@@ -402,6 +401,7 @@ static void launch(lua_State *L, ac_client *c, ac_request *r) {
 static int l_start(lua_State *L) {
   ac_client *c = check_open(L);
   ac_request *r;
+  struct curl_slist *headers;
   const char *file_name;
   char msg[AC_MSG_SIZE];
   size_t len;
@@ -415,15 +415,14 @@ static int l_start(lua_State *L) {
 
   r = push_request(L);
   switch (ac_client_prepare(c, file_name, len, &r->body, &r->headers,
-                            msg)) {
+                            &headers, msg)) {
   case -1:
     return ac_return_invalid(L, msg);
   case -2:
     return luaL_error(L, "appcenter.core: not enough memory");
   }
   init_transfer(L, c, r);
-  ac_transport_prepare(&r->transport, c->url.data,
-                       r->headers ? r->headers : c->headers, r->body.data,
+  ac_transport_prepare(&r->transport, c->url.data, headers, r->body.data,
                        r->body.len, timeout_ms);
 
   lua_createtable(L, 2, 0);
