@@ -170,12 +170,26 @@ static void free_secret(char *s) {
 }
 
 
+/* Frees a header list whose lines can hold the token, clearing each. */
+static void free_secret_headers(struct curl_slist *list) {
+  struct curl_slist *node;
+
+  for (node = list; node != NULL; node = node->next) {
+    volatile char *p = node->data;
+
+    while (*p)
+      *p++ = '\0';
+  }
+  curl_slist_free_all(list);
+}
+
+
 static void client_release(ac_client *c) {
   ac_multi_close(NULL, 0, c);
   ac_transport_free(&c->transport);
   ac_transport_free(&c->upload);
   ac_endpoint_free(&c->endpoint);
-  curl_slist_free_all(c->headers);
+  free_secret_headers(c->headers);
   free(c->project_id);
   free(c->ak);
   free(c->ca_file);
@@ -376,13 +390,16 @@ static int build_fixed_headers(ac_client *c) {
   h = curl_slist_append(h, "Content-Type: application/json");
   h = h ? curl_slist_append(h, "Expect:") : NULL;
   if (h != NULL && c->token != NULL) {
+    struct curl_slist *with_token = NULL;
+
     ac_buf_adds(&line, "X-Auth-Token: ");
     ac_buf_adds(&line, c->token);
-    h = line.failed ? NULL : curl_slist_append(h, line.data);
-    /* The line held the token; clear it before freeing. */
-    if (line.data != NULL)
-      memset(line.data, 0, line.len);
-    ac_buf_free(&line);
+    if (!line.failed)
+      with_token = curl_slist_append(h, line.data);
+    if (with_token == NULL)
+      curl_slist_free_all(h);
+    h = with_token;
+    ac_buf_clear_free(&line);
   }
   c->headers = h;
   return h ? 0 : -1;
