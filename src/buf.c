@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #define AC_BUF_MIN_CAP 256
 
 
@@ -64,13 +66,13 @@ void ac_buf_free(ac_buf *b) {
 }
 
 
-void ac_buf_clear_free(ac_buf *b) {
-  /* Stores through a volatile pointer, because a compiler may drop a
-   * plain memset before free as a dead store. */
-  volatile char *p = b->data;
-  size_t i;
+void ac_wipe(void *p, size_t n) {
+  if (p != NULL)
+    OPENSSL_cleanse(p, n);
+}
 
-  for (i = 0; i < b->cap; i++)
-    p[i] = '\0';
+
+void ac_buf_clear_free(ac_buf *b) {
+  ac_wipe(b->data, b->cap);
   ac_buf_free(b);
 }

@@ -35,6 +35,10 @@ static inline int ac_buf_addc(ac_buf *b, char c) {
 void ac_buf_reset(ac_buf *b);
 void ac_buf_free(ac_buf *b);
 
+/* Overwrites n bytes at p with zeros, in a way the compiler keeps even
+ * right before a free, for memory that held a secret. */
+void ac_wipe(void *p, size_t n);
+
 /* Overwrites the whole allocation with zeros, then frees it, for buffers
  * that held a secret. */
 void ac_buf_clear_free(ac_buf *b);

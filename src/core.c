@@ -160,27 +160,9 @@ static int opt_count(lua_State *L, int idx, const char *name, long def,
 /* Overwrites a secret before freeing it, so it does not linger in freed
  * heap memory. */
 static void free_secret(char *s) {
-  volatile char *p = s;
-
-  if (s == NULL)
-    return;
-  while (*p)
-    *p++ = '\0';
+  if (s != NULL)
+    ac_wipe(s, strlen(s));
   free(s);
-}
-
-
-/* Frees a header list whose lines can hold the token, clearing each. */
-static void free_secret_headers(struct curl_slist *list) {
-  struct curl_slist *node;
-
-  for (node = list; node != NULL; node = node->next) {
-    volatile char *p = node->data;
-
-    while (*p)
-      *p++ = '\0';
-  }
-  curl_slist_free_all(list);
 }
 
 
@@ -189,7 +171,7 @@ static void client_release(ac_client *c) {
   ac_transport_free(&c->transport);
   ac_transport_free(&c->upload);
   ac_endpoint_free(&c->endpoint);
-  free_secret_headers(c->headers);
+  ac_free_secret_headers(c->headers);
   free(c->project_id);
   free(c->ak);
   free(c->ca_file);
@@ -375,7 +357,7 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   t->max_body_bytes = (size_t)max_body;
   t->verify_tls = opt_bool(L, opts, "verify_tls", 1);
   t->ca_file = c->ca_file;
-  t->proxy = c->proxy;
+  t->proxy = c->proxy ? c->proxy : ac_transport_default_proxy();
   t->user_agent = c->user_agent;
   return ac_transport_init(&c->transport, t, msg);
 }

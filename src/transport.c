@@ -3,8 +3,8 @@
  *
  * Caveats: one handle serves one call at a time, so a client must not be
  * used from two threads at once. Redirects are never followed and only
- * http and https are enabled. When no proxy variable is set as a handle
- * is set up, the handle ignores proxy variables set later.
+ * http and https are enabled. An empty proxy also empties the no-proxy
+ * list, which stops libcurl's per-transfer lookups of proxy variables.
  */
 #include "transport.h"
 
@@ -127,14 +127,14 @@ static const char *const proxy_variables[] = {
 };
 
 
-static int proxy_in_environment(void) {
+const char *ac_transport_default_proxy(void) {
   const char *const *name;
   const char *value;
 
   for (name = proxy_variables; *name != NULL; name++)
     if ((value = getenv(*name)) != NULL && *value != '\0')
-      return 1;
-  return 0;
+      return NULL;
+  return "";
 }
 
 
@@ -161,14 +161,10 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
   if (o->ca_file != NULL)
     SET(CURLOPT_CAINFO, o->ca_file);
-  if (o->proxy != NULL) {
+  if (o->proxy != NULL)
     SET(CURLOPT_PROXY, o->proxy);
-  } else if (!proxy_in_environment()) {
-    /* libcurl reads the proxy variables on every transfer. With none
-     * set now, an empty proxy and no-proxy list skip those reads. */
-    SET(CURLOPT_PROXY, "");
+  if (o->proxy != NULL && o->proxy[0] == '\0')
     SET(CURLOPT_NOPROXY, "");
-  }
 
 #undef SET
   return rc;
@@ -203,6 +199,15 @@ void ac_transport_free(ac_transport *t) {
     curl_easy_cleanup(t->curl);
   t->curl = NULL;
   ac_buf_free(&t->body);
+}
+
+
+void ac_free_secret_headers(struct curl_slist *list) {
+  struct curl_slist *node;
+
+  for (node = list; node != NULL; node = node->next)
+    ac_wipe(node->data, strlen(node->data));
+  curl_slist_free_all(list);
 }
 
 

@@ -32,7 +32,8 @@ typedef struct ac_transport_opts {
   long connect_timeout_ms;
   int verify_tls;
   const char *ca_file;      /* NULL: the system store */
-  const char *proxy;        /* NULL: libcurl's environment variables */
+  const char *proxy;        /* "": none; NULL: libcurl reads the proxy
+                             * variables on every transfer */
   const char *user_agent;
   size_t max_body_bytes;
 } ac_transport_opts;
@@ -60,6 +61,15 @@ const char *ac_curl_version(void);
 int ac_transport_init(ac_transport *t, const ac_transport_opts *o,
                       char *msg);
 void ac_transport_free(ac_transport *t);
+
+/* Returns the proxy for a client created without one: NULL when a proxy
+ * variable is set, so that libcurl follows the variables, else "", so
+ * that libcurl stops looking them up on every transfer. */
+const char *ac_transport_default_proxy(void);
+
+/* Frees a header list, first wiping each line, because a line can
+ * contain a token or a security token. */
+void ac_free_secret_headers(struct curl_slist *list);
 
 /* Sets up the handle for one POST without sending it, for the multi
  * interface. The body and headers must stay alive until it completes. */

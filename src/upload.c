@@ -350,15 +350,13 @@ static struct curl_slist *upload_headers(upload_call *call,
     ac_buf_adds(&line, values[i]);
     grown = line.failed ? NULL : curl_slist_append(list, line.data);
     if (grown == NULL) {
-      curl_slist_free_all(list);
+      ac_free_secret_headers(list);
       list = NULL;
       break;
     }
     list = grown;
   }
-  if (line.data != NULL)
-    memset(line.data, 0, line.cap);
-  ac_buf_free(&line);
+  ac_buf_clear_free(&line);
   return list;
 }
 
@@ -552,7 +550,7 @@ void ac_upload_free(ac_upload *call) {
   if (call->src.file != NULL)
     fclose(call->src.file);
   call->src.file = NULL;
-  curl_slist_free_all(call->headers);
+  ac_free_secret_headers(call->headers);
   call->headers = NULL;
   ac_buf_free(&call->url);
 }
