@@ -38,6 +38,16 @@ local function timed(fn)
   return result, err, core.monotonic() - started
 end
 
+-- Makes one create-credential call, closes the client and returns the
+-- call's results followed by the seconds it took.
+local function timed_call(client)
+  local result, err, seconds = timed(function()
+    return client:create_credential("setup.exe")
+  end)
+  client:close()
+  return result, err, seconds
+end
+
 local function wait_for(client, done)
   for _ = 1, 200 do
     if done() then
@@ -160,10 +170,7 @@ describe("hostile servers", function()
   it("cuts off one byte per second at the timeout", function()
     local server = start{ mode = "slow", rate = 1 }
     local client = new_client(server, { timeout_ms = 1500 })
-    local result, err, seconds = timed(function()
-      return client:create_credential("setup.exe")
-    end)
-    client:close()
+    local result, err, seconds = timed_call(client)
     assert.is_nil(result)
     assert.equals("timeout", err.kind)
     assert.is_true(err.retryable)
@@ -174,10 +181,7 @@ describe("hostile servers", function()
   it("cuts off a server that never answers", function()
     local server = start{ mode = "silent" }
     local client = new_client(server, { timeout_ms = 1000 })
-    local result, err, seconds = timed(function()
-      return client:create_credential("setup.exe")
-    end)
-    client:close()
+    local result, err, seconds = timed_call(client)
     assert.is_nil(result)
     assert.equals("timeout", err.kind)
     assert.is_true(seconds < 3, "took " .. seconds .. " s")
@@ -189,10 +193,7 @@ describe("hostile servers", function()
       endpoint = "https://127.0.0.1:" .. server.port, project_id = PROJECT_ID,
       token = "fake-token-for-hostile", connect_timeout_ms = 1000, timeout_ms = 5000,
     })
-    local result, err, seconds = timed(function()
-      return client:create_credential("setup.exe")
-    end)
-    client:close()
+    local result, err, seconds = timed_call(client)
     assert.is_nil(result)
     assert.equals("timeout", err.kind)
     assert.is_true(seconds < 3, "took " .. seconds .. " s")
@@ -205,10 +206,7 @@ describe("hostile servers", function()
       timeout_ms = 1000,
       retry = { max_attempts = 10, base_delay_ms = 1, max_delay_ms = 2, deadline_ms = 2500 },
     })
-    local result, err, seconds = timed(function()
-      return client:create_credential("setup.exe")
-    end)
-    client:close()
+    local result, err, seconds = timed_call(client)
     assert.is_nil(result)
     assert.equals("timeout", err.kind)
     assert.is_true(err.attempts >= 2 and err.attempts <= 3, "attempts " .. err.attempts)
@@ -237,10 +235,7 @@ describe("hostile servers", function()
     local server = start{ mode = "endless-headers" }
     local client = new_client(server, { timeout_ms = 5000 })
     local before = rss_kib()
-    local result, err, seconds = timed(function()
-      return client:create_credential("setup.exe")
-    end)
-    client:close()
+    local result, err, seconds = timed_call(client)
     assert.is_nil(result)
     assert.equals("network", err.kind)
     assert.matches("header", err.message)
@@ -253,10 +248,7 @@ describe("hostile servers", function()
       local server = start{ mode = mode }
       local client = new_client(server, { timeout_ms = 5000, max_body_bytes = 65536 })
       local before = rss_kib()
-      local result, err, seconds = timed(function()
-        return client:create_credential("setup.exe")
-      end)
-      client:close()
+      local result, err, seconds = timed_call(client)
       assert.is_nil(result)
       assert.equals("invalid_response", err.kind)
       assert.matches("larger than max_body_bytes %(65536 bytes%)", err.message)
