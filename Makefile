@@ -104,7 +104,7 @@ test: all
 sanitize: $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
                               build/sanitize-$(l)/host)
 	@rm -f build/results-*.json
-	@for l in $(LUAS); do \
+	@status=0; for l in $(LUAS); do \
 	  echo "== busted under $$l with AddressSanitizer and UBSan"; \
 	  ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
@@ -112,9 +112,9 @@ sanitize: $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
 	  APPCENTER_TEST_LUA="env ASAN_OPTIONS=detect_leaks=0 $(CURDIR)/build/sanitize-$$l/host" \
 	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/sanitize-$$l/?.so;;" \
 	    build/sanitize-$$l/host $(BUSTED) -o json \
-	      > build/results-$$l.json || exit 1; \
+	      > build/results-$$l.json || status=1; \
 	done; \
-	lua5.4 tools/test-summary.lua build/results-*.json
+	lua5.4 tools/test-summary.lua build/results-*.json && exit $$status
 
 demo: all
 	@lua5.4 tools/demo.lua
