@@ -74,9 +74,9 @@ describe("retry", function()
   end)
 
   -- Returns a client of the emulator that uses `clock`. The `extra` table
-  -- adds or replaces options. Unless `retry_opts` sets `random`, every
-  -- draw is 0.5, so that no backoff is drawn as 0 ms and skipped: specs
-  -- that count sleeps must not depend on math.random.
+  -- adds or replaces options. Every draw is 0.5 unless `retry_opts` sets
+  -- `random`, because math.random can draw a 0 ms backoff, which is not
+  -- slept, and specs count the sleeps.
   local function new_client(retry_opts, extra)
     if retry_opts == nil then
       retry_opts = {}
