@@ -257,6 +257,33 @@ describe("emulator", function()
     assert.are.equal("third.bin", cjson.decode(last.body).file_name)
   end)
 
+  it("keeps faults from earlier requests", function()
+    emu:config{ delay_ms = 300 }
+    local connection = connect(emu)
+    assert(connection:send(raw_request(emu)))
+    for _ = 1, 100 do
+      if emu:stats().requests == 1 then
+        break
+      end
+      socket.sleep(0.01)
+    end
+    assert.are.equal(1, emu:stats().requests)
+
+    -- The request is still in its configured delay when the reset and
+    -- the new fault arrive.
+    emu:reset()
+    emu:fault{ status = 503, body = '{"error_code":"WKS.0503","error_msg":"unavailable"}' }
+    local status = read_response(connection)
+    connection:close()
+    assert.are.equal(200, status)
+    local stats = emu:stats()
+    assert.are.equal(1, stats.faults_pending)
+    assert.is_nil(stats.last_request)
+
+    assert.are.equal(503, (create_credential(emu, "a.bin")))
+    assert.are.equal(0, emu:stats().faults_pending)
+  end)
+
   it("keeps a connection alive across requests", function()
     local connection = connect(emu)
     for attempt = 1, 2 do

@@ -94,7 +94,9 @@ Control port (JSON in, JSON out):
     GET  /objects/<bucket>/<percent-encoded key>
                    {"bucket", "key", "size", "sha256", "md5", "etag",
                     "content_type", "content_md5"} of a stored object, or 404
-    POST /reset    clears faults, config, counters, last requests and objects
+    POST /reset    clears faults, config, counters, last requests and objects;
+                   a request that started before it takes no fault and is not
+                   recorded as the last request
     POST /sign     signs a described request with the emulator's own signer
 
 Fault fields, checked by parse_fault():
@@ -425,10 +427,14 @@ class EmulatorState:
         self.lock = threading.Lock()
         self.issued = collections.OrderedDict()
         self.objects = collections.OrderedDict()
+        # The number of resets. Each request keeps the value it started with,
+        # so a request that outlives a reset takes no fault and records nothing.
+        self.generation = 0
         self.reset()
 
     def reset(self):
         with self.lock:
+            self.generation += 1
             self.faults = {target: collections.deque() for target in FAULT_TARGETS}
             self.config = {
                 "delay_ms": 0,
@@ -449,21 +455,26 @@ class EmulatorState:
             self.connections += 1
 
     def count_request(self):
+        """Count an API request that starts now and return the generation to pass on."""
         with self.lock:
             self.requests += 1
+            return self.generation
 
-    def record_request(self, record):
+    def record_request(self, record, generation):
         with self.lock:
-            self.last_request = record
+            if generation == self.generation:
+                self.last_request = record
 
     def record_obs_request(self, record):
+        """Count and record an OBS request that starts now and return the generation to pass on."""
         with self.lock:
             self.obs_requests += 1
             self.last_obs_request = record
+            return self.generation
 
-    def set_last_canonical_request(self, canonical):
+    def set_last_canonical_request(self, canonical, generation):
         with self.lock:
-            if self.last_request is not None:
+            if generation == self.generation and self.last_request is not None:
                 self.last_request["canonical_request"] = canonical
 
     def add_faults(self, faults):
@@ -479,11 +490,15 @@ class EmulatorState:
                 )
             return self._faults_pending()
 
-    def pop_fault(self, target="api"):
-        """Return the fault for the current request to target, or None when none is queued."""
+    def pop_fault(self, target, generation):
+        """Return the fault for a request to target, or None when none is queued.
+
+        A request that started before the last reset gets None, so that a
+        request a test abandoned cannot take a fault queued for a later test.
+        """
         with self.lock:
             queue = self.faults[target]
-            if not queue:
+            if generation != self.generation or not queue:
                 return None
             entry = queue[0]
             entry["remaining"] -= 1
@@ -972,7 +987,7 @@ class ApiHandler(JsonRequestHandler):
     def parse_request(self):
         valid = super().parse_request()
         if valid:
-            self.server.state.count_request()
+            self.generation = self.server.state.count_request()
         return valid
 
     def do_POST(self):
@@ -1008,7 +1023,8 @@ class ApiHandler(JsonRequestHandler):
                 },
                 "body": body.decode("utf-8", "replace"),
                 "canonical_request": None,
-            }
+            },
+            self.generation,
         )
 
         route = CREATE_CREDENTIAL_PATH.match(raw_path)
@@ -1021,7 +1037,7 @@ class ApiHandler(JsonRequestHandler):
             self.send_error_response(error, request_id)
             return
 
-        fault = state.pop_fault()
+        fault = state.pop_fault("api", self.generation)
         if fault is not None:
             if fault["delay_ms"]:
                 time.sleep(fault["delay_ms"] / 1000.0)
@@ -1160,7 +1176,9 @@ class ApiHandler(JsonRequestHandler):
         canonical = canonical_request(
             self.command, raw_path, raw_query, headers, signed_headers, body
         )
-        state.set_last_canonical_request(canonical.decode("utf-8", "replace"))
+        state.set_last_canonical_request(
+            canonical.decode("utf-8", "replace"), self.generation
+        )
         expected = compute_signature(secret_key, string_to_sign(sdk_date, canonical))
         if not hmac.compare_digest(expected, signature):
             state.log(
@@ -1426,7 +1444,7 @@ class ObsHandler(JsonRequestHandler):
         self.body_length = None
         self.body_done = False
         self.linger = False
-        state.record_obs_request(
+        generation = state.record_obs_request(
             {
                 "method": self.command,
                 "path": self.path,
@@ -1442,7 +1460,7 @@ class ObsHandler(JsonRequestHandler):
             self.send_obs_error(error, request_id)
             return
 
-        fault = state.pop_fault("obs")
+        fault = state.pop_fault("obs", generation)
         if fault is not None:
             if fault["delay_ms"]:
                 time.sleep(fault["delay_ms"] / 1000.0)
