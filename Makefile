@@ -43,6 +43,11 @@ DEB_PACKAGES = gcc make pkg-config python3 curl valgrind \
 
 MODULES = $(foreach l,$(LUAS),build/$(l)/appcenter/core.so)
 BUSTED = /usr/bin/busted
+# The specs reach servers on 127.0.0.1 only, and a proxy variable from the
+# caller's shell would send their requests to that proxy. The proxy specs
+# set their own variables in child processes.
+TEST_ENV = env -u http_proxy -u HTTP_PROXY -u https_proxy -u HTTPS_PROXY \
+  -u all_proxy -u ALL_PROXY -u no_proxy -u NO_PROXY
 LUA_PATH_DEV = lua/?.lua;lua/?/init.lua;;
 
 SANITIZE_CFLAGS = -O1 -g -fno-omit-frame-pointer \
@@ -93,20 +98,22 @@ test: all
 	@rm -f build/results-*.json
 	@for l in $(LUAS); do \
 	  echo "== busted under $$l"; \
-	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/$$l/?.so;;" \
+	  $(TEST_ENV) LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/$$l/?.so;;" \
 	    $$l $(BUSTED) -o json > build/results-$$l.json; \
 	done; \
 	lua5.4 tools/test-summary.lua build/results-*.json
 
 # A host linked with the sanitizers runs the suite, so that their
 # runtimes stay out of the child processes the specs start. Any report
-# makes the run fail.
-sanitize: $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
+# makes the run fail. The command-line tool and nginx specs load the
+# plain builds, so those are built too.
+sanitize: $(MODULES) \
+          $(foreach l,$(LUAS),build/sanitize-$(l)/appcenter/core.so \
                               build/sanitize-$(l)/host)
 	@rm -f build/results-*.json
 	@status=0; for l in $(LUAS); do \
 	  echo "== busted under $$l with AddressSanitizer and UBSan"; \
-	  ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
+	  $(TEST_ENV) ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  APPCENTER_TEST_LUA="env ASAN_OPTIONS=detect_leaks=0 $(CURDIR)/build/sanitize-$$l/host" \
@@ -120,7 +127,7 @@ demo: all
 	@lua5.4 tools/demo.lua
 
 memcheck: build/lua5.4/appcenter/core.so
-	LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH='build/lua5.4/?.so;;' \
+	$(TEST_ENV) LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH='build/lua5.4/?.so;;' \
 	  valgrind --error-exitcode=3 --leak-check=full \
 	    --errors-for-leak-kinds=definite,indirect --track-fds=no \
 	    --suppressions=tools/valgrind.supp \
