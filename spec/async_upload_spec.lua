@@ -360,6 +360,8 @@ describe("async upload", function()
     local before = open_fd_count()
     local client = new_client()
     local outcomes = {}
+    -- The delay keeps both uploads from finishing within the poll below.
+    emu:fault{ target = "obs", delay_ms = 1000, times = 2 }
     for i, result in ipairs(results) do
       assert(client:start_upload(result, { path = path }, function(...)
         outcomes[i] = { ... }
