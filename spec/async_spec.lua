@@ -40,20 +40,6 @@ describe("appcenter.core async", function()
     error("requests still in flight after polling")
   end
 
-  -- Polls until the emulator has received `count` requests. A spec that
-  -- abandons requests waits for them first, because a request that
-  -- arrives after the next spec's reset would take that spec's fault.
-  local function wait_for_requests(client, count)
-    for _ = 1, 200 do
-      if emu:stats().requests >= count then
-        return
-      end
-      client:poll(10)
-    end
-    error(("the emulator received %d of %d requests"):format(
-      emu:stats().requests, count))
-  end
-
   -- Starts one request and returns the callback's arguments.
   local function run_one(client, file_name)
     local outcome
@@ -138,7 +124,7 @@ describe("appcenter.core async", function()
     local elapsed = core.monotonic() - started
     assert.equals(0, done)
     assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
-    wait_for_requests(client, 1)
+    emu:wait_for_requests(client, 1)
     client:close()
   end)
 
@@ -149,7 +135,7 @@ describe("appcenter.core async", function()
     local started = core.monotonic()
     assert.equals(0, client:perform())
     assert.is_true(core.monotonic() - started < 0.3)
-    wait_for_requests(client, 1)
+    emu:wait_for_requests(client, 1)
     client:close()
   end)
 
@@ -178,7 +164,7 @@ describe("appcenter.core async", function()
     local client = new_client()
     local outcome
     local request = client:start("a.bin", function(a, b) outcome = { a, b } end)
-    wait_for_requests(client, 1)
+    emu:wait_for_requests(client, 1)
     assert.is_true(request:cancel())
     assert.is_nil(outcome[1])
     assert.equals("cancelled", outcome[2].kind)
@@ -213,7 +199,7 @@ describe("appcenter.core async", function()
         kinds[#kinds + 1] = err.kind
       end)
     end
-    wait_for_requests(client, 5)
+    emu:wait_for_requests(client, 5)
     client:close()
     assert.equals(5, #kinds)
     for _, kind in ipairs(kinds) do
@@ -228,7 +214,7 @@ describe("appcenter.core async", function()
     client:start("a.bin", function()
       restarted = pcall(client.start, client, "again.bin", function() end)
     end)
-    wait_for_requests(client, 1)
+    emu:wait_for_requests(client, 1)
     client:close()
     assert.is_false(restarted)
     assert.equals(0, client:pending())
@@ -282,7 +268,7 @@ describe("appcenter.core async", function()
       for i = 1, 10 do
         client:start("gc" .. i .. ".bin", function() calls = calls + 1 end)
       end
-      wait_for_requests(client, 10)
+      emu:wait_for_requests(client, 10)
     end
     collectgarbage()
     collectgarbage()

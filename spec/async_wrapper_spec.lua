@@ -463,7 +463,7 @@ describe("appcenter async wrapper", function()
       local request = client:start("a.bin", function(a, b)
         outcome = { a, b }
       end)
-      client:poll(20)
+      emu:wait_for_requests(client, 1)
 
       assert.equal("running", request:status())
       assert.is_true(request:cancel())
@@ -508,7 +508,7 @@ describe("appcenter async wrapper", function()
           outcomes[#outcomes + 1] = { name = "run", result = a, err = b }
         end)
       end
-      client:poll(20)
+      emu:wait_for_requests(client, 4)
 
       client:close()
 

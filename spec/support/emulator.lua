@@ -186,6 +186,19 @@ function Emulator:reset()
   self:control_request("POST", "/reset")
 end
 
+--- Polls `client` (a core or wrapper client) until the emulator has received
+-- `count` requests. A spec that abandons requests calls this first, because a
+-- request that arrives after the next spec's reset would take that spec's fault.
+function Emulator:wait_for_requests(client, count)
+  for _ = 1, 200 do
+    if self:stats().requests >= count then
+      return
+    end
+    client:poll(10)
+  end
+  error(("the emulator received %d of %d requests"):format(self:stats().requests, count), 2)
+end
+
 -- Percent-encodes every byte of an object key except unreserved characters and "/".
 local function encode_key(key)
   return (key:gsub("[^%w%-%._~/]", function(char)
