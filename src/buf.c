@@ -23,10 +23,17 @@ int ac_buf_reserve(ac_buf *b, size_t extra) {
   cap = b->cap ? b->cap : AC_BUF_MIN_CAP;
   while (cap < need)
     cap = cap > (size_t)-1 / 2 ? need : cap * 2;
-  data = realloc(b->data, cap);
+  /* A new block instead of realloc, so that the old one, which may
+   * contain a token or key, is cleared before it is freed. */
+  data = malloc(cap);
   if (data == NULL) {
     b->failed = 1;
     return -1;
+  }
+  if (b->data != NULL) {
+    memcpy(data, b->data, b->len + 1);
+    ac_wipe(b->data, b->cap);
+    free(b->data);
   }
   b->data = data;
   b->cap = cap;

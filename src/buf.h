@@ -40,7 +40,8 @@ void ac_buf_free(ac_buf *b);
 void ac_wipe(void *p, size_t n);
 
 /* Overwrites the whole allocation with zeros, then frees it, for buffers
- * that held a secret. */
+ * that held a secret. Growing a buffer clears the block it leaves, so
+ * this clears the last copy. */
 void ac_buf_clear_free(ac_buf *b);
 
 #endif

@@ -52,11 +52,9 @@
 AC_EXPORT int luaopen_appcenter_core(lua_State *L);
 
 
-
 /* ---------------------------------------------------------------------
  * Option tables
  * ------------------------------------------------------------------- */
-
 
 static const ac_option client_options[] = {
   {"endpoint", LUA_TSTRING},
