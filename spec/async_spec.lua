@@ -124,7 +124,7 @@ describe("appcenter.core async", function()
     local elapsed = core.monotonic() - started
     assert.equals(0, done)
     assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
-    emu:wait_for_requests(client, 1)
+    emu:wait_for_requests(1, client)
     client:close()
   end)
 
@@ -135,7 +135,7 @@ describe("appcenter.core async", function()
     local started = core.monotonic()
     assert.equals(0, client:perform())
     assert.is_true(core.monotonic() - started < 0.3)
-    emu:wait_for_requests(client, 1)
+    emu:wait_for_requests(1, client)
     client:close()
   end)
 
@@ -164,7 +164,7 @@ describe("appcenter.core async", function()
     local client = new_client()
     local outcome
     local request = client:start("a.bin", function(a, b) outcome = { a, b } end)
-    emu:wait_for_requests(client, 1)
+    emu:wait_for_requests(1, client)
     assert.is_true(request:cancel())
     assert.is_nil(outcome[1])
     assert.equals("cancelled", outcome[2].kind)
@@ -199,7 +199,7 @@ describe("appcenter.core async", function()
         kinds[#kinds + 1] = err.kind
       end)
     end
-    emu:wait_for_requests(client, 5)
+    emu:wait_for_requests(5, client)
     client:close()
     assert.equals(5, #kinds)
     for _, kind in ipairs(kinds) do
@@ -214,7 +214,7 @@ describe("appcenter.core async", function()
     client:start("a.bin", function()
       restarted = pcall(client.start, client, "again.bin", function() end)
     end)
-    emu:wait_for_requests(client, 1)
+    emu:wait_for_requests(1, client)
     client:close()
     assert.is_false(restarted)
     assert.equals(0, client:pending())
@@ -268,7 +268,7 @@ describe("appcenter.core async", function()
       for i = 1, 10 do
         client:start("gc" .. i .. ".bin", function() calls = calls + 1 end)
       end
-      emu:wait_for_requests(client, 10)
+      emu:wait_for_requests(10, client)
     end
     collectgarbage()
     collectgarbage()

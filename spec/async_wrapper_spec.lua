@@ -463,7 +463,7 @@ describe("appcenter async wrapper", function()
       local request = client:start("a.bin", function(a, b)
         outcome = { a, b }
       end)
-      emu:wait_for_requests(client, 1)
+      emu:wait_for_requests(1, client)
 
       assert.equal("running", request:status())
       assert.is_true(request:cancel())
@@ -508,7 +508,7 @@ describe("appcenter async wrapper", function()
           outcomes[#outcomes + 1] = { name = "run", result = a, err = b }
         end)
       end
-      emu:wait_for_requests(client, 4)
+      emu:wait_for_requests(4, client)
 
       client:close()
 
@@ -559,12 +559,7 @@ describe("appcenter async wrapper", function()
       end
       client:start("slow.bin", record("slow"))
       -- The slow request takes the delay fault once the emulator has it.
-      for _ = 1, 100 do
-        if requests() >= 1 then
-          break
-        end
-        client:poll(10)
-      end
+      emu:wait_for_requests(1, client)
       client:start("fast.bin", function(result, err)
         record("fast")(result, err)
         client:close()

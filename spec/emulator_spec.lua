@@ -261,12 +261,7 @@ describe("emulator", function()
     emu:config{ delay_ms = 300 }
     local connection = connect(emu)
     assert(connection:send(raw_request(emu)))
-    for _ = 1, 100 do
-      if emu:stats().requests == 1 then
-        break
-      end
-      socket.sleep(0.01)
-    end
+    emu:wait_for_requests(1)
     assert.are.equal(1, emu:stats().requests)
 
     -- The request is still in its configured delay when the reset and

@@ -75,8 +75,8 @@ describe("retry", function()
 
   -- Returns a client of the emulator that uses `clock`. The `extra` table
   -- adds or replaces options. Every draw is 0.5 unless `retry_opts` sets
-  -- `random`, because math.random can draw a 0 ms backoff, which is not
-  -- slept, and specs count the sleeps.
+  -- `random`, because specs count the sleeps and math.random can draw a
+  -- 0 ms backoff, which the wrapper does not sleep.
   local function new_client(retry_opts, extra)
     if retry_opts == nil then
       retry_opts = {}

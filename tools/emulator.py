@@ -455,7 +455,7 @@ class EmulatorState:
             self.connections += 1
 
     def count_request(self):
-        """Count an API request that starts now and return the generation to pass on."""
+        """Count an API request that starts now and return the current generation."""
         with self.lock:
             self.requests += 1
             return self.generation
@@ -466,7 +466,7 @@ class EmulatorState:
                 self.last_request = record
 
     def record_obs_request(self, record):
-        """Count and record an OBS request that starts now and return the generation to pass on."""
+        """Count and record an OBS request that starts now and return the current generation."""
         with self.lock:
             self.obs_requests += 1
             self.last_obs_request = record
