@@ -369,6 +369,7 @@ describe("async upload", function()
     end
     client:poll(20)
     assert.equals(2, open_fd_count(path))
+    emu:wait_for_requests(2, client, "obs_requests")
 
     client:close()
     assert.is_true(fd_count_settles(before), "a descriptor was left open")

@@ -799,6 +799,7 @@ describe("appcenter async wrapper", function()
       assert.equal(0, count)
       assert.is_true(elapsed >= 0.09, "poll(100) took " .. elapsed .. " s")
       assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
+      emu:wait_for_requests(1, client)
       client:close()
     end)
 
@@ -830,6 +831,7 @@ describe("appcenter async wrapper", function()
 
       assert.equal(0, count)
       assert.is_true(core.monotonic() - started < 0.3)
+      emu:wait_for_requests(1, client)
       client:close()
     end)
 

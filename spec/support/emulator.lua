@@ -187,12 +187,14 @@ function Emulator:reset()
   self:control_request("POST", "/reset")
 end
 
---- Waits until the emulator has received `count` requests, polling `client` (a
--- core or wrapper client) meanwhile, or sleeping without one. Specs call it
--- before abandoning requests, so that none arrives after the next reset.
-function Emulator:wait_for_requests(count, client)
+--- Waits until the emulator has received `count` API requests, or OBS requests
+-- when `counter` is "obs_requests", polling `client` (a core or wrapper client)
+-- meanwhile, or sleeping without one. Specs call it before abandoning requests,
+-- so that none arrives after the next reset.
+function Emulator:wait_for_requests(count, client, counter)
+  counter = counter or "requests"
   for _ = 1, 200 do
-    if self:stats().requests >= count then
+    if self:stats()[counter] >= count then
       return
     end
     if client then
@@ -201,7 +203,7 @@ function Emulator:wait_for_requests(count, client)
       socket.sleep(0.01)
     end
   end
-  error(("the emulator received %d of %d requests"):format(self:stats().requests, count), 2)
+  error(("the emulator received %d of %d %s"):format(self:stats()[counter], count, counter), 2)
 end
 
 -- Percent-encodes every byte of an object key except unreserved characters and "/".
