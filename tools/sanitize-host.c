@@ -40,10 +40,13 @@ int main(int argc, char **argv) {
       lua_pushstring(L, argv[i]);
     status = lua_pcall(L, argc - 2, 0, 0);
   }
-  if (status != 0)
-    fprintf(stderr, "%s: %s\n", argv[0], lua_type(L, -1) == LUA_TSTRING
-            ? lua_tostring(L, -1) : "the script failed with a non-string "
-                                    "error value");
+  /* busted under Lua 5.1 and LuaJIT ends a run with failures by raising
+   * nil, after it has printed its report, so nil gets no line. */
+  if (status != 0 && lua_type(L, -1) == LUA_TSTRING)
+    fprintf(stderr, "%s: %s\n", argv[0], lua_tostring(L, -1));
+  else if (status != 0 && !lua_isnil(L, -1))
+    fprintf(stderr, "%s: the script raised a %s value\n", argv[0],
+            luaL_typename(L, -1));
   lua_close(L);
   return status == 0 ? 0 : 1;
 }
