@@ -198,7 +198,9 @@ void ac_transport_free(ac_transport *t) {
   if (t->curl != NULL)
     curl_easy_cleanup(t->curl);
   t->curl = NULL;
-  ac_buf_free(&t->body);
+  /* The body of a create-credential response holds the issued secret
+   * and security token. */
+  ac_buf_clear_free(&t->body);
 }
 
 
@@ -220,7 +222,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
   CURL *c = t->curl;
 
   if (t->body.cap > AC_KEEP_BODY_BYTES)
-    ac_buf_free(&t->body);
+    ac_buf_clear_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';
