@@ -20,6 +20,7 @@ local LUA_MODULE = NGINX_MODULE_DIR .. "/ngx_http_lua_module.so"
 -- Upper bound on the life of each nginx the spec starts, in seconds.
 local NGINX_LIFETIME_SECONDS = 300
 local STARTUP_TIMEOUT_SECONDS = 10
+local PORT_ATTEMPTS = 3
 local STOP_TIMEOUT_SECONDS = 5
 local REQUEST_TIMEOUT_SECONDS = 10
 
@@ -131,22 +132,11 @@ end
 local Nginx = {}
 Nginx.__index = Nginx
 
--- Starts nginx with `conf_text` (a template with ${APPCENTER_ROOT} and
--- ${APPCENTER_NGINX_PORT}) and environment variables `env`. Returns once
--- the port accepts connections and the pid file exists, and raises with the
--- error log when that takes longer than STARTUP_TIMEOUT_SECONDS.
-local function start_nginx(conf_text, env)
-  local prefix = read_command("mktemp -d /tmp/appcenter-nginx-spec.XXXXXX")
-    :gsub("%s+$", "")
-  assert(prefix ~= "", "mktemp failed")
-  assert(run_command("mkdir " .. shell_quote(prefix .. "/logs")))
-
-  local port = free_port()
-  write_file(prefix .. "/nginx.conf", render(conf_text, {
-    APPCENTER_ROOT = repository_root(),
-    APPCENTER_NGINX_PORT = tostring(port),
-  }))
-
+-- Runs nginx in the background on `port` with the configuration already
+-- rendered in `prefix`, and waits until the port accepts connections and
+-- the pid file exists. Returns the pid, or nil and "busy" when another
+-- process took the port first, or nil and "timeout".
+local function launch(prefix, port, env)
   local assignments = {}
   for name, value in pairs(env) do
     assignments[#assignments + 1] = name .. "=" .. shell_quote(value)
@@ -164,11 +154,6 @@ local function start_nginx(conf_text, env)
     shell_quote(prefix .. "/logs/stderr.log"))
   assert(run_command(command), "could not run " .. command)
 
-  local self = setmetatable({
-    prefix = prefix,
-    base_url = ("http://127.0.0.1:%d"):format(port),
-  }, Nginx)
-
   local deadline = socket.gettime() + STARTUP_TIMEOUT_SECONDS
   while socket.gettime() < deadline do
     local client = socket.tcp()
@@ -177,16 +162,56 @@ local function start_nginx(conf_text, env)
     client:close()
     local pid = tonumber(read_file(prefix .. "/logs/nginx.pid"):match("%d+"))
     if connected and pid then
-      self.pid = pid
-      return self
+      return pid
+    end
+    if read_file(prefix .. "/logs/stderr.log"):find("Address already in use",
+        1, true) then
+      return nil, "busy"
     end
     socket.sleep(0.05)
+  end
+  return nil, "timeout"
+end
+
+-- Starts nginx with `conf_text` (a template with ${APPCENTER_ROOT} and
+-- ${APPCENTER_NGINX_PORT}) and environment variables `env`. Returns once
+-- the port accepts connections and the pid file exists, and raises with the
+-- error log when that takes longer than STARTUP_TIMEOUT_SECONDS. The port
+-- is free when picked but another process can take it before nginx binds
+-- it, so a port found busy is replaced up to PORT_ATTEMPTS times.
+local function start_nginx(conf_text, env)
+  local prefix = read_command("mktemp -d /tmp/appcenter-nginx-spec.XXXXXX")
+    :gsub("%s+$", "")
+  assert(prefix ~= "", "mktemp failed")
+  assert(run_command("mkdir " .. shell_quote(prefix .. "/logs")))
+  local self = setmetatable({ prefix = prefix }, Nginx)
+
+  local failure
+  for _ = 1, PORT_ATTEMPTS do
+    local port = free_port()
+    write_file(prefix .. "/nginx.conf", render(conf_text, {
+      APPCENTER_ROOT = repository_root(),
+      APPCENTER_NGINX_PORT = tostring(port),
+    }))
+    self.pid, failure = launch(prefix, port, env)
+    if self.pid then
+      self.base_url = ("http://127.0.0.1:%d"):format(port)
+      return self
+    end
+    if failure ~= "busy" then
+      break
+    end
+    run_command("rm -f " .. shell_quote(prefix .. "/logs/stderr.log"))
   end
 
   local logs = self:error_log() .. read_file(prefix .. "/logs/stderr.log")
   self:stop()
-  error("nginx did not start within " .. STARTUP_TIMEOUT_SECONDS
-    .. " s:\n" .. logs, 2)
+  if failure == "busy" then
+    error(("nginx found each of %d free ports taken when it bound them:\n%s")
+      :format(PORT_ATTEMPTS, logs), 2)
+  end
+  error(("nginx did not start within %d s:\n%s"):format(
+    STARTUP_TIMEOUT_SECONDS, logs), 2)
 end
 
 function Nginx:error_log()
