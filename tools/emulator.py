@@ -6,8 +6,9 @@ Serves POST /v1/{project_id}/app-center/buckets/actions/create-credential on a
 loopback address, with token (X-Auth-Token) and AK/SK (SDK-HMAC-SHA256)
 authentication. A second port is a test-only control interface for fault
 injection, configuration, statistics and stored objects. A third port plays
-OBS: it accepts the one PutObject that each issued credential allows, signed
-with OBS's own signature, and stores the object. Python 3 standard library only.
+OBS: it accepts PutObjects of the one object key that each issued credential
+allows, signed with OBS's own signature, and stores the object. Python 3
+standard library only.
 
 Usage:
     python3 tools/emulator.py [--host 127.0.0.1] [--port 0] [--control-port 0]
@@ -2509,7 +2510,17 @@ def run_obs_checks(test, state, api_port):
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(
-        description="Local emulator of the App Center create-credential API (loopback only)."
+        description="Local emulator of the App Center create-credential API (loopback only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""The control port (the "control" URL of the first output line) injects faults
+and changes settings, for trying retries and error handling. For example, the
+next two create-credential requests get a 503, then one waits 2 s:
+
+  curl -X POST http://127.0.0.1:CONTROL/faults -d '[{"status": 503, "times": 2},
+      {"delay_ms": 2000}]'
+
+The header of tools/emulator.py lists every fault field, the other control
+requests and the error codes the emulator sends.""",
     )
     parser.add_argument(
         "--host",
