@@ -182,6 +182,18 @@ describe("TLS", function()
     assert_tls_error(outcome.err, "host name")
   end)
 
+  it("suggests http:// for a plain HTTP server", function()
+    local plain = emulator.start()
+    local endpoint = plain.url:gsub("^http://", "https://")
+    local result, err = call(plain, { endpoint = endpoint })
+    plain:stop()
+
+    assert.is_nil(result)
+    assert_tls_error(err, "wrong version number")
+    assert.is_not_nil(err.message:find("write http:// in the endpoint", 1,
+      true), err.message)
+  end)
+
   it("does not retry a TLS error in the wrapper", function()
     local retries = 0
     local client = assert(appcenter.new(options(other, {

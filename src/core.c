@@ -560,8 +560,14 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     e.kind = AC_KIND_INVALID_RESPONSE;
     e.status = status;
   } else {
-    snprintf(message, sizeof message, "%s",
-             t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    const char *text = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+
+    /* OpenSSL reports a server that replies to a handshake in plain HTTP
+     * as a wrong version number. */
+    snprintf(message, sizeof message, "%s%s", text,
+             strstr(text, "wrong version number") == NULL ? ""
+             : " (the server did not reply in TLS: for a plain HTTP "
+               "server, write http:// in the endpoint)");
     e.kind = curl_kind(rc);
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0;
   }
