@@ -170,6 +170,28 @@ describe("upload", function()
       assert.same({ { 0, 0 } }, calls)
     end)
 
+    it("counts bytes in integers", function()
+      local client = new_core_client()
+      local result = credential(client, "note.txt")
+      local counts = {}
+      local meta, err = client:upload(result, {
+        body = "twelve bytes",
+        progress = function(sent, total)
+          counts[#counts + 1] = sent
+          counts[#counts + 1] = total
+        end,
+      })
+
+      assert.is_nil(err)
+      counts[#counts + 1] = meta.bytes
+      -- LuaJIT has one number type, so only Lua 5.3 and later can tell.
+      local number_type = math.type or function() return "integer" end
+      for _, count in ipairs(counts) do
+        assert.equals("integer", number_type(count))
+      end
+      assert.equals(12, meta.bytes)
+    end)
+
     it("streams 200 MiB in bounded memory", function()
       local path = directory .. "/big.bin"
       run(("dd if=/dev/urandom of=%s bs=1M count=%d status=none")

@@ -121,8 +121,8 @@ static int call_progress(upload_progress *p, curl_off_t sent,
     c->uploading = c->in_progress_callback = 1;
   }
   lua_pushvalue(L, p->fn);
-  lua_pushnumber(L, (lua_Number)sent);
-  lua_pushnumber(L, (lua_Number)total);
+  lua_pushinteger(L, (lua_Integer)sent);
+  lua_pushinteger(L, (lua_Integer)total);
   failed = lua_pcall(L, 2, 1, 0) != 0;
   if (c != NULL) {
     c->uploading = uploading;
@@ -404,7 +404,7 @@ static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
     lua_pushstring(L, t->request_id);
     lua_setfield(L, -2, "request_id");
   }
-  lua_pushnumber(L, (lua_Number)call->src.total);
+  lua_pushinteger(L, (lua_Integer)call->src.total);
   lua_setfield(L, -2, "bytes");
   lua_pushnumber(L, (lua_Number)total_us / 1000.0);
   lua_setfield(L, -2, "elapsed_ms");
