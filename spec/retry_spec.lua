@@ -154,6 +154,21 @@ describe("retry", function()
       assert.is_true(meta.elapsed_ms >= 2000)
       assert.is_true(meta.elapsed_ms < 3000)
     end)
+
+    it("keeps the fraction of elapsed time", function()
+      -- The call starts at the first reading, and every later one is
+      -- 2.5 ms on.
+      local readings = 0
+      local client = new_client(nil, { now = function()
+        readings = readings + 1
+        return readings == 1 and 100 or 100.0025
+      end })
+
+      local _, meta = client:create_credential("replay.bin")
+
+      assert.is_true(math.abs(meta.elapsed_ms - 2.5) < 1e-6,
+        tostring(meta.elapsed_ms))
+    end)
   end)
 
   describe("final errors", function()

@@ -227,7 +227,7 @@ function Call:complete(result, info)
       policy.budget:refund(self.last_retry_cost)
     end
     info.attempts = self.attempt
-    info.elapsed_ms = math.floor((policy.now() - self.started) * 1000 + 0.5)
+    info.elapsed_ms = (policy.now() - self.started) * 1000
     return nil
   end
 
