@@ -587,6 +587,19 @@ http {
             }
         }
 
+        location = /start {
+            content_by_lua_block {
+                local client = assert(require("appcenter").new({
+                    endpoint = os.getenv("APPCENTER_ENDPOINT"),
+                    project_id = os.getenv("APPCENTER_PROJECT_ID"),
+                    token = os.getenv("APPCENTER_TOKEN"),
+                }))
+                local ok, err = pcall(client.start, client, "start.bin",
+                    function() end)
+                ngx.say(ok and "started" or "raised: " .. tostring(err))
+            }
+        }
+
         location = /result {
             content_by_lua_block {
                 local value = ngx.shared.results:get(ngx.var.arg_key)
@@ -649,6 +662,13 @@ http {
       assert.is_truthy(outcome:find("raised: appcenter: create_credential "
         .. "cannot run in the nginx \"log\" phase", 1, true), outcome)
       assert.is_truthy(outcome:find("content_by_lua*", 1, true), outcome)
+    end)
+
+    it("rejects start without a file position", function()
+      local status, body = nginx:get("/start")
+      assert.are.equal(200, status)
+      assert.are.equal("raised: appcenter: start and poll are not available "
+        .. "inside nginx", body:match("^[^;]*"))
     end)
 
     it("works from a timer", function()
