@@ -597,6 +597,9 @@ http {
                 local ok, err = pcall(client.start, client, "start.bin",
                     function() end)
                 ngx.say(ok and "started" or "raised: " .. tostring(err))
+                ngx.say(tostring(client))
+                client:close()
+                ngx.say(tostring(client))
             }
         }
 
@@ -669,6 +672,18 @@ http {
       assert.are.equal(200, status)
       assert.are.equal("raised: appcenter: start and poll are not available "
         .. "inside nginx", body:match("^[^;]*"))
+    end)
+
+    it("prints a client without secrets", function()
+      local _, body = nginx:get("/start")
+      local lines = {}
+      for line in body:gmatch("[^\n]+") do
+        lines[#lines + 1] = line
+      end
+
+      assert.are.equal(("appcenter.client (%s, project %s)"):format(emu.url,
+        emu.project_id), lines[2])
+      assert.are.equal("appcenter.client (closed)", lines[3])
     end)
 
     it("works from a timer", function()

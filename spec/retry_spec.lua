@@ -792,6 +792,16 @@ describe("retry", function()
         1, true))
     end)
 
+    it("prints the endpoint and project", function()
+      local client = new_client()
+      local expected = ("appcenter.client (%s, project %s)"):format(emu.url,
+        emu.project_id)
+
+      assert.equal(expected, tostring(client))
+      client:close()
+      assert.equal("appcenter.client (closed)", tostring(client))
+    end)
+
     it("core.new error is returned", function()
       local client, err = appcenter.new{
         endpoint = "ftp://127.0.0.1", project_id = emu.project_id,

@@ -231,6 +231,14 @@ function Client:close()
   async.close(self)
 end
 
+-- Returns "appcenter.client (ENDPOINT, project ID)", or
+-- "appcenter.client (closed)", from the core client's text, which
+-- contains no secret.
+function Client:__tostring()
+  return (tostring(self.core_client):gsub("^appcenter%.core%.client",
+    "appcenter.client"))
+end
+
 -- Non-blocking requests and the coroutine helper, with the same retries,
 -- deadline and retry budget as create_credential: see appcenter/async.lua.
 Client.start = async.start

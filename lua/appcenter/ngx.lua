@@ -320,9 +320,11 @@ function glue.new_client(core_opts, thread_pool)
   if not probe then
     return nil, err
   end
+  local description = tostring(probe)
   probe:close()
 
   return setmetatable({
+    description = description,
     core_opts = core_opts,
     thread_pool = thread_pool or glue.DEFAULT_THREAD_POOL,
     open = true,
@@ -358,6 +360,14 @@ end
 -- connections for other wrapper clients with the same options.
 function ThreadClient:close()
   self.open = false
+end
+
+-- Returns the text of a core client with the same options.
+function ThreadClient:__tostring()
+  if not self.open then
+    return "appcenter.core.client (closed)"
+  end
+  return self.description
 end
 
 -- The non-blocking interface of appcenter.core (libcurl's multi handle)
