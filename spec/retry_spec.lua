@@ -370,6 +370,8 @@ describe("retry", function()
       assert.equal(1, err.attempts)
       assert.equal(1, requests())
       assert.equal(0, #clock.sleeps)
+      assert.matches("%(not retried: Retry%-After asks for 5 s, more than "
+        .. "the time left before the deadline%)$", err.message)
     end)
 
     it("Retry-After date beyond deadline stops", function()
@@ -398,6 +400,8 @@ describe("retry", function()
       assert.equal(3, err.attempts)
       assert.equal(3, requests())
       assert.same({ 0.4, 0.4 }, clock.sleeps)
+      assert.matches("%(not retried: the backoff delay would end after the "
+        .. "deadline%)$", err.message)
     end)
 
     it("cuts attempt timeout to deadline", function()
@@ -531,6 +535,9 @@ describe("retry", function()
       assert.equal(3, first.attempts)
       assert.equal(1, second.attempts)
       assert.equal(4, requests())
+      assert.is_nil(first.message:find("not retried", 1, true))
+      assert.matches("%(not retried: the client's retry budget is spent%)$",
+        second.message)
     end)
 
     it("successes refill budget", function()

@@ -125,8 +125,9 @@ function retry.backoff_ms(policy, attempt)
 end
 
 -- Returns the delay in milliseconds before retrying after `err`, or nil
--- when the call must stop because the server's Retry-After or the backoff
--- does not fit into the `left_ms` milliseconds before the deadline.
+-- and the reason when the call must stop because the server's Retry-After
+-- or the backoff does not fit into the `left_ms` milliseconds before the
+-- deadline.
 local function plan_delay_ms(policy, err, attempt, left_ms)
   local delay_ms
   local requested_s
@@ -139,7 +140,8 @@ local function plan_delay_ms(policy, err, attempt, left_ms)
     -- is worth it, because a retry earlier than the server requested is
     -- likely to fail again.
     if requested_s * 1000 > left_ms then
-      return nil
+      return nil, ("Retry-After asks for %d s, more than the time left "
+        .. "before the deadline"):format(requested_s)
     end
     delay_ms = math.floor(math.min(policy.max_delay_ms, requested_s * 1000))
   else
@@ -147,7 +149,7 @@ local function plan_delay_ms(policy, err, attempt, left_ms)
   end
 
   if delay_ms >= left_ms then
-    return nil
+    return nil, "the backoff delay would end after the deadline"
   end
   return delay_ms
 end
@@ -217,7 +219,9 @@ end
 -- `nil, err` as the core client returns them, and decides what follows.
 -- Returns the delay in milliseconds before the next attempt, after paying
 -- the retry budget and calling on_retry. Returns nil when the call is
--- over, and then `result, info` are its outcome. Sets `attempts` in meta
+-- over, and then `result, info` are its outcome. When the deadline or the
+-- retry budget stops a retry, err.message ends with the reason. Sets
+-- `attempts` in meta
 -- or err (mutating err keeps its metatable), and meta.elapsed_ms to the
 -- time over all attempts, measured with policy.now.
 function Call:complete(result, info)
@@ -237,9 +241,10 @@ function Call:complete(result, info)
     return nil
   end
 
-  local delay_ms = plan_delay_ms(policy, err, self.attempt,
+  local delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
     time_left_ms(policy, self.deadline))
   if not delay_ms then
+    err.message = ("%s (not retried: %s)"):format(err.message, reason)
     return nil
   end
 
@@ -247,6 +252,8 @@ function Call:complete(result, info)
   if policy.budget then
     cost = policy.budget:cost_of(err)
     if not policy.budget:withdraw(cost) then
+      err.message = ("%s (not retried: the client's retry budget is spent)")
+        :format(err.message)
       return nil
     end
   end
