@@ -66,7 +66,7 @@ local function on_credential(file_name)
     end
     -- A game would now upload the file to result.server_end_point with
     -- result.credential. The secret is not printed.
-    print(("frame %4d  %-16s -> %s/%s (%d attempt(s), %d ms)"):format(
+    print(("frame %4d  %-16s -> %s/%s (%d attempt(s), %.1f ms)"):format(
       frame, file_name, result.bucket_name, result.object_path,
       meta_or_err.attempts, meta_or_err.elapsed_ms))
   end

@@ -19,12 +19,22 @@ if not path then
   os.exit(2)
 end
 
+local function required_env(name)
+  local value = os.getenv(name)
+  if value == nil or value == "" then
+    io.stderr:write(("plain: environment variable %s is not set; see the "
+      .. "comment at the top of this file\n"):format(name))
+    os.exit(2)
+  end
+  return value
+end
+
 -- The token comes from the environment, never from the source or the
 -- command line.
 local client, err = appcenter.new({
-  endpoint = os.getenv("APPCENTER_ENDPOINT"),
-  project_id = os.getenv("APPCENTER_PROJECT_ID"),
-  token = os.getenv("APPCENTER_TOKEN"),
+  endpoint = required_env("APPCENTER_ENDPOINT"),
+  project_id = required_env("APPCENTER_PROJECT_ID"),
+  token = required_env("APPCENTER_TOKEN"),
 })
 if not client then
   io.stderr:write(tostring(err), "\n")
