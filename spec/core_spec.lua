@@ -189,6 +189,10 @@ describe("appcenter.core", function()
       { "timeout_ms", { timeout_ms = 1.5 } },
       { "max_body_bytes", { max_body_bytes = -1 } },
       { "region", { endpoint = false, region = "mars-north-1" } },
+      { "proxy", { proxy = "foo://127.0.0.1:1" } },
+      { "proxy", { proxy = "http://[bad" } },
+      { "proxy", { proxy = "http://127.0.0.1:1\0x" } },
+      { "ca_file", { ca_file = "/etc/ssl/certs/ca-certificates.crt\0x" } },
     }
     for _, case in ipairs(bad_options) do
       local field, extra = case[1], case[2]
@@ -244,6 +248,45 @@ describe("appcenter.core", function()
       local client, err = core.new(opts)
       assert.is_nil(client)
       assert.matches("ak needs sk", err.message, 1, true)
+    end)
+
+    -- Each read through the proxy returns a new long string and collects
+    -- garbage first, so a string that the module read earlier and did
+    -- not keep would be freed.
+    local function fresh_strings(values)
+      return setmetatable({}, { __index = function(_, name)
+        collectgarbage()
+        local value = values[name]
+        if type(value) == "string" then
+          return (value .. "#"):sub(1, -2)
+        end
+        return value
+      end })
+    end
+
+    it("reads options through __index", function()
+      local endpoint = emu.url .. "/" .. ("p"):rep(60)
+      local client, err = core.new(fresh_strings(options{
+        endpoint = endpoint }))
+
+      assert.is_nil(err)
+      assert.matches(endpoint, tostring(client), 1, true)
+      client:close()
+    end)
+
+    it("signs fields read through __index", function()
+      local fields = {
+        url = emu.url .. "/" .. ("p"):rep(60),
+        ak = "FAKEAKINDEX000000001",
+        sk = ("fake-secret-key-"):rep(4),
+        body = ("{}"):rep(30),
+        date = "20261204T000000Z",
+      }
+      local expected_headers, expected_canonical = core.sign(fields)
+      local headers, canonical = core.sign(fresh_strings(fields))
+
+      assert.same(expected_headers, headers)
+      assert.equals(expected_canonical, canonical)
     end)
 
     it("raises on a wrong option type", function()

@@ -278,6 +278,18 @@ describe("secrets", function()
       client:close()
     end)
 
+    it("hides the proxy password in proxy errors", function()
+      for _, proxy in ipairs{
+        "foo://user:" .. PROXY_PASSWORD .. "@127.0.0.1:1",
+        "http://user:" .. PROXY_PASSWORD .. "@[bad",
+      } do
+        local client, err = core.new(token_options{ proxy = proxy })
+        assert.is_nil(client)
+        assert.equal("invalid_argument", err.kind)
+        assert_clean(err, "error for " .. proxy:match("^%a+"))
+      end
+    end)
+
     it("hides secrets on timeouts, drops and truncation", function()
       local client = assert(core.new(aksk_options{ timeout_ms = 500 }))
       for index, fault in ipairs{

@@ -52,6 +52,7 @@ typedef struct ac_client {
   ac_transport_opts transport_opts;
   char *ca_file;
   char *proxy;
+  char *proxy_password;        /* from proxy, kept to redact it */
   char user_agent[AC_USER_AGENT_SIZE];
   ac_endpoint endpoint;
   char *project_id;
@@ -66,7 +67,7 @@ typedef struct ac_client {
   ac_buf authorization;
   struct curl_slist *headers;  /* fixed headers sent on every call */
   ac_call_headers call_headers;/* the blocking calls' AK/SK headers */
-  const char *secrets[4];      /* redacted from every error message */
+  const char *secrets[5];      /* redacted from every error message */
 
   CURLM *multi;                /* created by the first start() */
   ac_request *requests;        /* in flight, doubly linked */

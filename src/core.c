@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -107,14 +108,14 @@ void ac_check_options(lua_State *L, int idx, const ac_option *list,
 }
 
 
+/* Reads opts[name] and leaves it on the stack, which keeps the string
+ * alive while the caller uses it: an __index metamethod can return a
+ * string that no table holds. */
 static const char *opt_string(lua_State *L, int idx, const char *name,
                               size_t *len) {
-  const char *s;
-
+  luaL_checkstack(L, 1, "reading the options");
   lua_getfield(L, idx, name);
-  s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);  /* the string stays alive in the options table */
-  return s;
+  return lua_tolstring(L, -1, len);
 }
 
 
@@ -173,7 +174,8 @@ static void client_release(ac_client *c) {
   free(c->project_id);
   free(c->ak);
   free(c->ca_file);
-  free(c->proxy);
+  free_secret(c->proxy);
+  free_secret(c->proxy_password);
   free_secret(c->token);
   free_secret(c->sk);
   ac_signer_free(c->signer);
@@ -265,7 +267,8 @@ static int check_auth_combination(const char *token, const char *ak,
 /* Fills list with the secrets that are set, then NULL. The list ends at
  * its first NULL, so an unset secret must not leave a gap. */
 static void set_secrets(const char **list, const char *token,
-                        const char *sk, const char *security_token) {
+                        const char *sk, const char *security_token,
+                        const char *proxy_password) {
   size_t n = 0;
 
   if (token != NULL)
@@ -274,6 +277,8 @@ static void set_secrets(const char **list, const char *token,
     list[n++] = sk;
   if (security_token != NULL)
     list[n++] = security_token;
+  if (proxy_password != NULL)
+    list[n++] = proxy_password;
   list[n] = NULL;
 }
 
@@ -308,7 +313,7 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   c->sk = sk ? copy_string(sk, sk_len) : NULL;
   c->security_token = st ? copy_string(st, st_len) : NULL;
   c->signer = sk ? ac_signer_new(sk, sk_len) : NULL;
-  set_secrets(c->secrets, c->token, c->sk, c->security_token);
+  set_secrets(c->secrets, c->token, c->sk, c->security_token, NULL);
   if ((token && !c->token) || (ak && !c->ak) || (sk && !c->sk)
       || (st && !c->security_token)) {
     snprintf(msg, AC_MSG_SIZE, "not enough memory");
@@ -323,12 +328,83 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
 }
 
 
+/* Checks the proxy URL and keeps its password, if any, in
+ * c->proxy_password for redaction. Messages never contain the URL,
+ * because it may contain the password. */
+static int check_proxy(ac_client *c, const char *proxy, char *msg) {
+  static const char *const schemes[] = {"http", "https", "socks4",
+                                        "socks4a", "socks5", "socks5h",
+                                        NULL};
+  const char *const *known;
+  char *scheme = NULL, *password = NULL;
+  CURLU *url;
+  CURLUcode rc;
+  int ok = 0;
+
+  if (proxy[0] == '\0')
+    return 0;  /* no proxy, not even from the environment */
+  url = curl_url();
+  if (url == NULL) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    return -1;
+  }
+  rc = curl_url_set(url, CURLUPART_URL, proxy,
+                    CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME);
+  if (rc == CURLUE_OK)
+    rc = curl_url_get(url, CURLUPART_SCHEME, &scheme, 0);
+  if (rc == CURLUE_OK)
+    for (known = schemes; *known != NULL && !ok; known++)
+      ok = strcasecmp(scheme, *known) == 0;
+  if (rc != CURLUE_OK)
+    snprintf(msg, AC_MSG_SIZE, "invalid proxy: not a URL (%s); pass "
+             "e.g. \"http://proxy.example:3128\"", curl_url_strerror(rc));
+  else if (!ok)
+    snprintf(msg, AC_MSG_SIZE, "invalid proxy: unsupported scheme "
+             "\"%.32s\"; use http, https, socks4, socks4a, socks5 or "
+             "socks5h", scheme);
+  else if (curl_url_get(url, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK
+           && (c->proxy_password = copy_string(password,
+                                               strlen(password))) == NULL) {
+    snprintf(msg, AC_MSG_SIZE, "not enough memory");
+    ok = 0;
+  }
+  if (password != NULL)
+    ac_wipe(password, strlen(password));
+  curl_free(password);
+  curl_free(scheme);
+  curl_url_cleanup(url);
+  return ok ? 0 : -1;
+}
+
+
+/* Reads a path or URL option without NUL bytes, which libcurl would take
+ * as its end. */
+static int opt_text(lua_State *L, int opts, const char *name,
+                    const char **out, char *msg) {
+  size_t len;
+
+  *out = opt_string(L, opts, name, &len);
+  if (*out != NULL && strlen(*out) != len) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: contains a NUL byte", name);
+    return -1;
+  }
+  return 0;
+}
+
+
 static int configure_transport(lua_State *L, int opts, ac_client *c,
                                char *msg) {
   ac_transport_opts *t = &c->transport_opts;
-  const char *ca_file = opt_string(L, opts, "ca_file", NULL);
-  const char *proxy = opt_string(L, opts, "proxy", NULL);
+  const char *ca_file, *proxy;
   long max_body;
+
+  if (opt_text(L, opts, "ca_file", &ca_file, msg) != 0
+      || opt_text(L, opts, "proxy", &proxy, msg) != 0
+      || (proxy != NULL && check_proxy(c, proxy, msg) != 0))
+    return -1;
+  /* Adds the proxy password to the secrets that configure_auth listed. */
+  set_secrets(c->secrets, c->token, c->sk, c->security_token,
+              c->proxy_password);
 
   if (opt_count(L, opts, "timeout_ms", AC_DEFAULT_TIMEOUT_MS,
                 AC_MAX_TIMEOUT_MS, &t->timeout_ms, msg) != 0
@@ -425,6 +501,7 @@ static int push_client(lua_State *L, int opts, const char *fname,
                        int allow_file_name) {
   ac_client *c;
   char msg[AC_MSG_SIZE];
+  int top;
 
   luaL_checktype(L, opts, LUA_TTABLE);
   ac_check_options(L, opts, client_options, fname, allow_file_name);
@@ -435,11 +512,14 @@ static int push_client(lua_State *L, int opts, const char *fname,
   lua_setmetatable(L, -2);
   lua_newtable(L);  /* callbacks of requests in flight */
   ac_setuservalue(L, -2);
+  top = lua_gettop(L);
 
   if (configure_client(L, opts, c, msg) != 0) {
     client_release(c);
     return ac_return_invalid(L, msg);
   }
+  /* The client has copied the option strings that it keeps. */
+  lua_settop(L, top);
   return 1;
 }
 

@@ -58,10 +58,12 @@ static void split_url(const char *url, size_t len, url_parts *u) {
 }
 
 
+/* Reads the string args[key] and leaves it on the stack, which keeps it
+ * alive: an __index metamethod can return a string that no table
+ * holds. Raises when it is required and missing or not a string. */
 static const char *field_string(lua_State *L, const char *key,
                                 size_t *len, int required) {
-  const char *s;
-
+  luaL_checkstack(L, 1, "reading the fields");
   lua_getfield(L, 1, key);
   if (lua_isnil(L, -1)) {
     if (required)
@@ -73,9 +75,7 @@ static const char *field_string(lua_State *L, const char *key,
   if (lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "appcenter.core.sign: field '%s' must be a string, "
                "got %s", key, luaL_typename(L, -1));
-  s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);  /* the string stays alive in the argument table */
-  return s;
+  return lua_tolstring(L, -1, len);
 }
 
 
