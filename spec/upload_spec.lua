@@ -170,6 +170,16 @@ describe("upload", function()
       assert.same({ { 0, 0 } }, calls)
     end)
 
+    it("keeps dot segments of the key", function()
+      local client = new_core_client()
+      local result = credential(client, "dots/../x.bin")
+      local meta, err = client:upload(result, { body = "dots" })
+
+      assert.is_nil(err)
+      assert.matches("/dots/%.%./x%.bin$", meta.url)
+      assert_stored(result, 4, file_sha256(make_file("dots.bin", "dots")))
+    end)
+
     it("counts bytes in integers", function()
       local client = new_core_client()
       local result = credential(client, "note.txt")
@@ -304,6 +314,27 @@ describe("upload", function()
       assert.matches("^%x+$", err.request_id)
       assert.matches("^appcenter: http " .. code .. ": OBS: ", tostring(err))
     end
+
+    it("rejects line breaks in header values", function()
+      local client = new_core_client()
+      local result = credential(client, "inject.bin")
+      local meta, err = client:upload(result, { body = "x",
+        content_type = "text/plain\r\nX-Evil: 1" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("content_type", err.message, 1, true)
+
+      result.credential.security_token = result.credential.security_token
+        .. "\r\nX-Evil: 1"
+      meta, err = client:upload(result, { body = "x" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("credential.security_token contains a line break",
+        err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
 
     it("rejects another key with AccessDenied", function()
       local client = new_core_client()
@@ -464,6 +495,29 @@ describe("upload", function()
   end)
 
   describe("progress", function()
+    it("keeps the body alive when the callback drops it", function()
+      local client = new_core_client()
+      local result = credential(client, "kept.bin")
+      -- Built at run time, so that only the options table refers to it.
+      local opts = { body = ("k"):rep(4 * MIB - 1) .. "!" }
+      local expected_sha256 = file_sha256(make_file("kept.bin", opts.body))
+      local expected_bytes = #opts.body
+      opts.progress = function()
+        opts.body = nil
+        result.credential.secret = nil
+        result.credential.security_token = nil
+        collectgarbage()
+      end
+      -- OBS waits before it reads the request, so the callback runs
+      -- before libcurl has read the body.
+      emu:fault{ target = "obs", delay_ms = 1500, times = 1 }
+      local meta, err = client:upload(result, opts)
+
+      assert.is_nil(err)
+      assert.equals(expected_bytes, meta.bytes)
+      assert_stored(result, expected_bytes, expected_sha256)
+    end)
+
     it("ends at the total for a small body", function()
       local client = new_core_client()
       local calls = {}

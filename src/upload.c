@@ -161,24 +161,34 @@ static int on_progress(void *ud, curl_off_t dl_total, curl_off_t dl_now,
  * Reading the arguments
  * ------------------------------------------------------------------- */
 
-/* Reads t[key] as a string; pushes nothing. NULL when not a string. */
-static const char *field(lua_State *L, int t, const char *key) {
-  const char *s;
-
+/* Reads t[key] as a string, NULL when it is not one, and leaves the
+ * value on the stack. That keeps the string alive until the call
+ * returns, even when the progress callback changes the table or an
+ * __index metamethod made the string. */
+static const char *field(lua_State *L, int t, const char *key,
+                         size_t *len) {
+  luaL_checkstack(L, 1, "reading the upload arguments");
   lua_getfield(L, t, key);
-  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  lua_pop(L, 1);  /* the string stays alive in the table */
-  return s;
+  return lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, len) : NULL;
 }
 
 
+/* Reads a string of the result that goes into a request header, so it
+ * may not contain a line break or a NUL byte. */
 static const char *required_field(lua_State *L, int t, const char *path,
                                   const char *key, char *msg) {
-  const char *s = field(L, t, key);
+  size_t len = 0;
+  const char *s = field(L, t, key, &len);
 
   if (s == NULL)
     snprintf(msg, AC_MSG_SIZE, "invalid result: %s%s must be a string; "
              "pass the table create_credential returned", path, key);
+  else if (strlen(s) != len || strpbrk(s, "\r\n") != NULL) {
+    snprintf(msg, AC_MSG_SIZE, "invalid result: %s%s contains a line "
+             "break or a NUL byte; pass the table create_credential "
+             "returned", path, key);
+    s = NULL;
+  }
   return s;
 }
 
@@ -232,7 +242,8 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
                      char *msg) {
   ac_obs_request *r = &call->req;
   const char *body;
-  size_t body_len = 0;
+  size_t body_len = 0, type_len = 0, path_len = 0;
+  int credential;
 
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
@@ -243,18 +254,21 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
       || !(r->key = required_field(L, 2, "", "object_path", msg)))
     return -1;
 
+  luaL_checkstack(L, 1, "reading the upload arguments");
   lua_getfield(L, 2, "credential");
   if (!lua_istable(L, -1)) {
     snprintf(msg, AC_MSG_SIZE, "invalid result: credential must be a "
              "table; pass the table create_credential returned");
     return -1;
   }
-  if (!(r->access = required_field(L, -1, "credential.", "access", msg))
-      || !(r->secret = required_field(L, -1, "credential.", "secret", msg))
-      || !(r->security_token = required_field(L, -1, "credential.",
+  credential = lua_gettop(L);
+  if (!(r->access = required_field(L, credential, "credential.", "access",
+                                   msg))
+      || !(r->secret = required_field(L, credential, "credential.",
+                                      "secret", msg))
+      || !(r->security_token = required_field(L, credential, "credential.",
                                               "security_token", msg)))
     return -1;
-  lua_pop(L, 1);
 
   lua_getfield(L, 3, "path_style");
   r->path_style = lua_toboolean(L, -1);
@@ -264,11 +278,12 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
                           r->path_style, msg) != 0)
     return -1;
 
-  call->path = field(L, 3, "path");
-  lua_getfield(L, 3, "body");
-  body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &body_len)
-                                        : NULL;
-  lua_pop(L, 1);
+  call->path = field(L, 3, "path", &path_len);
+  if (call->path != NULL && strlen(call->path) != path_len) {
+    snprintf(msg, AC_MSG_SIZE, "invalid path: contains a NUL byte");
+    return -1;
+  }
+  body = field(L, 3, "body", &body_len);
   if ((call->path == NULL) == (body == NULL)) {
     snprintf(msg, AC_MSG_SIZE, "invalid upload options: pass exactly one "
              "of path (a file) or body (a string)");
@@ -277,7 +292,11 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
   call->src.data = body;
   call->src.total = (curl_off_t)body_len;
 
-  r->content_type = field(L, 3, "content_type");
+  r->content_type = field(L, 3, "content_type", &type_len);
+  if (r->content_type != NULL
+      && ac_check_header_value("upload option content_type",
+                               r->content_type, type_len, msg) != 0)
+    return -1;
   if (r->content_type == NULL)
     r->content_type = ac_obs_content_type(call->path ? call->path : r->key);
 
@@ -366,6 +385,9 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
 
   ac_transport_prepare(t, call->url.data, call->headers, NULL, 0, 0);
   curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+  /* The signature covers the key as it is, so libcurl must not squash
+   * "." and ".." segments. */
+  curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(h, CURLOPT_READFUNCTION, read_body);
   curl_easy_setopt(h, CURLOPT_READDATA, &call->src);
   curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, seek_body);
