@@ -207,6 +207,22 @@ describe("appcenter.core async", function()
     end
   end)
 
+  it("calls back every request when a callback closes", function()
+    emu:config({ delay_ms = 1000 })
+    local client = new_client()
+    local kinds = {}
+    for i = 1, 4 do
+      client:start("a" .. i .. ".bin", function(_, err)
+        kinds[#kinds + 1] = err.kind
+        client:close()
+      end)
+    end
+    emu:wait_for_requests(4, client)
+    client:close()
+    assert.same({ "cancelled", "cancelled", "cancelled", "cancelled" }, kinds)
+    assert.equals(0, client:pending())
+  end)
+
   it("rejects start from a callback during close", function()
     emu:fault({ delay_ms = 1000 })
     local client = new_client()

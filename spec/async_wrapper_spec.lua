@@ -529,6 +529,24 @@ describe("appcenter async wrapper", function()
       client:close()
     end)
 
+    it("close from a callback during close", function()
+      emu:fault{ delay_ms = 1000, times = 3 }
+      local client = new_client()
+      local kinds = {}
+      for i = 1, 3 do
+        client:start("a" .. i .. ".bin", function(_, err)
+          kinds[#kinds + 1] = err.kind
+          client:close()
+        end)
+      end
+      emu:wait_for_requests(3, client)
+
+      client:close()
+
+      assert.same({ "cancelled", "cancelled", "cancelled" }, kinds)
+      assert.equal(0, client:pending())
+    end)
+
     it("close raises callback error after the rest", function()
       emu:fault{ delay_ms = 1000, times = 2 }
       local client = new_client()

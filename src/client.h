@@ -84,6 +84,7 @@ typedef struct ac_client {
                                 * run, else NULL */
   int in_progress_callback;    /* set while one of them runs */
   int open;
+  int closing;                 /* close() is calling back the requests */
 } ac_client;
 
 /* An option name and the Lua type its value must have. */

@@ -779,12 +779,19 @@ static int l_client_close(lua_State *L) {
     return luaL_error(L, "appcenter.core: close called from an upload's "
                       "progress callback; return false from it to abort "
                       "the upload, then close");
+  /* A callback of the requests that close() cancels may call close()
+   * again. The running close() calls back the other requests and then
+   * releases the client, so that call has nothing to do. */
+  if (c->closing)
+    return 0;
   lua_settop(L, 1);
   if (c->open) {
     /* Closed first, so that a callback cannot start new requests while
      * close() cancels the others. */
     c->open = 0;
+    c->closing = 1;
     failed = ac_multi_close(L, 1, c);
+    c->closing = 0;
   }
   client_release(c);
   return failed ? lua_error(L) : 0;
