@@ -183,6 +183,14 @@ describe("appcenter.core", function()
       { "endpoint", { endpoint = "http://user:pw@127.0.0.1:1" } },
       { "endpoint", { endpoint = "http://" } },
       { "endpoint", { endpoint = "http://app.example.com" } },
+      { "host is missing", { endpoint = "https://:443" } },
+      { "port must be", { endpoint = "http://127.0.0.1:notaport" } },
+      { "port must be", { endpoint = "http://127.0.0.1:99999" } },
+      { "port must be", { endpoint = "http://127.0.0.1:0" } },
+      { "port must be", { endpoint = "http://127.0.0.1:1:2" } },
+      { "IPv6 address needs", { endpoint = "http://[::1" } },
+      { "may contain only", { endpoint = "http://%31%32%37.0.0.1:1" } },
+      { "http:// or https://", { endpoint = "http:/127.0.0.1:1" } },
       { "token", { token = "abc\r\nX-Evil: 1" } },
       { "token", { token = "abc\n" } },
       { "timeout_ms", { timeout_ms = 0 } },
@@ -214,6 +222,15 @@ describe("appcenter.core", function()
       }))
       assert.matches("http://app.example.com", tostring(client), 1, true)
       client:close()
+    end)
+
+    it("accepts IPv6 and a port", function()
+      for _, endpoint in ipairs{ "http://[::1]:8080", "https://[2001:db8::1]",
+          "https://app.example.com:8443/base" } do
+        local client, err = core.new(options{ endpoint = endpoint })
+        assert.is_nil(err, endpoint)
+        client:close()
+      end
     end)
 
     it("adds https:// to an endpoint without scheme", function()

@@ -222,6 +222,45 @@ static int endpoint_error(char *msg, const char *why, const char *s,
 }
 
 
+/* Returns why the authority host[:port] is not valid, or NULL. A host is
+ * a name or IPv4 address of letters, digits, '-', '.' and '_', or an IPv6
+ * address in brackets; a port is a number from 1 to 65535. */
+static const char *authority_problem(const char *h, size_t n) {
+  const char *end = h + n, *port;
+  unsigned long number = 0;
+
+  if (h[0] == '[') {
+    const char *close = memchr(h, ']', n);
+
+    if (close == NULL || close == h + 1)
+      return "an IPv6 address needs the form [::1]";
+    for (port = h + 1; port < close; port++)
+      if (!isxdigit((unsigned char)*port) && *port != ':' && *port != '.')
+        return "an IPv6 address has only hex digits, ':' and '.'";
+    port = close + 1;
+    if (port < end && *port != ':')
+      return "only a port may follow the IPv6 address";
+  } else {
+    for (port = h; port < end && *port != ':'; port++)
+      if (!isalnum((unsigned char)*port) && *port != '-' && *port != '.'
+          && *port != '_')
+        return "the host may contain only letters, digits, '-', '.' and "
+               "'_'";
+    if (port == h)
+      return "the host is missing";
+  }
+  if (port == end)
+    return NULL;
+  for (port++; port < end; port++) {
+    if (!isdigit((unsigned char)*port) || number > 65535)
+      return "the port must be a number from 1 to 65535";
+    number = number * 10 + (unsigned long)(*port - '0');
+  }
+  return number >= 1 && number <= 65535
+         ? NULL : "the port must be a number from 1 to 65535";
+}
+
+
 /* Splits scheme://authority/path; returns the scheme length (0 without a
  * scheme) and sets *https. */
 static size_t endpoint_scheme(const char *s, size_t len, int *https) {
@@ -250,7 +289,7 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
                       ac_endpoint *out, char *msg) {
   size_t start, host_len, i;
   int https = 1;
-  const char *host, *slash;
+  const char *host, *slash, *problem;
 
   memset(out, 0, sizeof *out);
   if (len == 0)
@@ -272,6 +311,10 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
   start = endpoint_scheme(s, len, &https);
   if (start == (size_t)-1)
     return endpoint_error(msg, "the scheme must be http or https", s, len);
+  if (start == 0 && (strncasecmp(s, "http:", 5) == 0
+                     || strncasecmp(s, "https:", 6) == 0))
+    return endpoint_error(msg, "write the scheme as http:// or https://",
+                          s, len);
 
   host = s + start;
   slash = memchr(host, '/', len - start);
@@ -281,6 +324,8 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
   if (memchr(host, '@', host_len) != NULL)
     return endpoint_error(msg, "user info (user:password@) is not "
                           "allowed; pass credentials as options", s, len);
+  if ((problem = authority_problem(host, host_len)) != NULL)
+    return endpoint_error(msg, problem, s, len);
 
   out->https = https;
   out->loopback = is_loopback_host(host, host_len);
