@@ -628,6 +628,34 @@ describe("upload", function()
       assert.is_true(core.monotonic() - started < 5)
     end)
 
+    it("accepts a deadline beyond one day", function()
+      -- appcenter.core accepts at most 86400000 ms as timeout_ms, so the
+      -- time left before these deadlines cannot be an attempt's timeout.
+      local client = new_wrapper_client()
+      local result = credential(client)
+      for _, deadline_ms in ipairs({ 90000000, 7 * 86400000, math.huge }) do
+        local meta, err = client:upload(result, { body = "x", deadline_ms = deadline_ms })
+
+        assert.is_nil(err, "deadline_ms = " .. tostring(deadline_ms))
+        assert.equals(200, meta.status)
+      end
+      client:close()
+    end)
+
+    it("allows timeout_ms 0 under a deadline", function()
+      -- timeout_ms 0 means no limit, so no attempt may time out although
+      -- OBS delays each of the 3 attempts by 50 ms.
+      emu:fault{ target = "obs", delay_ms = 50, times = 3 }
+      local client = new_wrapper_client()
+      local result = credential(client)
+      local meta, err = client:upload(result, { body = "x", timeout_ms = 0, deadline_ms = 60000 })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(1, meta.attempts)
+    end)
+
     it("raises on wrong argument types", function()
       local client = new_wrapper_client()
       assert.has_error(function()

@@ -154,8 +154,19 @@ local function prepare_upload(client, name, result, opts)
   for setting, value in pairs(client.policy) do
     policy[setting] = value
   end
+  if deadline_ms == math.huge then
+    deadline_ms = nil
+  end
   policy.deadline_ms = deadline_ms
-  policy.timeout_ms = opts.timeout_ms or math.huge
+  -- Under a deadline each attempt's timeout is this value cut to the time
+  -- left, and appcenter.core accepts at most one day. An attempt without a
+  -- timeout_ms of its own therefore stops after one day at the latest,
+  -- and a retry may use the rest of a longer deadline.
+  local timeout_ms = opts.timeout_ms
+  if timeout_ms == nil or timeout_ms == 0 then
+    timeout_ms = options.MAX_UPLOAD_TIMEOUT_MS
+  end
+  policy.timeout_ms = timeout_ms
 
   local call_opts = {}
   for option, value in pairs(opts) do

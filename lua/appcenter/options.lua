@@ -13,6 +13,9 @@ local options = {}
 -- The wrapper needs the number to cut attempts to the deadline.
 options.DEFAULT_TIMEOUT_MS = 30000
 
+-- Largest timeout_ms of an upload that appcenter.core accepts: one day.
+options.MAX_UPLOAD_TIMEOUT_MS = 86400000
+
 -- Options passed on to appcenter.core. core.new raises on any other name,
 -- so this list must match the C module's.
 local CORE_TYPES = {
