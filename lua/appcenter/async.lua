@@ -557,10 +557,15 @@ end
 
 -- Uploads from inside a coroutine as async.await requests a credential:
 -- returns `meta` or `nil, err` like the blocking upload. init.lua builds
--- the arguments of async.start_upload.
-function async.await_upload(client, result, call_opts, policy)
+-- the arguments of async.start_upload, or passes `invalid_err` instead
+-- for options that appcenter.core would reject, which is returned at
+-- once, without yielding.
+function async.await_upload(client, result, call_opts, policy, invalid_err)
   return await_request("upload_async", "upload or start_upload",
     function(callback)
+      if invalid_err then
+        return nil, invalid_err
+      end
       return async.start_upload(client, result, call_opts, policy,
         callback)
     end)

@@ -126,9 +126,47 @@ function Client:create_credential(file_name)
   end)
 end
 
+-- Returns an invalid_argument error with `message`, with the fields and
+-- the metatable of appcenter.core's errors. core.new returns such an
+-- error for an empty option table.
+local function invalid_argument(message)
+  local _, err = core.new({})
+  err.message = message
+  return err
+end
+
+-- Checks the options table of the upload method `name` before anything
+-- is sent. Raises at stack level `level` (the caller of that method) for
+-- a wrong type, an unknown name, a deadline_ms below 1 and inside nginx.
+-- Returns an invalid_argument error for a value that appcenter.core's
+-- upload rejects, and with `open_path` for a path that cannot be opened,
+-- else nil.
+local function check_upload_options(client, name, opts, open_path, level)
+  local message = options.validate_upload(opts)
+  if message then
+    error(name .. ": " .. message, level)
+  end
+  local deadline_ms = opts.deadline_ms
+  if deadline_ms ~= nil and not (deadline_ms >= 1) then
+    error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
+      .. "got %s)"):format(name, tostring(deadline_ms)), level)
+  end
+  if client.core_client.upload == nil then
+    error("appcenter: " .. name .. " is not available inside nginx; hand "
+      .. "the credential to the client that has the file", level)
+  end
+
+  message = options.check_upload_values(opts, open_path)
+  if message then
+    return invalid_argument(message)
+  end
+  return nil
+end
+
 -- Checks the arguments of the upload method `name` and returns the
--- retry policy and the core client's options for it. Raises at the
--- caller of that method.
+-- retry policy and the core client's options for it, or nil, nil and an
+-- invalid_argument error for an option value that appcenter.core
+-- rejects. Raises at the caller of that method.
 local function prepare_upload(client, name, result, opts)
   if type(result) ~= "table" then
     error(("bad argument #1 to '%s' (table expected, got %s)")
@@ -139,16 +177,11 @@ local function prepare_upload(client, name, result, opts)
       :format(name, type(opts)), 3)
   end
   opts = opts or {}
+  local err = check_upload_options(client, name, opts, false, 4)
+  if err then
+    return nil, nil, err
+  end
   local deadline_ms = opts.deadline_ms
-  if deadline_ms ~= nil
-      and (type(deadline_ms) ~= "number" or not (deadline_ms >= 1)) then
-    error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
-      .. "got %s)"):format(name, tostring(deadline_ms)), 3)
-  end
-  if client.core_client.upload == nil then
-    error("appcenter: " .. name .. " is not available inside nginx; hand "
-      .. "the credential to the client that has the file", 3)
-  end
 
   local policy = {}
   for setting, value in pairs(client.policy) do
@@ -188,7 +221,11 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
-  local policy, call_opts = prepare_upload(self, "upload", result, opts)
+  local policy, call_opts, invalid_err = prepare_upload(self, "upload",
+    result, opts)
+  if not policy then
+    return nil, invalid_err
+  end
   local core_client = self.core_client
   local timeout_ms = call_opts.timeout_ms
   -- retry.run expects `result, meta` from each attempt, and the core
@@ -210,7 +247,8 @@ end
 -- Requests a credential for `file_name`, then uploads opts.path or
 -- opts.body with it as `upload` does. Returns the upload's meta plus the
 -- credential's bucket_name and object_path, or `nil, err` from the step
--- that failed.
+-- that failed. Options that the upload would reject, and a path that
+-- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
@@ -220,8 +258,13 @@ function Client:create_and_upload(file_name, opts)
     error(("bad argument #2 to 'create_and_upload' (table expected, got %s)")
       :format(type(opts)), 2)
   end
+  local err = check_upload_options(self, "create_and_upload", opts, true, 3)
+  if err then
+    return nil, err
+  end
 
-  local result, err = self:create_credential(file_name)
+  local result
+  result, err = self:create_credential(file_name)
   if not result then
     return nil, err
   end
@@ -266,11 +309,14 @@ Client.create_credential_async = async.await
 -- nil and an invalid_argument error, without calling the callback, for
 -- input that the core client rejects, such as a missing file.
 function Client:start_upload(result, opts, callback)
-  local policy, call_opts = prepare_upload(self, "start_upload", result,
-    opts)
+  local policy, call_opts, invalid_err = prepare_upload(self,
+    "start_upload", result, opts)
   if type(callback) ~= "function" then
     error(("bad argument #3 to 'start_upload' (function expected, got %s)")
       :format(type(callback)), 2)
+  end
+  if not policy then
+    return nil, invalid_err
   end
   return async.start_upload(self, result, call_opts, policy, callback)
 end
@@ -278,9 +324,9 @@ end
 -- Uploads from inside a coroutine: start_upload, then yields until poll
 -- ends the upload, and returns `meta` or `nil, err` like upload.
 function Client:upload_async(result, opts)
-  local policy, call_opts = prepare_upload(self, "upload_async", result,
-    opts)
-  return async.await_upload(self, result, call_opts, policy)
+  local policy, call_opts, invalid_err = prepare_upload(self,
+    "upload_async", result, opts)
+  return async.await_upload(self, result, call_opts, policy, invalid_err)
 end
 
 -- Requests one credential with a client of its own, which is closed
