@@ -831,6 +831,42 @@ describe("retry", function()
       assert.equal(0, requests())
     end)
 
+    it("dot call raises with advice", function()
+      local client = new_client()
+      -- Each call keeps its result in a local, because a tail call would
+      -- drop the caller's line from the message.
+      local calls = {
+        create_credential = function()
+          local result = client.create_credential("replay.bin")
+          return result
+        end,
+        upload = function()
+          local meta = client.upload({}, { body = "x" })
+          return meta
+        end,
+        create_and_upload = function()
+          local meta = client.create_and_upload("replay.bin", { body = "x" })
+          return meta
+        end,
+        close = function()
+          local closed = client.close()
+          return closed
+        end,
+      }
+      for name, call in pairs(calls) do
+        local ok, message = pcall(call)
+
+        assert.is_false(ok, name)
+        local expected = ("appcenter: call %s with a colon: client:%s(...)")
+          :format(name, name)
+        assert.equal(expected, message:match("^[^:]*retry_spec%.lua:%d+: (.*)$"),
+          message)
+      end
+      client:close()
+
+      assert.equal(0, requests())
+    end)
+
     it("non-table options raise", function()
       assert.has_error(function()
         appcenter.new("token")

@@ -44,12 +44,22 @@ local nginx = require("appcenter.ngx")
 local options = require("appcenter.options")
 local retry = require("appcenter.retry")
 
+local getmetatable = getmetatable
+
 local appcenter = {}
 
 appcenter.VERSION = "0.1.0"
 
 local Client = {}
 Client.__index = Client
+
+-- Raises the error for the client method `name` called with a dot, as in
+-- client.name(...), which passes the first argument in place of the
+-- client. Level 3 is the caller of that method.
+local function raise_dot_call(name)
+  error(("appcenter: call %s with a colon: client:%s(...)")
+    :format(name, name), 3)
+end
 
 
 -- Fills in the credentials and project_id that the caller did not pass,
@@ -111,6 +121,9 @@ end
 -- Returns `result, meta` or `nil, err`, where meta.attempts,
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
 function Client:create_credential(file_name)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_credential")
+  end
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_credential' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -221,6 +234,9 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("upload")
+  end
   local policy, call_opts, invalid_err = prepare_upload(self, "upload",
     result, opts)
   if not policy then
@@ -250,6 +266,9 @@ end
 -- that failed. Options that the upload would reject, and a path that
 -- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_and_upload")
+  end
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -282,6 +301,9 @@ end
 -- ended get their callbacks called with a `cancelled` error first.
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("close")
+  end
   async.close(self)
 end
 
@@ -295,13 +317,58 @@ end
 
 -- Non-blocking requests and the coroutine helper, with the same retries,
 -- deadline and retry budget as create_credential: see appcenter/async.lua.
-Client.start = async.start
-Client.poll = async.poll
-Client.perform = async.perform
-Client.pending = async.pending
-Client.sockets = async.sockets
-Client.timeout = async.timeout
-Client.create_credential_async = async.await
+-- Each method checks the client and then tail-calls the function of
+-- async.lua, so that the errors which that function raises at level 2
+-- point to the caller of the method.
+
+function Client:start(file_name, callback)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("start")
+  end
+  return async.start(self, file_name, callback)
+end
+
+function Client:poll(timeout_ms)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("poll")
+  end
+  return async.poll(self, timeout_ms)
+end
+
+function Client:perform()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("perform")
+  end
+  return async.perform(self)
+end
+
+function Client:pending()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("pending")
+  end
+  return async.pending(self)
+end
+
+function Client:sockets()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("sockets")
+  end
+  return async.sockets(self)
+end
+
+function Client:timeout()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("timeout")
+  end
+  return async.timeout(self)
+end
+
+function Client:create_credential_async(file_name)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_credential_async")
+  end
+  return async.await(self, file_name)
+end
 
 -- Starts the upload of `upload` without blocking, with the same options
 -- and retries, and returns a request like start's. `callback(meta)` or
@@ -309,6 +376,9 @@ Client.create_credential_async = async.await
 -- nil and an invalid_argument error, without calling the callback, for
 -- input that the core client rejects, such as a missing file.
 function Client:start_upload(result, opts, callback)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("start_upload")
+  end
   local policy, call_opts, invalid_err = prepare_upload(self,
     "start_upload", result, opts)
   if type(callback) ~= "function" then
@@ -324,6 +394,9 @@ end
 -- Uploads from inside a coroutine: start_upload, then yields until poll
 -- ends the upload, and returns `meta` or `nil, err` like upload.
 function Client:upload_async(result, opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("upload_async")
+  end
   local policy, call_opts, invalid_err = prepare_upload(self,
     "upload_async", result, opts)
   return async.await_upload(self, result, call_opts, policy, invalid_err)
