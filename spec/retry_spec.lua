@@ -691,11 +691,26 @@ describe("retry", function()
       assert.equal(1, #clock.sleeps)
     end)
 
-    it("requires file_name", function()
+    it("returns missing file_name like core", function()
+      local opts = { endpoint = emu.url, token = emu.token,
+        project_id = emu.project_id }
+      local core_result, core_err = core.create_credential(opts)
+      local result, err = appcenter.create_credential(opts)
+
+      assert.is_nil(core_result)
+      assert.is_nil(result)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal(core_err.message, err.message)
+      assert.equal(tostring(core_err), tostring(err))
+      assert.is_false(err.retryable)
+      assert.equal(0, requests())
+    end)
+
+    it("raises on a non-string file_name", function()
       assert.has_error(function()
         appcenter.create_credential{ endpoint = emu.url, token = emu.token,
-          project_id = emu.project_id }
-      end, "appcenter.create_credential: missing option 'file_name'")
+          project_id = emu.project_id, file_name = 42 }
+      end, "appcenter.create_credential: option 'file_name' must be a string, got number")
     end)
   end)
 

@@ -62,6 +62,15 @@ local function raise_dot_call(name)
 end
 
 
+-- Returns an invalid_argument error with `message`, with the fields and
+-- the metatable of appcenter.core's errors. core.new returns such an
+-- error for an empty option table.
+local function invalid_argument(message)
+  local _, err = core.new({})
+  err.message = message
+  return err
+end
+
 -- Fills in the credentials and project_id that the caller did not pass,
 -- from the environment and the profile file (see appcenter/credentials.lua
 -- for the order), and returns the options for core.new, or nil and an
@@ -73,9 +82,6 @@ end
 local function new_client(opts, caller)
   local one_shot = caller == "create_credential"
   local message = options.validate(opts, one_shot)
-  if not message and one_shot and opts.file_name == nil then
-    message = "missing option 'file_name'"
-  end
   if message then
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
@@ -137,15 +143,6 @@ function Client:create_credential(file_name)
     end
     return core_client:create_credential(file_name, call_opts)
   end)
-end
-
--- Returns an invalid_argument error with `message`, with the fields and
--- the metatable of appcenter.core's errors. core.new returns such an
--- error for an empty option table.
-local function invalid_argument(message)
-  local _, err = core.new({})
-  err.message = message
-  return err
 end
 
 -- Checks the options table of the upload method `name` before anything
@@ -404,11 +401,18 @@ end
 
 -- Requests one credential with a client of its own, which is closed
 -- afterwards, so the retry budget starts full on every call.
--- `opts.file_name` is the file name.
+-- `opts.file_name` is the file name. Like core.create_credential, returns
+-- nil and an invalid_argument error when it is missing, and raises when
+-- it is not a string.
 function appcenter.create_credential(opts)
   local client, err = new_client(opts, "create_credential")
   if not client then
     return nil, err
+  end
+  if opts.file_name == nil then
+    client:close()
+    return nil, invalid_argument("missing file_name: pass the complete "
+      .. 'file name, e.g. "setup.exe"')
   end
   local result, info = client:create_credential(opts.file_name)
   client:close()
