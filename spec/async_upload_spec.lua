@@ -475,6 +475,33 @@ describe("async upload", function()
       client:close()
     end)
 
+    it("returns an invalid timeout_ms at once", function()
+      local client = assert(appcenter.new(emu:client_options()))
+      local result = credential(client)
+      local opts = { body = "x", timeout_ms = -1, deadline_ms = 60000 }
+      local called = false
+      local request, err = client:start_upload(result, opts, function()
+        called = true
+      end)
+
+      assert.is_nil(request)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("timeout_ms must be", err.message, 1, true)
+      assert.equals(0, client:pending())
+      assert.is_false(called)
+
+      local meta
+      coroutine.wrap(function()
+        meta, err = client:upload_async(result, opts)
+      end)()
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.equals(0, client:pending())
+      assert.equals(0, emu:stats().obs_requests)
+      client:close()
+    end)
+
     it("uploads from a coroutine", function()
       local client = assert(appcenter.new(emu:client_options()))
       local result = credential(client, "co.bin")

@@ -134,6 +134,97 @@ describe("appcenter async wrapper", function()
     assert.equal(tostring(expected), tostring(actual))
   end
 
+  describe("dot calls", function()
+    -- Returns the message of the error that `call` raises, without the
+    -- position, after checking that the position is this file's.
+    local function raised_message(call)
+      local ok, message = pcall(call)
+      assert.is_false(ok)
+      local position, text = message:match("^([^:]*:%d+): (.*)$")
+      assert.matches("async_wrapper_spec%.lua", position, 1, false, message)
+      return text
+    end
+
+    -- Each call keeps its result in a local, because a tail call would
+    -- drop the caller's line from the message.
+    it("client methods raise with advice", function()
+      local client = new_client()
+      local result = assert(client:create_credential("dot.bin"))
+      local calls = {
+        start = function()
+          local request = client.start("dot.bin", function() end)
+          return request
+        end,
+        poll = function()
+          local count = client.poll(100)
+          return count
+        end,
+        perform = function()
+          local count = client.perform()
+          return count
+        end,
+        pending = function()
+          local count = client.pending()
+          return count
+        end,
+        sockets = function()
+          local sockets = client.sockets()
+          return sockets
+        end,
+        timeout = function()
+          local timeout_ms = client.timeout()
+          return timeout_ms
+        end,
+        create_credential_async = function()
+          local value = client.create_credential_async("dot.bin")
+          return value
+        end,
+        start_upload = function()
+          local request = client.start_upload(result, { body = "x" },
+            function() end)
+          return request
+        end,
+        upload_async = function()
+          local meta = client.upload_async(result, { body = "x" })
+          return meta
+        end,
+      }
+      for name, call in pairs(calls) do
+        assert.equal(("appcenter: call %s with a colon: client:%s(...)")
+          :format(name, name), raised_message(call))
+      end
+
+      assert.equal(0, client:pending())
+      assert.equal(1, requests())
+      assert.equal(0, emu:stats().obs_requests)
+      client:close()
+    end)
+
+    it("request methods raise with advice", function()
+      local client = new_client()
+      local request = assert(client:start("dot.bin", function() end))
+      local calls = {
+        cancel = function()
+          local cancelled = request.cancel()
+          return cancelled
+        end,
+        status = function()
+          local status = request.status()
+          return status
+        end,
+      }
+      for name, call in pairs(calls) do
+        assert.equal(("appcenter: call %s with a colon: request:%s(...)")
+          :format(name, name), raised_message(call))
+      end
+
+      assert.equal("running", request:status())
+      drive(client)
+      assert.equal("done", request:status())
+      client:close()
+    end)
+  end)
+
   describe("outcomes", function()
     it("result matches blocking call", function()
       local client = new_client()

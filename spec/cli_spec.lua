@@ -49,9 +49,10 @@ local home = make_directory()
 
 -- Runs the tool with `args`, the variables of CREDENTIAL_VARIABLES unset,
 -- HOME set to `home`, APPCENTER_TOKEN set to `token` unless it is nil, and
--- the variables in `env` set. Returns the exit status, standard output and
--- standard error.
-local function run_tool(args, token, env)
+-- the variables in `env` set. With `memory_limit_kib`, the tool's virtual
+-- memory is limited to that many KiB. Returns the exit status, standard
+-- output and standard error.
+local function run_tool(args, token, env, memory_limit_kib)
   local stderr_path = os.tmpname()
   local words = {}
   for i, value in ipairs(args) do
@@ -69,9 +70,12 @@ local function run_tool(args, token, env)
   for name, value in pairs(env or {}) do
     assignments[#assignments + 1] = name .. "=" .. shell_quote(value)
   end
-  local command = ("%s %s %s 2>%s </dev/null; echo \"exit=$?\""):format(
+  local command = ("(%s %s %s) 2>%s </dev/null; echo \"exit=$?\""):format(
     table.concat(assignments, " "), TOOL, table.concat(words, " "),
     shell_quote(stderr_path))
+  if memory_limit_kib then
+    command = ("ulimit -v %d; %s"):format(memory_limit_kib, command)
+  end
 
   local pipe = assert(io.popen(command, "r"))
   local output = pipe:read("*a")
@@ -145,6 +149,56 @@ describe("appcenter-credential", function()
 
     assert.equal(0, status)
     assert.is_table(cjson.decode(stdout))
+  end)
+
+  describe("token file", function()
+    local MAX_TOKEN_BYTES = 256 * 1024
+
+    local function token_file_args(token_path)
+      local args = endpoint_args("replay.bin")
+      table.insert(args, 1, token_path)
+      table.insert(args, 1, "--token-file")
+      return args
+    end
+
+    it("rejects a file over the limit", function()
+      local token_path = os.tmpname()
+      write_file(token_path, ("t"):rep(MAX_TOKEN_BYTES + 1))
+      local status, stdout, stderr = run_tool(token_file_args(token_path))
+      os.remove(token_path)
+
+      assert.equal(2, status)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find("token file " .. token_path
+        .. " is larger than the maximum token size of 262144 bytes", 1, true),
+        stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("rejects an endless file in bounded memory", function()
+      -- Reading all of /dev/zero would exceed this limit of 256 MiB.
+      local status, stdout, stderr = run_tool(token_file_args("/dev/zero"),
+        nil, nil, 256 * 1024)
+
+      assert.equal(2, status, stderr)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find("token file /dev/zero is larger than", 1,
+        true), stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("accepts the limit plus a line break", function()
+      local token_path = os.tmpname()
+      write_file(token_path, ("t"):rep(MAX_TOKEN_BYTES) .. "\n")
+      local status, _, stderr = run_tool(token_file_args(token_path))
+      os.remove(token_path)
+
+      -- The tool sends the token, and the emulator rejects a header line
+      -- of this length with HTTP 431.
+      assert.equal(1, status, stderr)
+      assert.is_nil(stderr:find("larger than", 1, true), stderr)
+      assert.is_not_nil(stderr:find("Line too long", 1, true), stderr)
+    end)
   end)
 
   describe("AK/SK", function()

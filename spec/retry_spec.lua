@@ -691,11 +691,26 @@ describe("retry", function()
       assert.equal(1, #clock.sleeps)
     end)
 
-    it("requires file_name", function()
+    it("returns missing file_name like core", function()
+      local opts = { endpoint = emu.url, token = emu.token,
+        project_id = emu.project_id }
+      local core_result, core_err = core.create_credential(opts)
+      local result, err = appcenter.create_credential(opts)
+
+      assert.is_nil(core_result)
+      assert.is_nil(result)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal(core_err.message, err.message)
+      assert.equal(tostring(core_err), tostring(err))
+      assert.is_false(err.retryable)
+      assert.equal(0, requests())
+    end)
+
+    it("raises on a non-string file_name", function()
       assert.has_error(function()
         appcenter.create_credential{ endpoint = emu.url, token = emu.token,
-          project_id = emu.project_id }
-      end, "appcenter.create_credential: missing option 'file_name'")
+          project_id = emu.project_id, file_name = 42 }
+      end, "appcenter.create_credential: option 'file_name' must be a string, got number")
     end)
   end)
 
@@ -828,6 +843,42 @@ describe("retry", function()
 
       assert.is_nil(result)
       assert.equal("invalid_argument", err.kind)
+      assert.equal(0, requests())
+    end)
+
+    it("dot call raises with advice", function()
+      local client = new_client()
+      -- Each call keeps its result in a local, because a tail call would
+      -- drop the caller's line from the message.
+      local calls = {
+        create_credential = function()
+          local result = client.create_credential("replay.bin")
+          return result
+        end,
+        upload = function()
+          local meta = client.upload({}, { body = "x" })
+          return meta
+        end,
+        create_and_upload = function()
+          local meta = client.create_and_upload("replay.bin", { body = "x" })
+          return meta
+        end,
+        close = function()
+          local closed = client.close()
+          return closed
+        end,
+      }
+      for name, call in pairs(calls) do
+        local ok, message = pcall(call)
+
+        assert.is_false(ok, name)
+        local expected = ("appcenter: call %s with a colon: client:%s(...)")
+          :format(name, name)
+        assert.equal(expected, message:match("^[^:]*retry_spec%.lua:%d+: (.*)$"),
+          message)
+      end
+      client:close()
+
       assert.equal(0, requests())
     end)
 

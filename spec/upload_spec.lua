@@ -477,7 +477,7 @@ describe("upload", function()
       local result = credential(client)
       assert.has_error(function()
         client:create_and_upload("typo.bin", { body = "x", timeout = 5 })
-      end, "upload: unknown option 'timeout'")
+      end, "create_and_upload: unknown option 'timeout'")
       client:close()
     end)
 
@@ -682,6 +682,34 @@ describe("upload", function()
       assert.is_true(core.monotonic() - started < 5)
     end)
 
+    it("accepts a deadline beyond one day", function()
+      -- appcenter.core accepts at most 86400000 ms as timeout_ms, so the
+      -- time left before these deadlines cannot be an attempt's timeout.
+      local client = new_wrapper_client()
+      local result = credential(client)
+      for _, deadline_ms in ipairs({ 90000000, 7 * 86400000, math.huge }) do
+        local meta, err = client:upload(result, { body = "x", deadline_ms = deadline_ms })
+
+        assert.is_nil(err, "deadline_ms = " .. tostring(deadline_ms))
+        assert.equals(200, meta.status)
+      end
+      client:close()
+    end)
+
+    it("allows timeout_ms 0 under a deadline", function()
+      -- timeout_ms 0 means no limit, so no attempt may time out although
+      -- OBS delays each of the 3 attempts by 50 ms.
+      emu:fault{ target = "obs", delay_ms = 50, times = 3 }
+      local client = new_wrapper_client()
+      local result = credential(client)
+      local meta, err = client:upload(result, { body = "x", timeout_ms = 0, deadline_ms = 60000 })
+      client:close()
+
+      assert.is_nil(err)
+      assert.equals(200, meta.status)
+      assert.equals(1, meta.attempts)
+    end)
+
     it("raises on wrong argument types", function()
       local client = new_wrapper_client()
       assert.has_error(function()
@@ -715,6 +743,104 @@ describe("upload", function()
       assert.matches("^%x+$", meta.request_id)
       assert_stored({ bucket_name = meta.bucket_name, object_path = meta.object_path },
         1000, file_sha256(path))
+    end)
+
+    -- Upload options with a bad value, and appcenter.core's message for each.
+    local function invalid_value_cases()
+      local missing = directory .. "/missing.bin"
+      return {
+        { { path = missing },
+          'invalid path "' .. missing .. '": No such file or directory' },
+        { { path = directory .. "/missing-dir/x.bin", content_md5 = true },
+          'invalid path "' .. directory .. '/missing-dir/x.bin": No such file or directory' },
+        { { body = "x", path = "/dev/null" },
+          "invalid upload options: pass exactly one of path (a file) or body (a string)" },
+        { {}, "invalid upload options: pass exactly one of path (a file) or body (a string)" },
+        { { body = "x", timeout_ms = -1 },
+          "invalid upload options: timeout_ms must be a number of milliseconds from 0 (no limit) to 86400000" },
+        { { body = "x", timeout_ms = math.huge },
+          "invalid upload options: timeout_ms must be a number of milliseconds from 0 (no limit) to 86400000" },
+        { { body = "x", timeout_ms = 0 / 0 },
+          "invalid upload options: timeout_ms must be a number of milliseconds from 0 (no limit) to 86400000" },
+      }
+    end
+
+    it("create_and_upload checks values before sending", function()
+      local client = new_wrapper_client()
+      for _, case in ipairs(invalid_value_cases()) do
+        local meta, err = client:create_and_upload("checked.bin", case[1])
+
+        assert.is_nil(meta)
+        assert.equals("invalid_argument", err.kind)
+        assert.equals(case[2], err.message)
+        assert.is_false(err.retryable)
+      end
+      client:close()
+
+      assert.equals(0, emu:stats().requests)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("checks values with the core's messages", function()
+      local core_client = new_core_client()
+      local result = credential(core_client)
+      local client = new_wrapper_client()
+      for _, case in ipairs(invalid_value_cases()) do
+        local _, core_err = core_client:upload(result, case[1])
+        local _, err = client:upload(result, case[1])
+
+        assert.equals(core_err.message, err.message)
+        assert.equals(getmetatable(core_err), getmetatable(err))
+      end
+      core_client:close()
+      client:close()
+
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("create_and_upload raises before sending", function()
+      local cases = {
+        { { bdy = "typo" },
+          "create_and_upload: unknown option 'bdy' (did you mean 'body'?)" },
+        { { body = 5 }, "create_and_upload: option 'body' must be a string, got number" },
+        { { body = "x", progress = true },
+          "create_and_upload: option 'progress' must be a function, got boolean" },
+        { { body = "x", [1] = "x" }, "create_and_upload: unknown option '1'" },
+      }
+      local client = new_wrapper_client()
+      for _, case in ipairs(cases) do
+        local ok, message = pcall(client.create_and_upload, client, "raised.bin", case[1])
+
+        assert.is_false(ok)
+        assert.equals(case[2], (message:gsub("^[^:]*:%d+: ", "")))
+      end
+      client:close()
+
+      assert.equals(0, emu:stats().requests)
+    end)
+
+    it("create_and_upload option error names caller", function()
+      local client = new_wrapper_client()
+      local ok, message = pcall(function()
+        local meta = client:create_and_upload("raised.bin", { body = 5 })
+        return meta
+      end)
+      client:close()
+
+      assert.is_false(ok)
+      assert.matches("^[^:]*upload_spec%.lua:%d+: create_and_upload: ", message)
+    end)
+
+    it("rejects timeout_ms -1 under a deadline", function()
+      local client = new_wrapper_client()
+      local result = credential(client)
+      local meta, err = client:upload(result, { body = "x", timeout_ms = -1, deadline_ms = 60000 })
+      client:close()
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("timeout_ms must be", err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
     end)
 
     it("returns the credential error from create_and_upload", function()

@@ -24,6 +24,7 @@ local async = {}
 local MAX_POLL_TIMEOUT_MS = 86400000
 
 local unpack = table.unpack or unpack
+local getmetatable = getmetatable
 
 -- table.pack, which Lua 5.1 lacks.
 local function pack(...)
@@ -32,6 +33,14 @@ end
 
 local Request = {}
 Request.__index = Request
+
+-- Raises the error for the request method `name` called with a dot, as in
+-- request.name(), which passes no request. Level 3 is the caller of that
+-- method.
+local function raise_dot_call(name)
+  error(("appcenter: call %s with a colon: request:%s(...)")
+    :format(name, name), 3)
+end
 
 
 -- Returns the non-blocking state of a wrapper client, created on first
@@ -474,12 +483,18 @@ end
 -- at once with a `cancelled` error. Returns true, or false when the
 -- request had already ended. Raises what the callback raises.
 function Request:cancel()
+  if getmetatable(self) ~= Request then
+    raise_dot_call("cancel")
+  end
   return run_collecting_errors(self.async_state, cancel_request, self)
 end
 
 -- Returns "running" (an attempt is in flight), "waiting" (for a retry
 -- timer), "done" or "cancelled".
 function Request:status()
+  if getmetatable(self) ~= Request then
+    raise_dot_call("status")
+  end
   return self.stage
 end
 
@@ -557,10 +572,15 @@ end
 
 -- Uploads from inside a coroutine as async.await requests a credential:
 -- returns `meta` or `nil, err` like the blocking upload. init.lua builds
--- the arguments of async.start_upload.
-function async.await_upload(client, result, call_opts, policy)
+-- the arguments of async.start_upload, or passes `invalid_err` instead
+-- for options that appcenter.core would reject, which is returned at
+-- once, without yielding.
+function async.await_upload(client, result, call_opts, policy, invalid_err)
   return await_request("upload_async", "upload or start_upload",
     function(callback)
+      if invalid_err then
+        return nil, invalid_err
+      end
       return async.start_upload(client, result, call_opts, policy,
         callback)
     end)

@@ -44,6 +44,8 @@ local nginx = require("appcenter.ngx")
 local options = require("appcenter.options")
 local retry = require("appcenter.retry")
 
+local getmetatable = getmetatable
+
 local appcenter = {}
 
 appcenter.VERSION = "0.1.0"
@@ -51,6 +53,23 @@ appcenter.VERSION = "0.1.0"
 local Client = {}
 Client.__index = Client
 
+-- Raises the error for the client method `name` called with a dot, as in
+-- client.name(...), which passes the first argument in place of the
+-- client. Level 3 is the caller of that method.
+local function raise_dot_call(name)
+  error(("appcenter: call %s with a colon: client:%s(...)")
+    :format(name, name), 3)
+end
+
+
+-- Returns an invalid_argument error with `message`, with the fields and
+-- the metatable of appcenter.core's errors. core.new returns such an
+-- error for an empty option table.
+local function invalid_argument(message)
+  local _, err = core.new({})
+  err.message = message
+  return err
+end
 
 -- Fills in the credentials and project_id that the caller did not pass,
 -- from the environment and the profile file (see appcenter/credentials.lua
@@ -63,9 +82,6 @@ end
 local function new_client(opts, caller)
   local one_shot = caller == "create_credential"
   local message = options.validate(opts, one_shot)
-  if not message and one_shot and opts.file_name == nil then
-    message = "missing option 'file_name'"
-  end
   if message then
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
@@ -111,6 +127,9 @@ end
 -- Returns `result, meta` or `nil, err`, where meta.attempts,
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
 function Client:create_credential(file_name)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_credential")
+  end
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_credential' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -126,9 +145,38 @@ function Client:create_credential(file_name)
   end)
 end
 
+-- Checks the options table of the upload method `name` before anything
+-- is sent. Raises at stack level `level` (the caller of that method) for
+-- a wrong type, an unknown name, a deadline_ms below 1 and inside nginx.
+-- Returns an invalid_argument error for a value that appcenter.core's
+-- upload rejects, and with `open_path` for a path that cannot be opened,
+-- else nil.
+local function check_upload_options(client, name, opts, open_path, level)
+  local message = options.validate_upload(opts)
+  if message then
+    error(name .. ": " .. message, level)
+  end
+  local deadline_ms = opts.deadline_ms
+  if deadline_ms ~= nil and not (deadline_ms >= 1) then
+    error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
+      .. "got %s)"):format(name, tostring(deadline_ms)), level)
+  end
+  if client.core_client.upload == nil then
+    error("appcenter: " .. name .. " is not available inside nginx; hand "
+      .. "the credential to the client that has the file", level)
+  end
+
+  message = options.check_upload_values(opts, open_path)
+  if message then
+    return invalid_argument(message)
+  end
+  return nil
+end
+
 -- Checks the arguments of the upload method `name` and returns the
--- retry policy and the core client's options for it. Raises at the
--- caller of that method.
+-- retry policy and the core client's options for it, or nil, nil and an
+-- invalid_argument error for an option value that appcenter.core
+-- rejects. Raises at the caller of that method.
 local function prepare_upload(client, name, result, opts)
   if type(result) ~= "table" then
     error(("bad argument #1 to '%s' (table expected, got %s)")
@@ -139,23 +187,29 @@ local function prepare_upload(client, name, result, opts)
       :format(name, type(opts)), 3)
   end
   opts = opts or {}
+  local err = check_upload_options(client, name, opts, false, 4)
+  if err then
+    return nil, nil, err
+  end
   local deadline_ms = opts.deadline_ms
-  if deadline_ms ~= nil
-      and (type(deadline_ms) ~= "number" or not (deadline_ms >= 1)) then
-    error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
-      .. "got %s)"):format(name, tostring(deadline_ms)), 3)
-  end
-  if client.core_client.upload == nil then
-    error("appcenter: " .. name .. " is not available inside nginx; hand "
-      .. "the credential to the client that has the file", 3)
-  end
 
   local policy = {}
   for setting, value in pairs(client.policy) do
     policy[setting] = value
   end
+  if deadline_ms == math.huge then
+    deadline_ms = nil
+  end
   policy.deadline_ms = deadline_ms
-  policy.timeout_ms = opts.timeout_ms or math.huge
+  -- Under a deadline each attempt's timeout is this value cut to the time
+  -- left, and appcenter.core accepts at most one day. An attempt without a
+  -- timeout_ms of its own therefore stops after one day at the latest,
+  -- and a retry may use the rest of a longer deadline.
+  local timeout_ms = opts.timeout_ms
+  if timeout_ms == nil or timeout_ms == 0 then
+    timeout_ms = options.MAX_UPLOAD_TIMEOUT_MS
+  end
+  policy.timeout_ms = timeout_ms
 
   local call_opts = {}
   for option, value in pairs(opts) do
@@ -177,7 +231,14 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
-  local policy, call_opts = prepare_upload(self, "upload", result, opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("upload")
+  end
+  local policy, call_opts, invalid_err = prepare_upload(self, "upload",
+    result, opts)
+  if not policy then
+    return nil, invalid_err
+  end
   local core_client = self.core_client
   local timeout_ms = call_opts.timeout_ms
   -- retry.run expects `result, meta` from each attempt, and the core
@@ -199,8 +260,12 @@ end
 -- Requests a credential for `file_name`, then uploads opts.path or
 -- opts.body with it as `upload` does. Returns the upload's meta plus the
 -- credential's bucket_name and object_path, or `nil, err` from the step
--- that failed.
+-- that failed. Options that the upload would reject, and a path that
+-- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_and_upload")
+  end
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -209,8 +274,13 @@ function Client:create_and_upload(file_name, opts)
     error(("bad argument #2 to 'create_and_upload' (table expected, got %s)")
       :format(type(opts)), 2)
   end
+  local err = check_upload_options(self, "create_and_upload", opts, true, 3)
+  if err then
+    return nil, err
+  end
 
-  local result, err = self:create_credential(file_name)
+  local result
+  result, err = self:create_credential(file_name)
   if not result then
     return nil, err
   end
@@ -228,6 +298,9 @@ end
 -- ended get their callbacks called with a `cancelled` error first.
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("close")
+  end
   async.close(self)
 end
 
@@ -241,13 +314,58 @@ end
 
 -- Non-blocking requests and the coroutine helper, with the same retries,
 -- deadline and retry budget as create_credential: see appcenter/async.lua.
-Client.start = async.start
-Client.poll = async.poll
-Client.perform = async.perform
-Client.pending = async.pending
-Client.sockets = async.sockets
-Client.timeout = async.timeout
-Client.create_credential_async = async.await
+-- Each method checks the client and then tail-calls the function of
+-- async.lua, so that the errors which that function raises at level 2
+-- point to the caller of the method.
+
+function Client:start(file_name, callback)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("start")
+  end
+  return async.start(self, file_name, callback)
+end
+
+function Client:poll(timeout_ms)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("poll")
+  end
+  return async.poll(self, timeout_ms)
+end
+
+function Client:perform()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("perform")
+  end
+  return async.perform(self)
+end
+
+function Client:pending()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("pending")
+  end
+  return async.pending(self)
+end
+
+function Client:sockets()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("sockets")
+  end
+  return async.sockets(self)
+end
+
+function Client:timeout()
+  if getmetatable(self) ~= Client then
+    raise_dot_call("timeout")
+  end
+  return async.timeout(self)
+end
+
+function Client:create_credential_async(file_name)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("create_credential_async")
+  end
+  return async.await(self, file_name)
+end
 
 -- Starts the upload of `upload` without blocking, with the same options
 -- and retries, and returns a request like start's. `callback(meta)` or
@@ -255,11 +373,17 @@ Client.create_credential_async = async.await
 -- nil and an invalid_argument error, without calling the callback, for
 -- input that the core client rejects, such as a missing file.
 function Client:start_upload(result, opts, callback)
-  local policy, call_opts = prepare_upload(self, "start_upload", result,
-    opts)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("start_upload")
+  end
+  local policy, call_opts, invalid_err = prepare_upload(self,
+    "start_upload", result, opts)
   if type(callback) ~= "function" then
     error(("bad argument #3 to 'start_upload' (function expected, got %s)")
       :format(type(callback)), 2)
+  end
+  if not policy then
+    return nil, invalid_err
   end
   return async.start_upload(self, result, call_opts, policy, callback)
 end
@@ -267,18 +391,28 @@ end
 -- Uploads from inside a coroutine: start_upload, then yields until poll
 -- ends the upload, and returns `meta` or `nil, err` like upload.
 function Client:upload_async(result, opts)
-  local policy, call_opts = prepare_upload(self, "upload_async", result,
-    opts)
-  return async.await_upload(self, result, call_opts, policy)
+  if getmetatable(self) ~= Client then
+    raise_dot_call("upload_async")
+  end
+  local policy, call_opts, invalid_err = prepare_upload(self,
+    "upload_async", result, opts)
+  return async.await_upload(self, result, call_opts, policy, invalid_err)
 end
 
 -- Requests one credential with a client of its own, which is closed
 -- afterwards, so the retry budget starts full on every call.
--- `opts.file_name` is the file name.
+-- `opts.file_name` is the file name. Like core.create_credential, returns
+-- nil and an invalid_argument error when it is missing, and raises when
+-- it is not a string.
 function appcenter.create_credential(opts)
   local client, err = new_client(opts, "create_credential")
   if not client then
     return nil, err
+  end
+  if opts.file_name == nil then
+    client:close()
+    return nil, invalid_argument("missing file_name: pass the complete "
+      .. 'file name, e.g. "setup.exe"')
   end
   local result, info = client:create_credential(opts.file_name)
   client:close()

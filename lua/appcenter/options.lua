@@ -13,6 +13,9 @@ local options = {}
 -- The wrapper needs the number to cut attempts to the deadline.
 options.DEFAULT_TIMEOUT_MS = 30000
 
+-- Largest timeout_ms of an upload that appcenter.core accepts: one day.
+options.MAX_UPLOAD_TIMEOUT_MS = 86400000
+
 -- Options passed on to appcenter.core. core.new raises on any other name,
 -- so this list must match the C module's.
 local CORE_TYPES = {
@@ -49,6 +52,20 @@ local RETRY_TYPES = {
   budget = "table or false",
   random = "function",
   on_retry = "function",
+}
+
+-- Options of the upload methods: those of appcenter.core's client:upload
+-- plus deadline_ms of the wrapper. The core raises on any other name, so
+-- this list must match the C module's.
+local UPLOAD_TYPES = {
+  path = "string",
+  body = "string",
+  content_type = "string",
+  content_md5 = "boolean",
+  path_style = "boolean",
+  progress = "function",
+  timeout_ms = "number",
+  deadline_ms = "number",
 }
 
 local BUDGET_TYPES = {
@@ -193,6 +210,50 @@ function options.validate(opts, with_file_name)
     return message
   end
   return check_table(opts.retry.budget, BUDGET_TYPES, "retry.budget.")
+end
+
+-- Validates the names and types of the options of an upload method.
+-- Returns nil when they are valid, else a message that names the option.
+function options.validate_upload(opts)
+  return check_table(opts, UPLOAD_TYPES, "")
+end
+
+-- Returns the reason in io.open's message "PATH: REASON".
+local function open_failure_reason(message)
+  return message:match("^.*: (.-)$") or message
+end
+
+-- Checks the values of upload options that appcenter.core's upload
+-- rejects, and with `open_path` also that opts.path can be opened for
+-- reading. Returns nil, or the message of the core's invalid_argument
+-- error for the same input.
+--
+-- NOTE: a path that opens but is no regular file, such as a directory or
+-- /dev/zero, passes here. The core rejects it when the upload starts.
+function options.check_upload_values(opts, open_path)
+  if (opts.path == nil) == (opts.body == nil) then
+    return "invalid upload options: pass exactly one of path (a file) or "
+      .. "body (a string)"
+  end
+
+  local timeout_ms = opts.timeout_ms
+  if timeout_ms ~= nil
+      and not (timeout_ms >= 0 and timeout_ms <= options.MAX_UPLOAD_TIMEOUT_MS) then
+    return ("invalid upload options: timeout_ms must be a number of "
+      .. "milliseconds from 0 (no limit) to %d"):format(
+      options.MAX_UPLOAD_TIMEOUT_MS)
+  end
+
+  if open_path and opts.path then
+    local file, message = io.open(opts.path, "rb")
+    if not file then
+      -- The core shows at most 200 bytes of the path.
+      return ('invalid path "%s": %s'):format(opts.path:sub(1, 200),
+        open_failure_reason(message))
+    end
+    file:close()
+  end
+  return nil
 end
 
 -- Returns a copy of the options that appcenter.core accepts.
