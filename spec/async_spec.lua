@@ -83,6 +83,29 @@ describe("appcenter.core async", function()
     assert.equals(0, emu:stats().requests)
   end)
 
+  it("reads the options of start", function()
+    local client = new_client()
+    local outcomes = {}
+    local function record(result)
+      outcomes[#outcomes + 1] = result and "ok" or "failed"
+    end
+    assert.is_not_nil(client:start("empty.bin", record, {}))
+    assert.is_not_nil(client:start("timed.bin", record, { timeout_ms = 5000 }))
+    local ok, message = pcall(client.start, client, "bad.bin", record,
+      { timeout_ms = "soon" })
+    for _ = 1, 100 do
+      if client:pending() == 0 then
+        break
+      end
+      client:poll(50.5)
+    end
+
+    assert.same({ "ok", "ok" }, outcomes)
+    assert.is_false(ok)
+    assert.matches("(timeout_ms must be a number from 1 to 86400000)",
+      message, 1, true)
+  end)
+
   it("raises on a missing callback", function()
     local client = new_client()
     assert.has_error(function()

@@ -224,6 +224,17 @@ describe("appcenter.core", function()
       client:close()
     end)
 
+    it("keeps a bad region out of the message", function()
+      local opts = options{ region = "cn-north-4\nX-Evil: 1" }
+      opts.endpoint = nil
+      local client, err = core.new(opts)
+
+      assert.is_nil(client)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("invalid region: use only letters", err.message, 1, true)
+      assert.is_nil(err.message:find("\n", 1, true))
+    end)
+
     it("accepts IPv6 and a port", function()
       for _, endpoint in ipairs{ "http://[::1]:8080", "https://[2001:db8::1]",
           "https://app.example.com:8443/base" } do

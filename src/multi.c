@@ -329,9 +329,14 @@ static long call_timeout(lua_State *L, int idx) {
     lua_pop(L, 1);
   }
   lua_getfield(L, idx, "timeout_ms");
-  v = luaL_checknumber(L, -1);
-  luaL_argcheck(L, v >= 1 && v <= 86400000, idx,
-                "timeout_ms must be from 1 to 86400000");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  v = lua_tonumber(L, -1);
+  luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER && v >= 1
+                   && v <= 86400000, idx,
+                "timeout_ms must be a number from 1 to 86400000");
   lua_pop(L, 1);
   return (long)v;
 }
@@ -626,7 +631,9 @@ static void unbind_progress(ac_client *c, int *saved) {
 
 static int l_poll(lua_State *L) {
   ac_client *c = check_open(L);
-  lua_Integer timeout_ms = luaL_optinteger(L, 2, 0);
+  /* A number, not an integer, so that Lua 5.4 accepts what LuaJIT
+   * accepts. */
+  lua_Number timeout_ms = luaL_optnumber(L, 2, 0);
   double deadline = now_ms() + (double)timeout_ms;
   int done = 0, saved = 0;
 

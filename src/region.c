@@ -30,6 +30,14 @@ int ac_region_endpoint(const char *region, char *out, size_t cap,
     return -1;
   }
 
+  /* The region goes into a variable name, a host name and messages. */
+  if (strspn(region, "abcdefghijklmnopqrstuvwxyz"
+                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != n) {
+    snprintf(msg, AC_MSG_SIZE, "invalid region: use only letters, digits "
+             "and '-', as in \"cn-north-4\"");
+    return -1;
+  }
+
   prefix = (size_t)sprintf(name, "HUAWEICLOUD_SDK_REGION_WORKSPACE_");
   for (i = 0; i < n; i++) {
     char c = region[i];
