@@ -188,7 +188,16 @@ describe("appcenter.core", function()
       { "port must be", { endpoint = "http://127.0.0.1:99999" } },
       { "port must be", { endpoint = "http://127.0.0.1:0" } },
       { "port must be", { endpoint = "http://127.0.0.1:1:2" } },
-      { "IPv6 address needs", { endpoint = "http://[::1" } },
+      { "valid one in brackets", { endpoint = "http://[::1" } },
+      { "valid one in brackets", { endpoint = "https://[1]" } },
+      { "valid one in brackets", { endpoint = "https://[::1::2]" } },
+      { "plain http", { endpoint = "http://127.0.0.1.5:1" } },
+      { "plain http", { endpoint = "http://127.999.999.999:1" } },
+      { "empty label", { endpoint = "https://a..b.invalid" } },
+      { "starts with '-'", { endpoint = "https://-a.invalid" } },
+      { "longer than 63", { endpoint = "https://" .. ("a"):rep(64) .. ".invalid" } },
+      { "'.' or '..' segments", { endpoint = "https://app.example.com/x/.." } },
+      { "'.' or '..' segments", { endpoint = "https://app.example.com/./v1" } },
       { "may contain only", { endpoint = "http://%31%32%37.0.0.1:1" } },
       { "http:// or https://", { endpoint = "http:/127.0.0.1:1" } },
       { "token", { token = "abc\r\nX-Evil: 1" } },
@@ -237,7 +246,9 @@ describe("appcenter.core", function()
 
     it("accepts IPv6 and a port", function()
       for _, endpoint in ipairs{ "http://[::1]:8080", "https://[2001:db8::1]",
-          "https://app.example.com:8443/base" } do
+          "https://app.example.com:8443/base", "http://LOCALHOST:8080",
+          "http://localhost.:8080", "http://127.1.2.3:8080",
+          "https://app.example.com./base/.well/x" } do
         local client, err = core.new(options{ endpoint = endpoint })
         assert.is_nil(err, endpoint)
         client:close()

@@ -649,7 +649,9 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              : " (the server did not reply in TLS: for a plain HTTP "
                "server, write http:// in the endpoint)");
     e.kind = curl_kind(rc);
-    e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0;
+    /* The same URL would be malformed again. */
+    e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0
+               && rc != CURLE_URL_MALFORMAT;
   }
   e.message = message;
   e.request_id = t->request_id;

@@ -8,7 +8,9 @@
  */
 #include "request.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,28 +175,83 @@ int ac_check_header_value(const char *field, const char *s, size_t len,
  * Endpoint
  * ------------------------------------------------------------------- */
 
-/* h is host[:port]; the port is ignored. */
-static int is_loopback_host(const char *h, size_t n) {
-  const char *colon = memchr(h, ':', n);
-  size_t host_len = n, i;
+/* Returns the length of the host in the authority h[0..n), without the
+ * port. */
+static size_t host_length(const char *h, size_t n) {
+  const char *end;
 
-  if (h[0] != '[' && colon != NULL)
-    n = (size_t)(colon - h);
-  else if (h[0] == '[' && memchr(h, ']', n) != NULL)
-    n = (size_t)((const char *)memchr(h, ']', n) - h) + 1;
-
-  if (n == 9 && strncmp(h, "localhost", 9) == 0)
-    return 1;
-  /* Only a port may follow the bracketed address. */
-  if (n == 5 && strncmp(h, "[::1]", 5) == 0)
-    return n == host_len || h[n] == ':';
-  if (n < 9 || strncmp(h, "127.", 4) != 0)
-    return 0;
-  for (i = 4; i < n; i++) {
-    if (!isdigit((unsigned char)h[i]) && h[i] != '.')
-      return 0;
+  if (h[0] == '[') {
+    end = memchr(h, ']', n);
+    return end ? (size_t)(end - h) + 1 : n;
   }
-  return 1;
+  end = memchr(h, ':', n);
+  return end ? (size_t)(end - h) : n;
+}
+
+
+/* Copies the n bytes at s into out (cap bytes) as a string; returns 0,
+ * or -1 when they do not fit. */
+static int copy_text(char *out, size_t cap, const char *s, size_t n) {
+  if (n >= cap)
+    return -1;
+  memcpy(out, s, n);
+  out[n] = '\0';
+  return 0;
+}
+
+
+/* Returns 1 for localhost (any case, with or without the final dot),
+ * for an IPv4 address in 127.0.0.0/8 and for [::1]. A name that only
+ * looks like an address, such as 127.0.0.1.5, is not one, because the
+ * resolver may map it to any host. */
+static int is_loopback_host(const char *h, size_t n) {
+  char text[INET6_ADDRSTRLEN + 2];
+  unsigned char addr[sizeof(struct in6_addr)];
+
+  n = host_length(h, n);
+  if ((n == 9 || (n == 10 && h[9] == '.'))
+      && strncasecmp(h, "localhost", 9) == 0)
+    return 1;
+  if (h[0] == '[')
+    return copy_text(text, sizeof text, h + 1, n - 2) == 0
+        && inet_pton(AF_INET6, text, addr) == 1
+        && memcmp(addr, &in6addr_loopback, sizeof addr) == 0;
+  return copy_text(text, sizeof text, h, n) == 0
+      && inet_pton(AF_INET, text, addr) == 1 && addr[0] == 127;
+}
+
+
+/* Returns why the host name h[0..n) is not valid, or NULL. A name has
+ * at most 253 bytes and may end with a dot. Its labels have 1 to 63
+ * letters, digits, '-' and '_', and do not start or end with '-'. */
+static const char *host_name_problem(const char *h, size_t n) {
+  size_t i, label = 0;
+
+  if (n > 0 && h[n - 1] == '.')
+    n--;
+  if (n == 0)
+    return "the host is missing";
+  if (n > 253)
+    return "the host name is longer than 253 bytes";
+  for (i = 0; i <= n; i++) {
+    if (i == n || h[i] == '.') {
+      if (label == 0)
+        return "the host name has an empty label (two dots in a row, or "
+               "a dot at the start)";
+      if (h[i - 1] == '-')
+        return "a label of the host name ends with '-'";
+      label = 0;
+      continue;
+    }
+    if (!isalnum((unsigned char)h[i]) && h[i] != '-' && h[i] != '_')
+      return "the host may contain only letters, digits, '-', '.' and "
+             "'_'";
+    if (label == 0 && h[i] == '-')
+      return "a label of the host name starts with '-'";
+    if (++label > 63)
+      return "a label of the host name is longer than 63 bytes";
+  }
+  return NULL;
 }
 
 
@@ -222,35 +279,29 @@ static int endpoint_error(char *msg, const char *why, const char *s,
 }
 
 
-/* Returns why the authority host[:port] is not valid, or NULL. A host is
- * a name or IPv4 address of letters, digits, '-', '.' and '_', or an IPv6
- * address in brackets; a port is a number from 1 to 65535. */
+/* Returns why the authority host[:port] is not valid, or NULL. The host
+ * is a name or an IPv6 address in brackets, and the port a number from 1
+ * to 65535. */
 static const char *authority_problem(const char *h, size_t n) {
-  const char *end = h + n, *port;
+  char text[INET6_ADDRSTRLEN + 2];
+  unsigned char addr[sizeof(struct in6_addr)];
+  size_t host_len = host_length(h, n);
+  const char *port = h + host_len, *end = h + n, *problem;
   unsigned long number = 0;
 
   if (h[0] == '[') {
-    const char *close = memchr(h, ']', n);
-
-    if (close == NULL || close == h + 1)
-      return "an IPv6 address needs the form [::1]";
-    for (port = h + 1; port < close; port++)
-      if (!isxdigit((unsigned char)*port) && *port != ':' && *port != '.')
-        return "an IPv6 address has only hex digits, ':' and '.'";
-    port = close + 1;
-    if (port < end && *port != ':')
-      return "only a port may follow the IPv6 address";
-  } else {
-    for (port = h; port < end && *port != ':'; port++)
-      if (!isalnum((unsigned char)*port) && *port != '-' && *port != '.'
-          && *port != '_')
-        return "the host may contain only letters, digits, '-', '.' and "
-               "'_'";
-    if (port == h)
-      return "the host is missing";
+    if (h[host_len - 1] != ']' || host_len < 3
+        || copy_text(text, sizeof text, h + 1, host_len - 2) != 0
+        || inet_pton(AF_INET6, text, addr) != 1)
+      return "an IPv6 address must be a valid one in brackets, as in "
+             "[::1]";
+  } else if ((problem = host_name_problem(h, host_len)) != NULL) {
+    return problem;
   }
   if (port == end)
     return NULL;
+  if (*port != ':')
+    return "only a port may follow the IPv6 address";
   for (port++; port < end; port++) {
     if (!isdigit((unsigned char)*port) || number > 65535)
       return "the port must be a number from 1 to 65535";
@@ -258,6 +309,25 @@ static const char *authority_problem(const char *h, size_t n) {
   }
   return number >= 1 && number <= 65535
          ? NULL : "the port must be a number from 1 to 65535";
+}
+
+
+/* Returns 1 when the path p[0..n) has a "." or ".." segment. */
+static int has_dot_segment(const char *p, size_t n) {
+  size_t i = 0;
+
+  while (i < n) {
+    size_t j = i + 1;
+
+    while (j < n && p[j] != '/')
+      j++;
+    /* The segment is p[i + 1 .. j). */
+    if ((j - i == 2 && p[i + 1] == '.')
+        || (j - i == 3 && p[i + 1] == '.' && p[i + 2] == '.'))
+      return 1;
+    i = j;
+  }
+  return 0;
 }
 
 
@@ -333,6 +403,12 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
     return endpoint_error(msg, "plain http to a non-loopback host sends "
                           "the token unencrypted; use https or set "
                           "allow_http = true", s, len);
+
+  /* libcurl would resolve dot segments after the AK/SK signature
+   * covered them. */
+  if (slash != NULL && has_dot_segment(slash, len - (size_t)(slash - s)))
+    return endpoint_error(msg, "the path may not contain '.' or '..' "
+                          "segments", s, len);
 
   /* Drop trailing slashes so that the route can be appended. */
   while (len > start + host_len && s[len - 1] == '/')
