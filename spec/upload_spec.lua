@@ -492,6 +492,17 @@ describe("upload", function()
       assert.is_true(err.retryable)
       assert.is_true(core.monotonic() - started < 1.9)
     end)
+
+    it("rounds a fractional timeout_ms up", function()
+      emu:fault{ target = "obs", delay_ms = 2000, status = 200 }
+      local client = new_core_client()
+      local started = core.monotonic()
+      local meta, err = client:upload(credential(client), { body = "x", timeout_ms = 0.5 })
+
+      assert.is_nil(meta)
+      assert.equals("timeout", err.kind)
+      assert.is_true(core.monotonic() - started < 1.9)
+    end)
   end)
 
   describe("progress", function()
@@ -762,6 +773,13 @@ describe("upload", function()
           "invalid upload options: timeout_ms must be a number of milliseconds from 0 (no limit) to 86400000" },
         { { body = "x", timeout_ms = 0 / 0 },
           "invalid upload options: timeout_ms must be a number of milliseconds from 0 (no limit) to 86400000" },
+        { { path = "/etc/hostname\0.bin" }, "invalid path: contains a NUL byte" },
+        { { body = "x", content_type = "" },
+          "invalid upload option content_type: it is empty" },
+        { { body = "x", content_type = "text/plain\r\nX-Evil: 1" },
+          "invalid upload option content_type: line break at byte 11; remove line breaks (a trailing newline from a file is a common cause)" },
+        { { body = "x", content_type = "text/plain\0" },
+          "invalid upload option content_type: NUL byte at byte 11; remove NUL bytes" },
       }
     end
 

@@ -161,9 +161,10 @@ int ac_check_header_value(const char *field, const char *s, size_t len,
     unsigned char c = (unsigned char)s[i];
     if (c == '\r' || c == '\n' || c == '\0') {
       snprintf(msg, AC_MSG_SIZE, "invalid %s: %s at byte %lu; remove "
-               "line breaks (a trailing newline from a file is a common "
-               "cause)", field, c == '\0' ? "NUL byte" : "line break",
-               (unsigned long)i + 1);
+               "%s", field, c == '\0' ? "NUL byte" : "line break",
+               (unsigned long)i + 1, c == '\0' ? "NUL bytes"
+               : "line breaks (a trailing newline from a file is a "
+                 "common cause)");
       return -1;
     }
   }

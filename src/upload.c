@@ -25,6 +25,7 @@
  * are limited to OBS's single-PUT size (5 GiB).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -312,7 +313,9 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
                AC_MAX_UPLOAD_TIMEOUT_MS);
       return -1;
     }
-    call->timeout_ms = (long)t;
+    /* Rounded up, so that a fraction of a millisecond does not mean no
+     * limit. */
+    call->timeout_ms = (long)ceil(t);
   }
   lua_pop(L, 1);
   lua_getfield(L, 3, "progress");

@@ -236,6 +236,22 @@ function options.check_upload_values(opts, open_path)
       .. "body (a string)"
   end
 
+  if opts.path and opts.path:find("\0", 1, true) then
+    return "invalid path: contains a NUL byte"
+  end
+
+  local content_type = opts.content_type
+  if content_type == "" then
+    return "invalid upload option content_type: it is empty"
+  end
+  local at = content_type and content_type:find("[\r\n%z]")
+  if at then
+    local nul = content_type:byte(at) == 0
+    return ("invalid upload option content_type: %s at byte %d; remove %s")
+      :format(nul and "NUL byte" or "line break", at, nul and "NUL bytes"
+        or "line breaks (a trailing newline from a file is a common cause)")
+  end
+
   local timeout_ms = opts.timeout_ms
   if timeout_ms ~= nil
       and not (timeout_ms >= 0 and timeout_ms <= options.MAX_UPLOAD_TIMEOUT_MS) then
