@@ -882,6 +882,28 @@ describe("retry", function()
       assert.equal(0, requests())
     end)
 
+    it("serves colon calls through __index", function()
+      local client = new_client()
+      local tenant = setmetatable({ label = "tenant-a" }, { __index = client })
+
+      local result, meta = tenant:create_credential("replay.bin")
+
+      assert.is_table(result, tostring(meta))
+      assert.equal(1, requests())
+      client:close()
+    end)
+
+    it("names the dot for appcenter:new", function()
+      local ok, message = pcall(function()
+        local client = appcenter:new({ endpoint = emu.url })
+        return client
+      end)
+
+      assert.is_false(ok)
+      assert.matches("appcenter: call new with a dot: appcenter.new(opts)",
+        message, 1, true)
+    end)
+
     it("non-table options raise", function()
       assert.has_error(function()
         appcenter.new("token")

@@ -34,6 +34,12 @@ end
 local Request = {}
 Request.__index = Request
 
+-- Returns whether `value` is a request, or a table that delegates to one
+-- through __index.
+local function is_request(value)
+  return type(value) == "table" and value.async_state ~= nil
+end
+
 -- Raises the error for the request method `name` called with a dot, as in
 -- request.name(), which passes no request. Level 3 is the caller of that
 -- method.
@@ -483,7 +489,7 @@ end
 -- at once with a `cancelled` error. Returns true, or false when the
 -- request had already ended. Raises what the callback raises.
 function Request:cancel()
-  if getmetatable(self) ~= Request then
+  if not is_request(self) then
     raise_dot_call("cancel")
   end
   return run_collecting_errors(self.async_state, cancel_request, self)
@@ -492,7 +498,7 @@ end
 -- Returns "running" (an attempt is in flight), "waiting" (for a retry
 -- timer), "done" or "cancelled".
 function Request:status()
-  if getmetatable(self) ~= Request then
+  if not is_request(self) then
     raise_dot_call("status")
   end
   return self.stage

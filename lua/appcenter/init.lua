@@ -44,14 +44,19 @@ local nginx = require("appcenter.ngx")
 local options = require("appcenter.options")
 local retry = require("appcenter.retry")
 
-local getmetatable = getmetatable
-
 local appcenter = {}
 
 appcenter.VERSION = "0.1.0"
 
 local Client = {}
 Client.__index = Client
+
+-- Returns whether `value` is a wrapper client, or a table that delegates
+-- to one through __index, as a method's self is when the call used a
+-- colon.
+local function is_client(value)
+  return type(value) == "table" and value.core_client ~= nil
+end
 
 -- Raises the error for the client method `name` called with a dot, as in
 -- client.name(...), which passes the first argument in place of the
@@ -80,6 +85,10 @@ local function resolve_credentials(core_opts)
 end
 
 local function new_client(opts, caller)
+  if opts == appcenter then
+    error(("appcenter: call %s with a dot: appcenter.%s(opts)")
+      :format(caller, caller), 3)
+  end
   local one_shot = caller == "create_credential"
   local message = options.validate(opts, one_shot)
   if message then
@@ -127,7 +136,7 @@ end
 -- Returns `result, meta` or `nil, err`, where meta.attempts,
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
 function Client:create_credential(file_name)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("create_credential")
   end
   if type(file_name) ~= "string" then
@@ -231,7 +240,7 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("upload")
   end
   local policy, call_opts, invalid_err = prepare_upload(self, "upload",
@@ -263,7 +272,7 @@ end
 -- that failed. Options that the upload would reject, and a path that
 -- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("create_and_upload")
   end
   if type(file_name) ~= "string" then
@@ -298,7 +307,7 @@ end
 -- ended get their callbacks called with a `cancelled` error first.
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("close")
   end
   async.close(self)
@@ -319,49 +328,49 @@ end
 -- point to the caller of the method.
 
 function Client:start(file_name, callback)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("start")
   end
   return async.start(self, file_name, callback)
 end
 
 function Client:poll(timeout_ms)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("poll")
   end
   return async.poll(self, timeout_ms)
 end
 
 function Client:perform()
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("perform")
   end
   return async.perform(self)
 end
 
 function Client:pending()
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("pending")
   end
   return async.pending(self)
 end
 
 function Client:sockets()
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("sockets")
   end
   return async.sockets(self)
 end
 
 function Client:timeout()
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("timeout")
   end
   return async.timeout(self)
 end
 
 function Client:create_credential_async(file_name)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("create_credential_async")
   end
   return async.await(self, file_name)
@@ -373,7 +382,7 @@ end
 -- nil and an invalid_argument error, without calling the callback, for
 -- input that the core client rejects, such as a missing file.
 function Client:start_upload(result, opts, callback)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("start_upload")
   end
   local policy, call_opts, invalid_err = prepare_upload(self,
@@ -391,7 +400,7 @@ end
 -- Uploads from inside a coroutine: start_upload, then yields until poll
 -- ends the upload, and returns `meta` or `nil, err` like upload.
 function Client:upload_async(result, opts)
-  if getmetatable(self) ~= Client then
+  if not is_client(self) then
     raise_dot_call("upload_async")
   end
   local policy, call_opts, invalid_err = prepare_upload(self,
