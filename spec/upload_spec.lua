@@ -616,6 +616,24 @@ describe("upload", function()
   end)
 
   describe("through the wrapper", function()
+    it("refuses close from a progress callback", function()
+      local client = new_wrapper_client()
+      local result = credential(client, "close.bin")
+      local ok, message = pcall(client.upload, client, result, {
+        body = "x",
+        progress = function()
+          client:close()
+        end,
+      })
+
+      assert.is_false(ok)
+      assert.matches("close called from an upload's progress callback",
+        message, 1, true)
+      assert.matches("^[^:]*upload_spec%.lua:%d+: ", message)
+      assert.is_table(client:create_credential("after.bin"))
+      client:close()
+    end)
+
     it("uploads a file", function()
       local path = make_file("wrapped.bin", ("w"):rep(4096))
       local client = new_wrapper_client()

@@ -457,6 +457,12 @@ end
 -- closes the core client again, which does nothing.
 function async.close(client)
   local state = state_of(client)
+  -- appcenter.core raises too, but only after the requests waiting for a
+  -- retry would have been cancelled.
+  if state.in_progress_callback then
+    error("appcenter: close called from an upload's progress callback; "
+      .. "return false from it to abort the upload, then close", 3)
+  end
   state.closed = true
   run_collecting_errors(state, function()
     for _, request in ipairs(waiting_requests(state, nil)) do
@@ -590,6 +596,21 @@ function async.await_upload(client, result, call_opts, policy, invalid_err)
       return async.start_upload(client, result, call_opts, policy,
         callback)
     end)
+end
+
+-- Returns `progress`, an upload's progress callback, wrapped so that
+-- close() of `client` can tell that it runs inside it.
+function async.mark_progress(client, progress)
+  local state = state_of(client)
+  return function(sent, total)
+    state.in_progress_callback = true
+    local ok, outcome = pcall(progress, sent, total)
+    state.in_progress_callback = false
+    if not ok then
+      error(outcome, 0)
+    end
+    return outcome
+  end
 end
 
 return async

@@ -225,6 +225,9 @@ local function prepare_upload(client, name, result, opts)
     call_opts[option] = value
   end
   call_opts.deadline_ms = nil
+  if call_opts.progress then
+    call_opts.progress = async.mark_progress(client, call_opts.progress)
+  end
   return policy, call_opts
 end
 
