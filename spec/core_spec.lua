@@ -346,6 +346,16 @@ describe("appcenter.core", function()
         client:create_credential(42)
       end)
     end)
+
+    it("raises on a one-shot file_name from __index", function()
+      local opts = setmetatable(options(), { __index = { file_name = 42 } })
+
+      assert.has_error(function()
+        core.create_credential(opts)
+      end, "appcenter.core.create_credential: option 'file_name' must be "
+        .. "a string, got number")
+      assert.equals(0, emu:stats().requests)
+    end)
   end)
 
   describe("HTTP errors", function()

@@ -759,6 +759,14 @@ static int l_create_credential(lua_State *L) {
   c = lua_touserdata(L, -1);
 
   lua_getfield(L, 1, "file_name");
+  /* Checked again, because an __index metamethod can return what the
+   * check of the table's own fields did not see. */
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) {
+    client_release(c);
+    return luaL_error(L, "appcenter.core.create_credential: option "
+                      "'file_name' must be a string, got %s",
+                      luaL_typename(L, -1));
+  }
   file_name = lua_tolstring(L, -1, &len);
   if (file_name == NULL) {
     client_release(c);
