@@ -616,6 +616,18 @@ describe("upload", function()
   end)
 
   describe("through the wrapper", function()
+    it("reads options through __index", function()
+      local client = new_wrapper_client()
+      local result = credential(client, "index.bin")
+      local opts = setmetatable({}, { __index = { body = "indexed" } })
+
+      local meta, err = client:upload(result, opts)
+
+      assert.is_nil(err)
+      assert.equals(7, meta.bytes)
+      client:close()
+    end)
+
     it("refuses close from a progress callback", function()
       local client = new_wrapper_client()
       local result = credential(client, "close.bin")

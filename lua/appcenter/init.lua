@@ -220,9 +220,10 @@ local function prepare_upload(client, name, result, opts)
   end
   policy.timeout_ms = timeout_ms
 
+  -- Read by name, so that options from an __index metamethod come along.
   local call_opts = {}
-  for option, value in pairs(opts) do
-    call_opts[option] = value
+  for option in pairs(options.UPLOAD_TYPES) do
+    call_opts[option] = opts[option]
   end
   call_opts.deadline_ms = nil
   if call_opts.progress then

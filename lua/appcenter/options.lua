@@ -67,6 +67,7 @@ local UPLOAD_TYPES = {
   timeout_ms = "number",
   deadline_ms = "number",
 }
+options.UPLOAD_TYPES = UPLOAD_TYPES
 
 local BUDGET_TYPES = {
   capacity = "number",
