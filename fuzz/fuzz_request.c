@@ -232,26 +232,34 @@ static void fuzz_header_value(const fuzz_field *v) {
 }
 
 
-/* Returns whether host (without the port) is a loopback name or a
- * dotted address that inet_aton reads as 127.0.0.0/8, or no address. */
-static int loopback_or_unparsable(const char *host) {
+/* Returns whether host (with or without the port) names the loopback
+ * interface: localhost in any case with an optional final dot, an IPv4
+ * address that inet_aton reads as 127.0.0.0/8, or ::1 in brackets. */
+static int names_loopback(const char *host) {
   char name[AC_MAX_ENDPOINT_BYTES + 1];
+  unsigned char addr6[sizeof(struct in6_addr)];
   struct in_addr addr;
-  const char *colon;
+  const char *end;
   size_t n;
 
-  if (strncmp(host, "[::1]", 5) == 0)
-    return host[5] == '\0' || host[5] == ':';
-  colon = strchr(host, ':');
-  n = colon ? (size_t)(colon - host) : strlen(host);
+  if (host[0] == '[') {
+    end = strchr(host, ']');
+    if (end == NULL)
+      return 0;
+    n = (size_t)(end - host - 1);
+    memcpy(name, host + 1, n);
+    name[n] = '\0';
+    return inet_pton(AF_INET6, name, addr6) == 1
+        && memcmp(addr6, &in6addr_loopback, sizeof addr6) == 0;
+  }
+  end = strchr(host, ':');
+  n = end ? (size_t)(end - host) : strlen(host);
   memcpy(name, host, n);
   name[n] = '\0';
-  if (strcmp(name, "localhost") == 0)
+  if ((n == 9 || (n == 10 && name[9] == '.'))
+      && strncasecmp(name, "localhost", 9) == 0)
     return 1;
-  if (strspn(name, "0123456789.") != n)
-    return 0;
-  return inet_aton(name, &addr) == 0
-      || (ntohl(addr.s_addr) >> 24) == 127;
+  return inet_aton(name, &addr) != 0 && (ntohl(addr.s_addr) >> 24) == 127;
 }
 
 
@@ -288,7 +296,7 @@ static void fuzz_endpoint(const fuzz_field *v, int allow_http) {
   if (!ep.https && !allow_http)
     FUZZ_CHECK(ep.loopback, "plain http only to loopback");
   if (ep.loopback)
-    FUZZ_CHECK(loopback_or_unparsable(ep.host),
+    FUZZ_CHECK(names_loopback(ep.host),
                "a loopback host is 127.0.0.0/8, localhost or [::1]");
 
   path_at = ac_build_url(&url, &ep, PROJECT);
