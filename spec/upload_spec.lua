@@ -296,6 +296,26 @@ describe("upload", function()
         emu:object(result.bucket_name, result.object_path).content_type)
     end)
 
+    it("guesses the content type from path, then key", function()
+      local client = new_core_client()
+      local cases = {
+        { "shot.png", "shot.json", "application/json" },
+        { "shot.png", "noextension", "image/png" },
+        { "shot.png", "data.unknown", "image/png" },
+        { "shot.data", "data.bin", "application/octet-stream" },
+      }
+      for _, case in ipairs(cases) do
+        local result = credential(client, case[1])
+        local meta, err = client:upload(result, {
+          path = make_file(case[2], "typed") })
+
+        assert.is_table(meta, tostring(err))
+        assert.equals(case[3],
+          emu:object(result.bucket_name, result.object_path).content_type,
+          case[1] .. " from " .. case[2])
+      end
+    end)
+
     it("runs uploads one after another", function()
       local client = new_core_client()
       assert.is_table(client:upload(credential(client), { body = "one" }))

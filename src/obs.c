@@ -246,7 +246,9 @@ int ac_obs_parse_error(const char *body, size_t len, ac_obs_error *e) {
 }
 
 
-const char *ac_obs_content_type(const char *name) {
+/* Returns the media type for the extension of name, or NULL when the
+ * extension is missing or unknown. */
+static const char *type_of_extension(const char *name) {
   static const char *const types[][2] = {
     {".apk", "application/vnd.android.package-archive"},
     {".bin", "application/octet-stream"},
@@ -272,5 +274,14 @@ const char *ac_obs_content_type(const char *name) {
     for (i = 0; i < sizeof types / sizeof types[0]; i++)
       if (strcasecmp(dot, types[i][0]) == 0)
         return types[i][1];
-  return "application/octet-stream";
+  return NULL;
+}
+
+
+const char *ac_obs_content_type(const char *path, const char *key) {
+  const char *type = path != NULL ? type_of_extension(path) : NULL;
+
+  if (type == NULL)
+    type = type_of_extension(key);
+  return type != NULL ? type : "application/octet-stream";
 }

@@ -59,7 +59,8 @@ int ac_obs_check_target(const char *server_end_point, const char *bucket,
  * 1 when a Code was found. */
 int ac_obs_parse_error(const char *body, size_t len, ac_obs_error *e);
 
-/* Guesses a Content-Type from the file extension of name. */
-const char *ac_obs_content_type(const char *name);
+/* Guesses a Content-Type from the extension of path, or of key when
+ * path is NULL or its extension is missing or unknown. */
+const char *ac_obs_content_type(const char *path, const char *key);
 
 #endif

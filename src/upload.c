@@ -299,7 +299,7 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
                                r->content_type, type_len, msg) != 0)
     return -1;
   if (r->content_type == NULL)
-    r->content_type = ac_obs_content_type(call->path ? call->path : r->key);
+    r->content_type = ac_obs_content_type(call->path, r->key);
 
   /* Checked before the cast, which is undefined for NaN, infinities and
    * values beyond the range of long. */
