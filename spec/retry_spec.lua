@@ -418,6 +418,18 @@ describe("retry", function()
       assert.equal(1, err.attempts)
       assert.is_true(waited < 1.2)
     end)
+
+    it("says when the deadline passed in an attempt", function()
+      emu:fault{ delay_ms = 1500, times = 1 }
+      local client = new_client({ deadline_ms = 300 },
+        { timeout_ms = 10000, now = core.monotonic, sleep = core.sleep })
+
+      local _, err = client:create_credential("replay.bin")
+
+      assert.equal("timeout", err.kind)
+      assert.equal(1, err.attempts)
+      assert.matches("%(not retried: the deadline has passed%)$", err.message)
+    end)
   end)
 
   describe("backoff", function()

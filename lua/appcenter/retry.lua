@@ -192,6 +192,7 @@ function retry.new_call(policy)
     deadline = deadline,
     attempt = 0,
     last_retry_cost = nil,
+    cut_to_deadline = false,
   }, Call)
 end
 
@@ -210,8 +211,10 @@ function Call:begin_attempt()
     return true, nil
   end
 
-  local limit_ms = math.min(policy.timeout_ms,
-    time_left_ms(policy, self.deadline))
+  local left_ms = time_left_ms(policy, self.deadline)
+  -- A timeout of an attempt cut to the deadline means the deadline passed.
+  self.cut_to_deadline = left_ms < policy.timeout_ms
+  local limit_ms = math.min(policy.timeout_ms, left_ms)
   return true, math.max(1, math.floor(limit_ms))
 end
 
@@ -241,8 +244,13 @@ function Call:complete(result, info)
     return nil
   end
 
-  local delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
-    time_left_ms(policy, self.deadline))
+  local delay_ms, reason
+  if err.kind == "timeout" and self.cut_to_deadline then
+    reason = "the deadline has passed"
+  else
+    delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
+      time_left_ms(policy, self.deadline))
+  end
   if not delay_ms then
     err.message = ("%s (not retried: %s)"):format(err.message, reason)
     return nil
