@@ -554,7 +554,7 @@ describe("appcenter-credential", function()
         .. shell_quote(log_path) .. " >/dev/null 2>&1 </dev/null"))
 
       local terminal = read_file(log_path)
-      assert.is_not_nil(terminal:find("\r[" .. ("#"):rep(30) .. "] 100% 0.2 / 0.2 MiB",
+      assert.is_not_nil(terminal:find("\r[" .. ("#"):rep(30) .. "] 100% 234.4 / 234.4 KiB",
         1, true), terminal)
       assert.is_table(cjson.decode(read_file(output_path)))
     end)
