@@ -284,7 +284,7 @@ static void fuzz_target(uint8_t selector, const uint8_t *data, size_t size) {
   r.security_token = fuzz_get(f, n, 7).data;
   r.date = date;
 
-  type = ac_obs_content_type(r.key);
+  type = ac_obs_content_type(r.content_type, r.key);
   FUZZ_CHECK(type != NULL && strchr(type, '/') != NULL,
              "the content type is a media type");
 
