@@ -208,6 +208,7 @@ describe("appcenter.core", function()
       { "region", { endpoint = false, region = "mars-north-1" } },
       { "proxy", { proxy = "foo://127.0.0.1:1" } },
       { "proxy", { proxy = "http://[bad" } },
+      { "proxy", { proxy = "http://127.0.0.1:0" } },
       { "proxy", { proxy = "http://127.0.0.1:1\0x" } },
       { "ca_file", { ca_file = "/etc/ssl/certs/ca-certificates.crt\0x" } },
     }

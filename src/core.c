@@ -336,7 +336,7 @@ static int check_proxy(ac_client *c, const char *proxy, char *msg) {
                                         "socks4a", "socks5", "socks5h",
                                         NULL};
   const char *const *known;
-  char *scheme = NULL, *password = NULL;
+  char *scheme = NULL, *password = NULL, *port = NULL;
   CURLU *url;
   CURLUcode rc;
   int ok = 0;
@@ -362,7 +362,12 @@ static int check_proxy(ac_client *c, const char *proxy, char *msg) {
     snprintf(msg, AC_MSG_SIZE, "invalid proxy: unsupported scheme "
              "\"%.32s\"; use http, https, socks4, socks4a, socks5 or "
              "socks5h", scheme);
-  else if (curl_url_get(url, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK
+  else if (curl_url_get(url, CURLUPART_PORT, &port, 0) == CURLUE_OK
+           && strcmp(port, "0") == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid proxy: the port must be a number "
+             "from 1 to 65535");
+    ok = 0;
+  } else if (curl_url_get(url, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK
            && (c->proxy_password = copy_string(password,
                                                strlen(password))) == NULL) {
     snprintf(msg, AC_MSG_SIZE, "not enough memory");
@@ -371,6 +376,7 @@ static int check_proxy(ac_client *c, const char *proxy, char *msg) {
   if (password != NULL)
     ac_wipe(password, strlen(password));
   curl_free(password);
+  curl_free(port);
   curl_free(scheme);
   curl_url_cleanup(url);
   return ok ? 0 : -1;
