@@ -187,18 +187,21 @@ describe("appcenter-credential", function()
       assert.equal(0, emu:stats().requests)
     end)
 
-    it("accepts the limit plus a line break", function()
-      local token_path = os.tmpname()
-      write_file(token_path, ("t"):rep(MAX_TOKEN_BYTES) .. "\n")
-      local status, _, stderr = run_tool(token_file_args(token_path))
-      os.remove(token_path)
+    for _, ending in ipairs{ "\n", "\r\n" } do
+      it("accepts the limit plus " .. ending:gsub("\r", "CR "):gsub("\n", "LF"),
+          function()
+        local token_path = os.tmpname()
+        write_file(token_path, ("t"):rep(MAX_TOKEN_BYTES) .. ending)
+        local status, _, stderr = run_tool(token_file_args(token_path))
+        os.remove(token_path)
 
-      -- The tool sends the token, and the emulator rejects a header line
-      -- of this length with HTTP 431.
-      assert.equal(1, status, stderr)
-      assert.is_nil(stderr:find("larger than", 1, true), stderr)
-      assert.is_not_nil(stderr:find("Line too long", 1, true), stderr)
-    end)
+        -- The tool sends the token, and the emulator rejects a header
+        -- line of this length with HTTP 431.
+        assert.equal(1, status, stderr)
+        assert.is_nil(stderr:find("larger than", 1, true), stderr)
+        assert.is_not_nil(stderr:find("Line too long", 1, true), stderr)
+      end)
+    end
   end)
 
   describe("AK/SK", function()
