@@ -110,7 +110,7 @@ void ac_check_options(lua_State *L, int idx, const ac_option *list,
 
 /* Reads opts[name] and leaves it on the stack, which keeps the string
  * alive while the caller uses it: an __index metamethod can return a
- * string that no table holds. */
+ * string that no table references. */
 static const char *opt_string(lua_State *L, int idx, const char *name,
                               size_t *len) {
   luaL_checkstack(L, 1, "reading the options");

@@ -60,7 +60,7 @@ static void split_url(const char *url, size_t len, url_parts *u) {
 
 /* Reads the string args[key] and leaves it on the stack, which keeps it
  * alive: an __index metamethod can return a string that no table
- * holds. Raises when it is required and missing or not a string. */
+ * references. Raises when it is required and missing or not a string. */
 static const char *field_string(lua_State *L, const char *key,
                                 size_t *len, int required) {
   luaL_checkstack(L, 1, "reading the fields");

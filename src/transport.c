@@ -198,7 +198,7 @@ void ac_transport_free(ac_transport *t) {
   if (t->curl != NULL)
     curl_easy_cleanup(t->curl);
   t->curl = NULL;
-  /* The body of a create-credential response holds the issued secret
+  /* The body of a create-credential response contains the issued secret
    * and security token. */
   ac_buf_clear_free(&t->body);
 }

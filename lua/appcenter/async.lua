@@ -34,18 +34,20 @@ end
 local Request = {}
 Request.__index = Request
 
--- Returns whether `value` is a request, or a table that delegates to one
--- through __index.
-local function is_request(value)
-  return type(value) == "table" and value.async_state ~= nil
+-- Returns the error message for the method `name` of `object` ("client"
+-- or "request") called with a dot, as in client.name(...), which passes
+-- the first argument in place of the object.
+function async.dot_call_message(object, name)
+  return ("appcenter: call %s with a colon: %s:%s(...)")
+    :format(name, object, name)
 end
 
--- Raises the error for the request method `name` called with a dot, as in
--- request.name(), which passes no request. Level 3 is the caller of that
--- method.
-local function raise_dot_call(name)
-  error(("appcenter: call %s with a colon: request:%s(...)")
-    :format(name, name), 3)
+-- Raises at the caller of the request method `name` unless `value`, its
+-- self, is a request or a table that delegates to one through __index.
+local function check_request(value, name)
+  if type(value) ~= "table" or value.async_state == nil then
+    error(async.dot_call_message("request", name), 3)
+  end
 end
 
 
@@ -495,18 +497,14 @@ end
 -- at once with a `cancelled` error. Returns true, or false when the
 -- request had already ended. Raises what the callback raises.
 function Request:cancel()
-  if not is_request(self) then
-    raise_dot_call("cancel")
-  end
+  check_request(self, "cancel")
   return run_collecting_errors(self.async_state, cancel_request, self)
 end
 
 -- Returns "running" (an attempt is in flight), "waiting" (for a retry
 -- timer), "done" or "cancelled".
 function Request:status()
-  if not is_request(self) then
-    raise_dot_call("status")
-  end
+  check_request(self, "status")
   return self.stage
 end
 

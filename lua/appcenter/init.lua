@@ -51,19 +51,13 @@ appcenter.VERSION = "0.1.0"
 local Client = {}
 Client.__index = Client
 
--- Returns whether `value` is a wrapper client, or a table that delegates
--- to one through __index, as a method's self is when the call used a
--- colon.
-local function is_client(value)
-  return type(value) == "table" and value.core_client ~= nil
-end
-
--- Raises the error for the client method `name` called with a dot, as in
--- client.name(...), which passes the first argument in place of the
--- client. Level 3 is the caller of that method.
-local function raise_dot_call(name)
-  error(("appcenter: call %s with a colon: client:%s(...)")
-    :format(name, name), 3)
+-- Raises at the caller of the client method `name` unless `value`, its
+-- self, is a client or a table that delegates to one through __index, as
+-- it is when the call used a colon.
+local function check_client(value, name)
+  if type(value) ~= "table" or value.core_client == nil then
+    error(async.dot_call_message("client", name), 3)
+  end
 end
 
 
@@ -136,9 +130,7 @@ end
 -- Returns `result, meta` or `nil, err`, where meta.attempts,
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
 function Client:create_credential(file_name)
-  if not is_client(self) then
-    raise_dot_call("create_credential")
-  end
+  check_client(self, "create_credential")
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_credential' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -244,9 +236,7 @@ end
 -- Returns `meta` or `nil, err`, where meta.attempts, meta.elapsed_ms and
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
-  if not is_client(self) then
-    raise_dot_call("upload")
-  end
+  check_client(self, "upload")
   local policy, call_opts, invalid_err = prepare_upload(self, "upload",
     result, opts)
   if not policy then
@@ -276,9 +266,7 @@ end
 -- that failed. Options that the upload would reject, and a path that
 -- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
-  if not is_client(self) then
-    raise_dot_call("create_and_upload")
-  end
+  check_client(self, "create_and_upload")
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -311,9 +299,7 @@ end
 -- ended get their callbacks called with a `cancelled` error first.
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
-  if not is_client(self) then
-    raise_dot_call("close")
-  end
+  check_client(self, "close")
   async.close(self)
 end
 
@@ -330,54 +316,19 @@ end
 -- Each method checks the client and then tail-calls the function of
 -- async.lua, so that the errors which that function raises at level 2
 -- point to the caller of the method.
-
-function Client:start(file_name, callback)
-  if not is_client(self) then
-    raise_dot_call("start")
+for name, run in pairs({
+  start = async.start,
+  poll = async.poll,
+  perform = async.perform,
+  pending = async.pending,
+  sockets = async.sockets,
+  timeout = async.timeout,
+  create_credential_async = async.await,
+}) do
+  Client[name] = function(self, ...)
+    check_client(self, name)
+    return run(self, ...)
   end
-  return async.start(self, file_name, callback)
-end
-
-function Client:poll(timeout_ms)
-  if not is_client(self) then
-    raise_dot_call("poll")
-  end
-  return async.poll(self, timeout_ms)
-end
-
-function Client:perform()
-  if not is_client(self) then
-    raise_dot_call("perform")
-  end
-  return async.perform(self)
-end
-
-function Client:pending()
-  if not is_client(self) then
-    raise_dot_call("pending")
-  end
-  return async.pending(self)
-end
-
-function Client:sockets()
-  if not is_client(self) then
-    raise_dot_call("sockets")
-  end
-  return async.sockets(self)
-end
-
-function Client:timeout()
-  if not is_client(self) then
-    raise_dot_call("timeout")
-  end
-  return async.timeout(self)
-end
-
-function Client:create_credential_async(file_name)
-  if not is_client(self) then
-    raise_dot_call("create_credential_async")
-  end
-  return async.await(self, file_name)
 end
 
 -- Starts the upload of `upload` without blocking, with the same options
@@ -386,9 +337,7 @@ end
 -- nil and an invalid_argument error, without calling the callback, for
 -- input that the core client rejects, such as a missing file.
 function Client:start_upload(result, opts, callback)
-  if not is_client(self) then
-    raise_dot_call("start_upload")
-  end
+  check_client(self, "start_upload")
   local policy, call_opts, invalid_err = prepare_upload(self,
     "start_upload", result, opts)
   if type(callback) ~= "function" then
@@ -404,9 +353,7 @@ end
 -- Uploads from inside a coroutine: start_upload, then yields until poll
 -- ends the upload, and returns `meta` or `nil, err` like upload.
 function Client:upload_async(result, opts)
-  if not is_client(self) then
-    raise_dot_call("upload_async")
-  end
+  check_client(self, "upload_async")
   local policy, call_opts, invalid_err = prepare_upload(self,
     "upload_async", result, opts)
   return async.await_upload(self, result, call_opts, policy, invalid_err)
