@@ -78,11 +78,23 @@ def cpu_per_request(sample):
     return sample["cpu"] / sample["requests"]
 
 
-def paired_ratio(results, key, base_key):
-    """Return the median over rounds of key's CPU per request divided by base_key's in the same round."""
-    ratios = [cpu_per_request(run) / cpu_per_request(base)
-              for run, base in zip(results[key]["runs"], results[base_key]["runs"])
-              if succeeded(run) and succeeded(base)]
+def loop_rate(sample):
+    """Return requests per second between the "ready" and "done" lines, or None."""
+    return sample["requests"] / sample["loop"] if sample["loop"] else None
+
+
+def paired_ratio(results, key, base_key, figure=cpu_per_request):
+    """Return the median over rounds of key's figure divided by base_key's in the same round.
+
+    The figure is CPU per request unless told otherwise; loop_rate gives
+    requests per second.
+    """
+    ratios = []
+    for run, base in zip(results[key]["runs"], results[base_key]["runs"]):
+        if succeeded(run) and succeeded(base):
+            ours, theirs = figure(run), figure(base)
+            if ours is not None and theirs:
+                ratios.append(ours / theirs)
     return median(ratios)
 
 
@@ -104,7 +116,7 @@ def summarize(results, floor_key):
             "user_share": median([r["user"] / r["cpu"] for r in runs if r["cpu"] > 0]),
             "net_cpu_us": None,
             "startup_cpu_ms": None,
-            "rps_loop": median([n / r["loop"] for r in runs if r["loop"]]),
+            "rps_loop": median([loop_rate(r) for r in runs]),
             "rps_process": median([n / r["wall"] for r in runs]),
             "maxrss_mb": median([r["maxrss_kb"] for r in runs]) / 1024.0,
             "connections": median([r["connections"] for r in runs]),

@@ -7,7 +7,7 @@ import shutil
 
 from benchlib import BUILD, ROOT
 from benchlib.contenders import NODE_SDK_PACKAGE, PEERS, node_sdk_version
-from benchlib.measuring import paired_ratio
+from benchlib.measuring import loop_rate, paired_ratio
 from benchlib.processes import run_quiet
 
 # Targets, as stated in BENCHMARKS.md.
@@ -148,12 +148,18 @@ def targets(rows, results, contenders):
                 lines.append("- %s against %s: not measured (%s)" % (
                     ours_key, peer.name, peer.skip_reason or theirs.get("failed")))
                 continue
-            cpu_ahead = ours["cpu_us"] < theirs["cpu_us"]
-            rps_ahead = ours["rps_loop"] > theirs["rps_loop"]
+            # Ratios of the two processes in the same round, as for the
+            # floor, so that drifts in machine load cancel.
+            cpu_ratio = paired_ratio(results, ours_key, peer.name)
+            rps_ratio = paired_ratio(results, ours_key, peer.name, loop_rate)
+            cpu_ahead = cpu_ratio is not None and cpu_ratio < 1
+            rps_ahead = rps_ratio is not None and rps_ratio > 1
             verdicts["%s_ahead_of_%s" % (ours_key, peer.name)] = cpu_ahead and rps_ahead
-            lines.append("- %s against %s: CPU %.1f vs %.1f µs/req (%s), %.0f vs %.0f req/s (%s)" % (
-                ours_key, peer.name, ours["cpu_us"], theirs["cpu_us"], "ahead" if cpu_ahead else "behind",
-                ours["rps_loop"], theirs["rps_loop"], "ahead" if rps_ahead else "behind"))
+            lines.append("- %s against %s: CPU %.1f vs %.1f µs/req, per-round ratio %s (%s); "
+                         "%.0f vs %.0f req/s, per-round ratio %s (%s)" % (
+                             ours_key, peer.name, ours["cpu_us"], theirs["cpu_us"], fmt(cpu_ratio, "%.3f"),
+                             "ahead" if cpu_ahead else "behind", ours["rps_loop"], theirs["rps_loop"],
+                             fmt(rps_ratio, "%.3f"), "ahead" if rps_ahead else "behind"))
     return lines, verdicts
 
 
