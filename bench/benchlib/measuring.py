@@ -86,7 +86,7 @@ def loop_rate(sample):
 def paired_ratio(results, key, base_key, figure=cpu_per_request):
     """Return the median over rounds of key's figure divided by base_key's in the same round.
 
-    The figure is CPU per request unless told otherwise; loop_rate gives
+    The default figure is CPU per request. Pass loop_rate to compare
     requests per second.
     """
     ratios = []
