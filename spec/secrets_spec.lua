@@ -238,6 +238,30 @@ describe("secrets", function()
       client:close()
     end)
 
+    it("hides a credential echoed in an error body", function()
+      local client = assert(core.new(token_options()))
+      local credential = {
+        access = "FAKEACCESS",
+        secret = RETURNED_SECRET,
+        security_token = RETURNED_SECURITY_TOKEN,
+      }
+      local faults = {
+        { status = 500, body = cjson.encode{ credential = credential } },
+        { status = 502, body = cjson.encode{ error_code = RETURNED_SECRET, credential = credential } },
+        -- Cut JSON, so it does not decode and its text would be quoted.
+        { status = 503, body = '{"credential":{"secret":"' .. RETURNED_SECRET .. '","security_token":"'
+          .. RETURNED_SECURITY_TOKEN },
+      }
+      for index, fault in ipairs(faults) do
+        emu:fault(fault)
+        local result, err = client:create_credential("setup.exe")
+        assert_clean_error(result, err, "echoed credential " .. index)
+        assert.equal("http", err.kind)
+        assert.equal(fault.status, err.status)
+      end
+      client:close()
+    end)
+
     it("hides secrets in non-blocking requests", function()
       local client = assert(core.new(token_options()))
       local faults = echo_faults{ TOKEN }

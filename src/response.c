@@ -25,6 +25,10 @@
 
 #define AC_TEXT_SIZE 512
 
+/* Room for the secrets of a request: a client lists at most four and an
+ * upload at most six. */
+#define AC_MAX_SECRETS 8
+
 
 /* ---------------------------------------------------------------------
  * JSON decoding through lua-cjson
@@ -478,15 +482,70 @@ static void find_error_fields(lua_State *L, int body, char *code,
 }
 
 
+/* Adds to list, which has room for count more entries and a NULL, the
+ * secret and security token of a credential object in the body at idx,
+ * and returns how many it added. A gateway that reports an error may
+ * echo the response that carried them. The strings belong to the body. */
+static int add_returned_secrets(lua_State *L, int idx, const char **list,
+                                int count) {
+  static const char *const names[] = {"secret", "security_token"};
+  int added = 0;
+  size_t i;
+
+  if (!lua_istable(L, idx))
+    return 0;
+  lua_getfield(L, idx, "credential");
+  if (lua_istable(L, -1)) {
+    for (i = 0; i < sizeof names / sizeof names[0] && added < count; i++) {
+      lua_getfield(L, -1, names[i]);
+      if (lua_type(L, -1) == LUA_TSTRING)
+        list[added++] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  list[added] = NULL;
+  return added;
+}
+
+
+/* Reports whether a body that did not decode names a credential field,
+ * so that a part of it must not be quoted. */
+static int mentions_credential(const char *body, size_t len) {
+  static const char *const names[] = {"\"secret\"", "\"security_token\""};
+  size_t i, at, n;
+
+  for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+    n = strlen(names[i]);
+    for (at = 0; at + n <= len; at++)
+      if (memcmp(body + at, names[i], n) == 0)
+        return 1;
+  }
+  return 0;
+}
+
+
 static void push_http_error(lua_State *L, const ac_response *r) {
   ac_error_info e = {0};
   char code[AC_TEXT_SIZE] = "", found[AC_TEXT_SIZE] = "";
   char message[AC_TEXT_SIZE], prefix[AC_TEXT_SIZE];
-  int top = lua_gettop(L);
+  const char *secrets[AC_MAX_SECRETS + 3];
+  int top = lua_gettop(L), n = 0, decoded = 0;
 
-  if (r->body_len > 0 && decode_json(L, r->body, r->body_len) == 0)
-    find_error_fields(L, lua_gettop(L), code, found);
-  lua_settop(L, top);
+  while (r->secrets != NULL && r->secrets[n] != NULL && n < AC_MAX_SECRETS) {
+    secrets[n] = r->secrets[n];
+    n++;
+  }
+  secrets[n] = NULL;
+  /* The decoded body stays on the stack until the error is built, because
+   * secrets may point into it. */
+  if (r->body_len > 0 && decode_json(L, r->body, r->body_len) == 0) {
+    decoded = 1;
+    find_error_fields(L, top + 1, code, found);
+    add_returned_secrets(L, top + 1, secrets + n, 2);
+  } else {
+    lua_settop(L, top);
+  }
 
   if (found[0] != '\0') {
     snprintf(message, sizeof message, "%s", found);
@@ -496,6 +555,9 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   } else if (r->body_len == 0) {
     snprintf(message, sizeof message, "HTTP %ld with an empty body",
              r->status);
+  } else if (!decoded && mentions_credential(r->body, r->body_len)) {
+    snprintf(message, sizeof message, "HTTP %ld: the body is not shown "
+             "because it names credential fields", r->status);
   } else {
     clean_text(prefix, r->body, r->body_len, AC_BODY_PREFIX_CHARS, 1);
     snprintf(message, sizeof message, "HTTP %ld: %.200s", r->status,
@@ -508,8 +570,10 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   e.request_id = r->request_id;
   e.retry_after = r->retry_after;
   e.retryable = ac_status_retryable(r->status);
-  e.secrets = r->secrets;
+  e.secrets = secrets;
   ac_push_error(L, &e);
+  if (decoded)
+    lua_remove(L, top + 1);
 }
 
 
