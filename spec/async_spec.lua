@@ -138,6 +138,28 @@ describe("appcenter.core async", function()
     assert.equals(1, emu:stats().connections)
   end)
 
+  it("names the queue in a queued timeout", function()
+    emu:config({ delay_ms = 1500 })
+    local client = new_client({ max_connections = 1, timeout_ms = 400 })
+    local errors = {}
+    for index = 1, 2 do
+      client:start("queued.bin", function(_, err)
+        errors[index] = err
+      end)
+    end
+    drive(client, 100)
+    client:close()
+
+    -- The first request keeps the only connection until it times out.
+    assert.equals("timeout", errors[1].kind)
+    assert.no_match("free connection", errors[1].message)
+    assert.equals("timeout", errors[2].kind)
+    assert.is_true(errors[2].retryable)
+    assert.matches("free connection", errors[2].message)
+    assert.matches("max_connections %(1%)", errors[2].message)
+    assert.no_match("resolve", errors[2].message)
+  end)
+
   it("does not block poll past its timeout", function()
     emu:fault({ delay_ms = 1500 })
     local client = new_client()

@@ -395,6 +395,9 @@ static void launch(lua_State *L, ac_client *c, ac_request *r) {
   }
   r->client = c;
   r->state = AC_REQ_RUNNING;
+  /* It waits for a connection, unless one of the busy ones finished
+   * and was not polled yet. */
+  r->transport.queued = c->request_count >= c->max_connections;
   r->next = c->requests;
   if (c->requests != NULL)
     c->requests->prev = r;
