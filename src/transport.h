@@ -44,7 +44,8 @@ typedef struct ac_transport {
   size_t max_body_bytes;
   ac_buf body;              /* response body of the last call */
   int body_too_large;
-  int queued;               /* started while max_connections requests were in flight */
+  int queued;               /* started while max_connections requests
+                             * were in flight */
   char request_id[AC_REQUEST_ID_SIZE];
   char retry_after[AC_RETRY_AFTER_SIZE];
   char etag[AC_REQUEST_ID_SIZE];
