@@ -664,13 +664,20 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     e.retryable = 1;
   } else {
     const char *text = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+    const char *hint = "";
 
     /* OpenSSL reports a server that replies to a handshake in plain HTTP
      * as a wrong version number. */
-    snprintf(message, sizeof message, "%s%s", text,
-             strstr(text, "wrong version number") == NULL ? ""
-             : " (the server did not reply in TLS: for a plain HTTP "
-               "server, write http:// in the endpoint)");
+    if (strstr(text, "wrong version number") != NULL)
+      hint = " (the server did not reply in TLS: for a plain HTTP server, "
+             "write http:// in the endpoint)";
+    else if (rc == CURLE_PEER_FAILED_VERIFICATION)
+      hint = " (for a server whose certificate a private CA signed, pass "
+             "that CA's certificate as ca_file; else check the endpoint's "
+             "host name)";
+    else if (rc == CURLE_SSL_CACERT_BADFILE)
+      hint = " (ca_file must name a readable file of PEM certificates)";
+    snprintf(message, sizeof message, "%s%s", text, hint);
     e.kind = curl_kind(rc);
     /* The same URL would be malformed again. */
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0
@@ -700,6 +707,8 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
   r.body_len = t->body.len;
   r.request_id = t->request_id;
   r.retry_after = t->retry_after;
+  if (status >= 300 && status <= 399)
+    curl_easy_getinfo(t->curl, CURLINFO_REDIRECT_URL, &r.redirect_url);
   r.elapsed_ms = (double)total_us / 1000.0;
   r.secrets = c->secrets;
   return ac_push_response(L, &r);

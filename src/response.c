@@ -525,29 +525,46 @@ static int mentions_credential(const char *body, size_t len) {
 }
 
 
+/* Fills list (AC_MAX_SECRETS + 3 entries) with the request's secrets and
+ * those of a credential in the decoded body at idx (0: none), then NULL.
+ * The body must stay on the stack while the list is in use. */
+static void list_secrets(lua_State *L, const ac_response *r, int idx,
+                         const char **list) {
+  int n = 0;
+
+  while (r->secrets != NULL && r->secrets[n] != NULL && n < AC_MAX_SECRETS) {
+    list[n] = r->secrets[n];
+    n++;
+  }
+  list[n] = NULL;
+  if (idx != 0)
+    add_returned_secrets(L, idx, list + n, 2);
+}
+
+
 static void push_http_error(lua_State *L, const ac_response *r) {
   ac_error_info e = {0};
   char code[AC_TEXT_SIZE] = "", found[AC_TEXT_SIZE] = "";
   char message[AC_TEXT_SIZE], prefix[AC_TEXT_SIZE];
   const char *secrets[AC_MAX_SECRETS + 3];
-  int top = lua_gettop(L), n = 0, decoded = 0;
+  int top = lua_gettop(L), decoded = 0;
 
-  while (r->secrets != NULL && r->secrets[n] != NULL && n < AC_MAX_SECRETS) {
-    secrets[n] = r->secrets[n];
-    n++;
-  }
-  secrets[n] = NULL;
-  /* The decoded body stays on the stack until the error is built, because
-   * secrets may point into it. */
   if (r->body_len > 0 && decode_json(L, r->body, r->body_len) == 0) {
     decoded = 1;
     find_error_fields(L, top + 1, code, found);
-    add_returned_secrets(L, top + 1, secrets + n, 2);
   } else {
     lua_settop(L, top);
   }
+  list_secrets(L, r, decoded ? top + 1 : 0, secrets);
 
-  if (found[0] != '\0') {
+  if (r->status >= 300 && r->status <= 399) {
+    const char *to = r->redirect_url ? r->redirect_url : "";
+
+    clean_text(prefix, to, strlen(to), 200, 0);
+    snprintf(message, sizeof message, "HTTP %ld: a redirect%s%.200s, "
+             "which is not followed; check the endpoint or region", r->status,
+             prefix[0] ? " to " : " without a Location", prefix);
+  } else if (found[0] != '\0') {
     snprintf(message, sizeof message, "%s", found);
   } else if (code[0] != '\0') {
     snprintf(message, sizeof message, "HTTP %ld without a message",
@@ -577,16 +594,41 @@ static void push_http_error(lua_State *L, const ac_response *r) {
 }
 
 
+/* Pushes nil and an invalid_response error. secrets may be NULL for the
+ * request's own. */
 static void push_invalid_response(lua_State *L, const ac_response *r,
-                                  const char *message) {
+                                  const char *message,
+                                  const char *const *secrets) {
   ac_error_info e = {0};
 
   e.kind = AC_KIND_INVALID_RESPONSE;
   e.status = r->status;
   e.message = message;
   e.request_id = r->request_id;
-  e.secrets = r->secrets;
+  e.secrets = secrets ? secrets : r->secrets;
+  lua_pushnil(L);
   ac_push_error(L, &e);
+}
+
+
+/* Pushes nil and the error for a 2xx body at idx that failed shaping
+ * with s->msg. A body with error fields, as some gateways send with 200,
+ * has them added to the message. */
+static void push_unshaped(lua_State *L, const ac_response *r, int idx,
+                          const shape *s) {
+  char code[AC_TEXT_SIZE] = "", found[AC_TEXT_SIZE] = "";
+  char message[AC_TEXT_SIZE];
+  const char *secrets[AC_MAX_SECRETS + 3];
+
+  list_secrets(L, r, idx, secrets);
+  find_error_fields(L, idx, code, found);
+  if (code[0] != '\0' || found[0] != '\0')
+    snprintf(message, sizeof message, "%.200s (the body is an error: "
+             "%.64s%s%.200s)", s->msg, code, code[0] && found[0] ? ": " : "",
+             found);
+  else
+    snprintf(message, sizeof message, "%s", s->msg);
+  push_invalid_response(L, r, message, secrets);
 }
 
 
@@ -621,25 +663,22 @@ int ac_push_response(lua_State *L, const ac_response *r) {
   }
 
   if (r->body_len == 0) {
-    lua_pushnil(L);
-    push_invalid_response(L, r, "invalid response: the body is empty");
+    push_invalid_response(L, r, "invalid response: the body is empty", NULL);
     return 2;
   }
   if (decode_json(L, r->body, r->body_len) != 0) {
     snprintf(message, sizeof message, "invalid response: the body is "
              "not valid JSON (%s)", lua_tostring(L, -1));
     lua_settop(L, top);
-    lua_pushnil(L);
-    push_invalid_response(L, r, message);
+    push_invalid_response(L, r, message, NULL);
     return 2;
   }
 
   s.L = L;
   s.failed = 0;
   if (shape_result(&s, top + 1) != 0) {
-    lua_settop(L, top);
-    lua_pushnil(L);
-    push_invalid_response(L, r, s.msg);
+    push_unshaped(L, r, top + 1, &s);
+    lua_remove(L, top + 1);
     return 2;
   }
   push_meta(L, r);

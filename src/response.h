@@ -16,6 +16,7 @@ typedef struct ac_response {
   size_t body_len;
   const char *request_id;   /* "" when the server sent none */
   const char *retry_after;  /* "" when the server sent none */
+  const char *redirect_url; /* a 3xx's Location, or NULL */
   double elapsed_ms;
   const char *const *secrets; /* NULL-terminated; redacted from messages */
 } ac_response;
