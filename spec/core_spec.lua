@@ -461,6 +461,13 @@ describe("appcenter.core", function()
         err.message, 1, true)
     end)
 
+    it("explains a header line over 100 KiB", function()
+      emu:fault({ status = 200, headers = { ["X-Big"] = ("a"):rep(101 * 1024) } })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("network", err.kind)
+      assert.matches("header line over 100 KiB", err.message, 1, true)
+    end)
+
     it("reports a redirect without a Location", function()
       emu:fault({ status = 301, body = "" })
       local _, err = new_client():create_credential("a.txt")

@@ -677,6 +677,9 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              "host name)";
     else if (rc == CURLE_SSL_CACERT_BADFILE)
       hint = " (ca_file must name a readable file of PEM certificates)";
+    else if (rc == CURLE_OUT_OF_MEMORY)
+      hint = " (libcurl also reports a response header line over 100 KiB "
+             "this way)";
     snprintf(message, sizeof message, "%s%s", text, hint);
     e.kind = curl_kind(rc);
     /* The same URL would be malformed again. */
