@@ -52,14 +52,17 @@ end
 
 
 -- Returns the non-blocking state of a wrapper client, created on first
--- use: the requests that wait for a retry timer, the count of requests in
--- flight and the first callback error of the running poll, cancel or
--- close.
+-- use: the requests that wait for a retry timer or for the retry policy,
+-- the count of requests in flight and the first callback error of the
+-- running poll, cancel or close.
 local function state_of(client)
   local state = client.async_state
   if not state then
     state = {
       waiting = {},       -- set of requests whose retry timer runs
+      -- Set of requests whose attempt has ended and whose retry policy,
+      -- on_retry included, is deciding what follows.
+      between_attempts = {},
       in_flight = 0,      -- started requests whose callback has not run
       completed = 0,      -- callbacks run since the current poll began
       sequence = 0,       -- orders retries that are due at the same time
@@ -148,17 +151,29 @@ end
 -- Handles the outcome of one attempt: schedules the next attempt or ends
 -- the request. Runs as the core request's callback.
 local function on_attempt_done(request, result, info)
+  local state = request.async_state
   request.core_request = nil
+  if result == nil then
+    -- cancelled_error copies the metatable of the last error.
+    request.last_err = info
+  end
+
+  -- on_retry runs inside call:complete. When it closes the client, close
+  -- ends the request at once, and no retry follows.
+  state.between_attempts[request] = true
   local call = request.call
   local ok, delay_ms = pcall(call.complete, call, result, info)
+  state.between_attempts[request] = nil
   if not ok then
     -- on_retry raised. The blocking call would stop with that error, so
     -- the request ends with the attempt's error and poll raises it.
-    record_error(request.async_state, delay_ms)
+    record_error(state, delay_ms)
     delay_ms = nil
   end
 
-  if delay_ms then
+  if request.stage == "cancelled" then
+    return
+  elseif delay_ms then
     schedule_retry(request, info, delay_ms)
   else
     finish(request, result, info)
@@ -470,6 +485,18 @@ function async.close(client)
     for _, request in ipairs(waiting_requests(state, nil)) do
       if state.waiting[request] then
         state.waiting[request] = nil
+        finish(request, nil, cancelled_error(request, "the client was closed"))
+      end
+    end
+    -- The request whose on_retry called close. A callback may cancel a
+    -- running request, which enters the set, so the loop walks a copy.
+    local between = {}
+    for request in pairs(state.between_attempts) do
+      between[#between + 1] = request
+    end
+    for _, request in ipairs(between) do
+      if state.between_attempts[request] then
+        state.between_attempts[request] = nil
         finish(request, nil, cancelled_error(request, "the client was closed"))
       end
     end
