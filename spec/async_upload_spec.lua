@@ -508,6 +508,27 @@ describe("async upload", function()
       assert.equals(1, emu:stats().obs_requests)
     end)
 
+    it("cancel from on_retry cancels upload", function()
+      local cancel_outcome
+      local outcome, request, client = stop_upload_in_on_retry(
+        function(_, request)
+          cancel_outcome = { pcall(request.cancel, request) }
+        end)
+      drive(client)
+
+      assert.is_true(cancel_outcome[1], tostring(cancel_outcome[2]))
+      assert.is_true(cancel_outcome[2])
+      assert.equals(2, outcome.n)
+      assert.is_nil(outcome[1])
+      assert.equals("cancelled", outcome[2].kind)
+      assert.equals("the request was cancelled", outcome[2].message)
+      assert.equals(1, outcome[2].attempts)
+      assert.equals("cancelled", request:status())
+      assert.equals(0, client:pending())
+      assert.equals(1, emu:stats().obs_requests)
+      client:close()
+    end)
+
     it("cancels an upload", function()
       local client = assert(appcenter.new(emu:client_options()))
       local outcome

@@ -590,6 +590,39 @@ describe("appcenter async wrapper", function()
       assert.equal(0, client:pending())
     end)
 
+    it("cancel from on_retry ends request", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local request, cancel_outcome, status_in_hook
+      local client = fake_client{
+        random = constant(0),
+        on_retry = function()
+          cancel_outcome = { pcall(request.cancel, request) }
+          status_in_hook = request:status()
+        end,
+      }
+      local outcome, calls = nil, 0
+      request = client:start("a.bin", function(a, b)
+        calls = calls + 1
+        outcome = { a, b }
+      end)
+
+      drive(client)
+
+      assert.is_true(cancel_outcome[1], tostring(cancel_outcome[2]))
+      assert.is_true(cancel_outcome[2])
+      assert.equal("cancelled", status_in_hook)
+      assert.equal(1, calls)
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal("the request was cancelled", outcome[2].message)
+      assert.equal(1, outcome[2].attempts)
+      assert.matches("^appcenter: cancelled: ", tostring(outcome[2]))
+      assert.equal("cancelled", request:status())
+      assert.equal(0, client:pending())
+      assert.is_false(request:cancel())
+      assert.equal(1, requests())
+    end)
+
     it("cancel raises callback error", function()
       local client = new_client()
       local request = client:start("a.bin", function()

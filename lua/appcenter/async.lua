@@ -158,8 +158,9 @@ local function on_attempt_done(request, result, info)
     request.last_err = info
   end
 
-  -- on_retry runs inside call:complete. When it closes the client, close
-  -- ends the request at once, and no retry follows.
+  -- on_retry runs inside call:complete. When it cancels the request or
+  -- closes the client, cancel or close ends the request at once, and no
+  -- retry follows.
   state.between_attempts[request] = true
   local call = request.call
   local ok, delay_ms = pcall(call.complete, call, result, info)
@@ -508,21 +509,30 @@ end
 
 
 local function cancel_request(request)
+  local state = request.async_state
+  if state.between_attempts[request] then
+    -- Called while the request's own on_retry runs, after its attempt
+    -- ended.
+    state.between_attempts[request] = nil
+    finish(request, nil, cancelled_error(request, "the request was cancelled"))
+    return true
+  end
   if request.stage == "running" then
     -- Calls on_attempt_done with a cancelled error, which is final.
     return request.core_request:cancel()
   end
   if request.stage == "waiting" then
-    request.async_state.waiting[request] = nil
+    state.waiting[request] = nil
     finish(request, nil, cancelled_error(request, "the request was cancelled"))
     return true
   end
   return false
 end
 
--- Cancels the request, running or waiting for a retry: its callback runs
--- at once with a `cancelled` error. Returns true, or false when the
--- request had already ended. Raises what the callback raises.
+-- Cancels the request, running, waiting for a retry or inside its own
+-- on_retry: its callback runs at once with a `cancelled` error, and no
+-- retry follows. Returns true, or false when the request had already
+-- ended. Raises what the callback raises.
 function Request:cancel()
   check_request(self, "cancel")
   return run_collecting_errors(self.async_state, cancel_request, self)
