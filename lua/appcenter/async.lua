@@ -101,16 +101,34 @@ local function run_collecting_errors(state, fn, ...)
 end
 
 
--- Builds the error for a request cancelled while it waited for a retry,
--- in the shape and with the metatable of the core's `cancelled` errors.
-local function cancelled_error(request, message)
+-- Builds a `cancelled` error with `message` after `attempts` attempts, in
+-- the shape of the core's `cancelled` errors and with the metatable of
+-- `last_err`, an error of the core.
+local function new_cancelled_error(message, attempts, last_err)
   return setmetatable({
     kind = "cancelled",
     code = "cancelled",
     message = message,
     retryable = false,
-    attempts = request.call.attempt,
-  }, getmetatable(request.last_err))
+    attempts = attempts,
+  }, getmetatable(last_err))
+end
+
+-- Builds the error for a request cancelled between two attempts.
+local function cancelled_error(request, message)
+  return new_cancelled_error(message, request.call.attempt, request.last_err)
+end
+
+-- Returns the `cancelled` error that ends a blocking call of `client`
+-- before its next attempt once the client is closed, or nil while it is
+-- open. `last_err` is the error of the attempt that failed last.
+function async.closed_error(client, last_err)
+  local state = client.async_state
+  if not (state and state.closed) then
+    return nil
+  end
+  return new_cancelled_error("the client was closed", last_err.attempts,
+    last_err)
 end
 
 -- Ends a request and calls its callback. A callback error is recorded for
