@@ -461,6 +461,74 @@ describe("async upload", function()
       client:close()
     end)
 
+    -- Starts an upload whose first attempt gets a 503, and calls
+    -- `stop(client, request)` from the on_retry of that attempt. Returns
+    -- the arguments of the upload's callback, the request and the client.
+    local function stop_upload_in_on_retry(stop)
+      emu:fault{ target = "obs", status = 503, after_body = true }
+      local client, request
+      local stopped = false
+      client = assert(appcenter.new(emu:client_options{ retry = {
+        base_delay_ms = 0,
+        on_retry = function()
+          stop(client, request)
+          stopped = true
+        end,
+      } }))
+      local result = credential(client, "stopped.bin")
+      local outcome
+      request = assert(client:start_upload(result, { body = "x" },
+        function(...)
+          outcome = { n = select("#", ...), ... }
+        end))
+      for _ = 1, 100 do
+        if stopped then
+          break
+        end
+        client:poll(50)
+      end
+      assert.is_true(stopped, "on_retry never ran")
+      return outcome, request, client
+    end
+
+    it("close from on_retry cancels upload", function()
+      local outcome, request, client = stop_upload_in_on_retry(
+        function(client)
+          client:close()
+        end)
+
+      assert.is_table(outcome, "the upload's callback never ran")
+      assert.equals(2, outcome.n)
+      assert.is_nil(outcome[1])
+      assert.equals("cancelled", outcome[2].kind)
+      assert.equals("the client was closed", outcome[2].message)
+      assert.equals(1, outcome[2].attempts)
+      assert.equals("cancelled", request:status())
+      assert.equals(0, client:pending())
+      assert.equals(1, emu:stats().obs_requests)
+    end)
+
+    it("cancel from on_retry cancels upload", function()
+      local cancel_outcome
+      local outcome, request, client = stop_upload_in_on_retry(
+        function(_, request)
+          cancel_outcome = { pcall(request.cancel, request) }
+        end)
+      drive(client)
+
+      assert.is_true(cancel_outcome[1], tostring(cancel_outcome[2]))
+      assert.is_true(cancel_outcome[2])
+      assert.equals(2, outcome.n)
+      assert.is_nil(outcome[1])
+      assert.equals("cancelled", outcome[2].kind)
+      assert.equals("the request was cancelled", outcome[2].message)
+      assert.equals(1, outcome[2].attempts)
+      assert.equals("cancelled", request:status())
+      assert.equals(0, client:pending())
+      assert.equals(1, emu:stats().obs_requests)
+      client:close()
+    end)
+
     it("cancels an upload", function()
       local client = assert(appcenter.new(emu:client_options()))
       local outcome

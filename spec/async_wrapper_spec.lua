@@ -127,6 +127,32 @@ describe("appcenter async wrapper", function()
     return emu:stats().requests
   end
 
+  -- Returns a client on a fake clock whose on_retry closes it, and a
+  -- table whose `closed` field on_retry sets once close has returned.
+  local function client_closed_by_on_retry()
+    local hook = { closed = false }
+    local client
+    client = fake_client{
+      random = constant(0),
+      on_retry = function()
+        client:close()
+        hook.closed = true
+      end,
+    }
+    return client, hook
+  end
+
+  -- Polls until on_retry has closed the client, at most 100 times.
+  local function poll_until_closed(client, hook)
+    for _ = 1, 100 do
+      if hook.closed then
+        return
+      end
+      client:poll(50)
+    end
+    error("on_retry never closed the client")
+  end
+
   local function assert_same_error(expected, actual)
     for _, field in ipairs(ERROR_FIELDS) do
       assert.equal(expected[field], actual[field], "field " .. field)
@@ -564,6 +590,39 @@ describe("appcenter async wrapper", function()
       assert.equal(0, client:pending())
     end)
 
+    it("cancel from on_retry ends request", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local request, cancel_outcome, status_in_hook
+      local client = fake_client{
+        random = constant(0),
+        on_retry = function()
+          cancel_outcome = { pcall(request.cancel, request) }
+          status_in_hook = request:status()
+        end,
+      }
+      local outcome, calls = nil, 0
+      request = client:start("a.bin", function(a, b)
+        calls = calls + 1
+        outcome = { a, b }
+      end)
+
+      drive(client)
+
+      assert.is_true(cancel_outcome[1], tostring(cancel_outcome[2]))
+      assert.is_true(cancel_outcome[2])
+      assert.equal("cancelled", status_in_hook)
+      assert.equal(1, calls)
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal("the request was cancelled", outcome[2].message)
+      assert.equal(1, outcome[2].attempts)
+      assert.matches("^appcenter: cancelled: ", tostring(outcome[2]))
+      assert.equal("cancelled", request:status())
+      assert.equal(0, client:pending())
+      assert.is_false(request:cancel())
+      assert.equal(1, requests())
+    end)
+
     it("cancel raises callback error", function()
       local client = new_client()
       local request = client:start("a.bin", function()
@@ -683,6 +742,28 @@ describe("appcenter async wrapper", function()
 
       assert.same({ "fast ok", "slow cancelled" }, outcomes)
       assert.equal(0, client:pending())
+    end)
+    it("close from on_retry cancels retry", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client, hook = client_closed_by_on_retry()
+      local outcome, calls = nil, 0
+      local request = client:start("a.bin", function(a, b)
+        calls = calls + 1
+        outcome = { a, b }
+      end)
+
+      poll_until_closed(client, hook)
+
+      assert.equal(1, calls)
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal("the client was closed", outcome[2].message)
+      assert.equal(1, outcome[2].attempts)
+      assert.matches("^appcenter: cancelled: ", tostring(outcome[2]))
+      assert.equal("cancelled", request:status())
+      assert.equal(0, client:pending())
+      assert.is_nil(client:timeout())
+      assert.equal(1, requests())
     end)
   end)
 
@@ -854,6 +935,24 @@ describe("appcenter async wrapper", function()
       assert.equal("dead", coroutine.status(co))
       assert.is_nil(outcome[1])
       assert.equal("cancelled", outcome[2].kind)
+    end)
+
+    it("close from on_retry resumes", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client, hook = client_closed_by_on_retry()
+      local outcome
+      local co = coroutine.create(function()
+        outcome = { client:create_credential_async("a.bin") }
+      end)
+      assert.is_true(coroutine.resume(co))
+
+      poll_until_closed(client, hook)
+
+      assert.equal("dead", coroutine.status(co))
+      assert.is_nil(outcome[1])
+      assert.equal("cancelled", outcome[2].kind)
+      assert.equal("the client was closed", outcome[2].message)
+      assert.equal(0, client:pending())
     end)
 
     it("yields again on foreign resume", function()

@@ -663,6 +663,28 @@ describe("retry", function()
 
       assert.same({ 1000 }, delays)
     end)
+    it("close from on_retry stops call", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client
+      client = new_client{
+        on_retry = function()
+          client:close()
+        end,
+      }
+
+      local ok, result, err = pcall(client.create_credential, client,
+        "replay.bin")
+
+      assert.is_true(ok, tostring(result))
+      assert.is_nil(result)
+      assert.equal("cancelled", err.kind)
+      assert.equal("the client was closed", err.message)
+      assert.is_false(err.retryable)
+      assert.equal(1, err.attempts)
+      assert.matches("^appcenter: cancelled: ", tostring(err))
+      assert.equal(1, requests())
+      assert.equal(0, #clock.sleeps)
+    end)
   end)
 
   describe("retry false", function()

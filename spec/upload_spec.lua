@@ -700,6 +700,28 @@ describe("upload", function()
       assert_stored(result, 300000, file_sha256(path))
     end)
 
+    it("close from on_retry stops upload", function()
+      emu:fault{ target = "obs", status = 503, after_body = true }
+      local client
+      client = new_wrapper_client{ retry = {
+        base_delay_ms = 0,
+        on_retry = function()
+          client:close()
+        end,
+      } }
+      local result = credential(client, "closed.bin")
+
+      local ok, meta, err = pcall(client.upload, client, result,
+        { body = "x" })
+
+      assert.is_true(ok, tostring(meta))
+      assert.is_nil(meta)
+      assert.equals("cancelled", err.kind)
+      assert.equals("the client was closed", err.message)
+      assert.equals(1, err.attempts)
+      assert.equals(1, emu:stats().obs_requests)
+    end)
+
     it("retries a 503 for a string body", function()
       emu:fault{ target = "obs", status = 503, after_body = true, times = 2 }
       local client = new_wrapper_client{ retry = { base_delay_ms = 0 } }

@@ -52,14 +52,17 @@ end
 
 
 -- Returns the non-blocking state of a wrapper client, created on first
--- use: the requests that wait for a retry timer, the count of requests in
--- flight and the first callback error of the running poll, cancel or
--- close.
+-- use: the requests that wait for a retry timer or for the retry policy,
+-- the count of requests in flight and the first callback error of the
+-- running poll, cancel or close.
 local function state_of(client)
   local state = client.async_state
   if not state then
     state = {
       waiting = {},       -- set of requests whose retry timer runs
+      -- Set of requests whose attempt has ended and whose retry policy,
+      -- on_retry included, is deciding what follows.
+      between_attempts = {},
       in_flight = 0,      -- started requests whose callback has not run
       completed = 0,      -- callbacks run since the current poll began
       sequence = 0,       -- orders retries that are due at the same time
@@ -98,16 +101,34 @@ local function run_collecting_errors(state, fn, ...)
 end
 
 
--- Builds the error for a request cancelled while it waited for a retry,
--- in the shape and with the metatable of the core's `cancelled` errors.
-local function cancelled_error(request, message)
+-- Builds a `cancelled` error with `message` after `attempts` attempts, in
+-- the shape of the core's `cancelled` errors and with the metatable of
+-- `last_err`, an error of the core.
+local function new_cancelled_error(message, attempts, last_err)
   return setmetatable({
     kind = "cancelled",
     code = "cancelled",
     message = message,
     retryable = false,
-    attempts = request.call.attempt,
-  }, getmetatable(request.last_err))
+    attempts = attempts,
+  }, getmetatable(last_err))
+end
+
+-- Builds the error for a request cancelled between two attempts.
+local function cancelled_error(request, message)
+  return new_cancelled_error(message, request.call.attempt, request.last_err)
+end
+
+-- Returns the `cancelled` error that ends a blocking call of `client`
+-- before its next attempt once the client is closed, or nil while it is
+-- open. `last_err` is the error of the attempt that failed last.
+function async.closed_error(client, last_err)
+  local state = client.async_state
+  if not (state and state.closed) then
+    return nil
+  end
+  return new_cancelled_error("the client was closed", last_err.attempts,
+    last_err)
 end
 
 -- Ends a request and calls its callback. A callback error is recorded for
@@ -148,17 +169,30 @@ end
 -- Handles the outcome of one attempt: schedules the next attempt or ends
 -- the request. Runs as the core request's callback.
 local function on_attempt_done(request, result, info)
+  local state = request.async_state
   request.core_request = nil
+  if result == nil then
+    -- cancelled_error copies the metatable of the last error.
+    request.last_err = info
+  end
+
+  -- on_retry runs inside call:complete. When it cancels the request or
+  -- closes the client, cancel or close ends the request at once, and no
+  -- retry follows.
+  state.between_attempts[request] = true
   local call = request.call
   local ok, delay_ms = pcall(call.complete, call, result, info)
+  state.between_attempts[request] = nil
   if not ok then
     -- on_retry raised. The blocking call would stop with that error, so
     -- the request ends with the attempt's error and poll raises it.
-    record_error(request.async_state, delay_ms)
+    record_error(state, delay_ms)
     delay_ms = nil
   end
 
-  if delay_ms then
+  if request.stage == "cancelled" then
+    return
+  elseif delay_ms then
     schedule_retry(request, info, delay_ms)
   else
     finish(request, result, info)
@@ -473,6 +507,18 @@ function async.close(client)
         finish(request, nil, cancelled_error(request, "the client was closed"))
       end
     end
+    -- The request whose on_retry called close. A callback may cancel a
+    -- running request, which enters the set, so the loop walks a copy.
+    local between = {}
+    for request in pairs(state.between_attempts) do
+      between[#between + 1] = request
+    end
+    for _, request in ipairs(between) do
+      if state.between_attempts[request] then
+        state.between_attempts[request] = nil
+        finish(request, nil, cancelled_error(request, "the client was closed"))
+      end
+    end
     -- Calls on_attempt_done of each attempt in flight with a cancelled
     -- error.
     client.core_client:close()
@@ -481,21 +527,30 @@ end
 
 
 local function cancel_request(request)
+  local state = request.async_state
+  if state.between_attempts[request] then
+    -- Called while the request's own on_retry runs, after its attempt
+    -- ended.
+    state.between_attempts[request] = nil
+    finish(request, nil, cancelled_error(request, "the request was cancelled"))
+    return true
+  end
   if request.stage == "running" then
     -- Calls on_attempt_done with a cancelled error, which is final.
     return request.core_request:cancel()
   end
   if request.stage == "waiting" then
-    request.async_state.waiting[request] = nil
+    state.waiting[request] = nil
     finish(request, nil, cancelled_error(request, "the request was cancelled"))
     return true
   end
   return false
 end
 
--- Cancels the request, running or waiting for a retry: its callback runs
--- at once with a `cancelled` error. Returns true, or false when the
--- request had already ended. Raises what the callback raises.
+-- Cancels the request, running, waiting for a retry or inside its own
+-- on_retry: its callback runs at once with a `cancelled` error, and no
+-- retry follows. Returns true, or false when the request had already
+-- ended. Raises what the callback raises.
 function Request:cancel()
   check_request(self, "cancel")
   return run_collecting_errors(self.async_state, cancel_request, self)

@@ -126,6 +126,15 @@ function appcenter.new(opts)
   return new_client(opts, "new")
 end
 
+-- Returns the stop_error function of retry.run for a blocking call of
+-- `client`, which ends the call with a `cancelled` error once the client
+-- is closed, such as by on_retry.
+local function stop_when_closed(client)
+  return function(last_err)
+    return async.closed_error(client, last_err)
+  end
+end
+
 -- Requests an upload credential for `file_name`, retrying as configured.
 -- Returns `result, meta` or `nil, err`, where meta.attempts,
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
@@ -143,7 +152,7 @@ function Client:create_credential(file_name)
       call_opts = { timeout_ms = timeout_ms }
     end
     return core_client:create_credential(file_name, call_opts)
-  end)
+  end, stop_when_closed(self))
 end
 
 -- Checks the options table of the upload method `name` before anything
@@ -253,7 +262,7 @@ function Client:upload(result, opts)
       return attempt_meta, attempt_meta
     end
     return nil, attempt_err
-  end)
+  end, stop_when_closed(self))
   if not meta then
     return nil, err
   end

@@ -279,9 +279,20 @@ end
 -- returns what the last attempt returned. `perform` returns
 -- `result, meta` or `nil, err` like the core client. See Call:complete for
 -- the fields set in meta and err.
-function retry.run(policy, perform)
+--
+-- `stop_error(err)`, optional, runs after on_retry and again after the
+-- wait, with the error of the failed attempt. When it returns an error,
+-- the call returns nil and that error instead of retrying. The wrapper
+-- uses it to end a call whose client was closed meanwhile: by on_retry,
+-- or by other code that ran while policy.sleep yielded (ngx.sleep inside
+-- nginx).
+function retry.run(policy, perform, stop_error)
   local call = retry.new_call(policy)
   local result, info
+
+  local function stopped()
+    return stop_error and stop_error(info)
+  end
 
   -- Call:complete stops at max_attempts, so the loop ends.
   while true do
@@ -295,8 +306,14 @@ function retry.run(policy, perform)
     if not delay_ms then
       return result, info
     end
-    if delay_ms > 0 then
+
+    local stop_err = stopped()
+    if not stop_err and delay_ms > 0 then
       policy.sleep(delay_ms / 1000)
+      stop_err = stopped()
+    end
+    if stop_err then
+      return nil, stop_err
     end
   end
 end
