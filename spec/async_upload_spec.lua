@@ -207,6 +207,33 @@ describe("async upload", function()
     client:close()
   end)
 
+  -- A blocking open of a FIFO waits for a writer. The writer, which
+  -- opens the FIFO after 2 s, bounds that wait, so that a blocking open
+  -- fails the time check instead of hanging the suite.
+  it("rejects a FIFO at once", function()
+    local path = directory .. "/upload.fifo"
+    assert(os.execute("mkfifo " .. shell_quote(path)))
+    assert(os.execute(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &")
+      :format(shell_quote(path))))
+    local client = new_client()
+    local result = credential(client)
+    local called = false
+    local started = core.monotonic()
+    local request, err = client:start_upload(result, { path = path }, function()
+      called = true
+    end)
+    local elapsed = core.monotonic() - started
+    os.remove(path)
+
+    assert.is_nil(request)
+    assert.is_true(elapsed < 1, ("start_upload took %.2f s"):format(elapsed))
+    assert.equals("invalid_argument", err.kind)
+    assert.equals('invalid path "' .. path .. '": not a regular file', err.message)
+    assert.equals(0, client:pending())
+    assert.is_false(called)
+    client:close()
+  end)
+
   -- start_upload opens the file, and poll reads it, so the file is
   -- truncated before the first read.
   it("aborts when the file shrinks", function()
@@ -558,6 +585,30 @@ describe("async upload", function()
       assert.equals(1, err.attempts)
       assert.equals(0, retries)
       assert.is_nil(emu:object(result.bucket_name, result.object_path))
+      client:close()
+    end)
+
+    it("rejects a FIFO in upload_async at once", function()
+      local path = directory .. "/async.fifo"
+      assert(os.execute("mkfifo " .. shell_quote(path)))
+      assert(os.execute(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &")
+        :format(shell_quote(path))))
+      local client = assert(appcenter.new(emu:client_options()))
+      local result = credential(client)
+      local meta, err
+      local started = core.monotonic()
+      coroutine.wrap(function()
+        meta, err = client:upload_async(result, { path = path })
+      end)()
+      local elapsed = core.monotonic() - started
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_true(elapsed < 1, ("upload_async took %.2f s"):format(elapsed))
+      assert.is_table(err)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("not a regular file", err.message, 1, true)
+      assert.equals(0, client:pending())
       client:close()
     end)
 

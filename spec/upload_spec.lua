@@ -454,6 +454,41 @@ describe("upload", function()
       assert.equals(0, emu:stats().obs_requests)
     end)
 
+    -- A blocking open of a FIFO waits for a writer. The writer, which
+    -- opens the FIFO after 2 s, bounds that wait, so that a blocking
+    -- open fails the time check instead of hanging the suite.
+    it("rejects a FIFO without blocking", function()
+      local path = directory .. "/upload.fifo"
+      run("mkfifo " .. shell_quote(path))
+      run(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &"):format(shell_quote(path)))
+      local client = new_core_client()
+      local result = credential(client)
+      local started = core.monotonic()
+      local meta, err = client:upload(result, { path = path })
+      local elapsed = core.monotonic() - started
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_true(elapsed < 1, ("upload took %.2f s"):format(elapsed))
+      assert.equals("invalid_argument", err.kind)
+      assert.equals('invalid path "' .. path .. '": not a regular file', err.message)
+      assert.is_false(err.retryable)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    -- Files in /proc report a size of 0 bytes, so an upload would store
+    -- an empty object in place of their content.
+    it("rejects a size-0 file with content", function()
+      local client = new_core_client()
+      local meta, err = client:upload(credential(client), { path = "/proc/self/status" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches('"/proc/self/status"', err.message, 1, true)
+      assert.matches("size of 0 bytes", err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
     it("rejects both path and body", function()
       local client = new_core_client()
       local meta, err = client:upload(credential(client), { path = "/dev/null", body = "x" })
@@ -932,6 +967,35 @@ describe("upload", function()
         assert.is_false(err.retryable)
       end
       client:close()
+
+      assert.equals(0, emu:stats().requests)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    -- The writer that opens the FIFO after 2 s bounds the wait of a
+    -- blocking open, as in the core's FIFO spec.
+    it("create_and_upload rejects a FIFO first", function()
+      local path = directory .. "/create.fifo"
+      run("mkfifo " .. shell_quote(path))
+      run(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &"):format(shell_quote(path)))
+      local client = new_wrapper_client()
+      local cases = {
+        { path, 'invalid path "' .. path .. '": not a regular file' },
+        { directory, 'invalid path "' .. directory .. '": not a regular file' },
+        { "/proc/self/status", "size of 0 bytes" },
+      }
+      for _, case in ipairs(cases) do
+        local started = core.monotonic()
+        local meta, err = client:create_and_upload("special.bin", { path = case[1] })
+        local elapsed = core.monotonic() - started
+
+        assert.is_nil(meta)
+        assert.is_true(elapsed < 1, ("create_and_upload took %.2f s"):format(elapsed))
+        assert.equals("invalid_argument", err.kind)
+        assert.matches(case[2], err.message, 1, true)
+      end
+      client:close()
+      os.remove(path)
 
       assert.equals(0, emu:stats().requests)
       assert.equals(0, emu:stats().obs_requests)

@@ -25,12 +25,14 @@
  * are limited to OBS's single-PUT size (5 GiB).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -380,20 +382,65 @@ static void format_source_failure(const upload_call *call, char *msg) {
 }
 
 
-/* Opens the file named by call->path; returns -1 with msg naming it. */
+/* Opens call->path for reading without blocking, and rejects anything
+ * but a regular file. A plain open of a FIFO would wait for a writer,
+ * which stalls the caller of the non-blocking start_upload too. Returns
+ * -1 with msg naming the path. */
+static int open_file(upload_call *call, struct stat *st, char *msg) {
+  const char *problem = NULL;
+  int fd, flags;
+
+  fd = open(call->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, st) != 0)
+    problem = strerror(errno);
+  else if (!S_ISREG(st->st_mode))
+    problem = "not a regular file";
+  /* Cleared, so that reads block as fread expects. Linux ignores
+   * O_NONBLOCK for regular files, but POSIX leaves that unspecified. */
+  else if ((flags = fcntl(fd, F_GETFL)) == -1
+           || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1
+           || (call->src.file = fdopen(fd, "rb")) == NULL)
+    problem = strerror(errno);
+  if (problem == NULL)
+    return 0;
+
+  snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
+           problem);
+  if (fd >= 0)
+    close(fd);
+  return -1;
+}
+
+
+/* Opens the file named by call->path and takes its size as the body's.
+ * Returns -1 with msg naming it. */
 static int open_source(upload_call *call, char *msg) {
   struct stat st;
+  char byte;
 
   if (call->path == NULL)
     return 0;
-  call->src.file = fopen(call->path, "rb");
-  if (call->src.file == NULL
-      || fstat(fileno(call->src.file), &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
-             call->src.file ? "not a regular file" : strerror(errno));
+  if (open_file(call, &st, msg) != 0)
+    return -1;
+  call->src.total = (curl_off_t)st.st_size;
+  if (st.st_size > 0)
+    return 0;
+
+  /* Files in /proc, and other generated files, report a size of 0
+   * bytes, so the upload would store an empty object in place of their
+   * content. */
+  if (fread(&byte, 1, 1, call->src.file) == 1) {
+    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": the file reports "
+             "a size of 0 bytes but has content, as files in /proc do; "
+             "copy it to a regular file and upload the copy", call->path);
     return -1;
   }
-  call->src.total = (curl_off_t)st.st_size;
+  if (ferror(call->src.file)) {
+    set_read_failure(&call->src);
+    format_source_failure(call, msg);
+    return -1;
+  }
+  rewind(call->src.file);
   return 0;
 }
 
@@ -736,6 +783,35 @@ static int l_upload(lua_State *L) {
   n = send_upload(L, c, call);
   ac_upload_free(call);
   return n == -2 ? lua_error(L) : n;
+}
+
+
+/* core.check_upload_path(path): opens path as an upload does, then
+ * closes it. Returns true, or nil and the message of the upload's
+ * invalid_argument error. The wrapper checks a path with it before it
+ * requests a credential, because io.open of a FIFO would block. */
+int ac_l_check_upload_path(lua_State *L) {
+  upload_call call;
+  char msg[AC_MSG_SIZE];
+  size_t len;
+  int failed;
+
+  memset(&call, 0, sizeof call);
+  call.path = luaL_checklstring(L, 1, &len);
+  if (strlen(call.path) != len) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "invalid path: contains a NUL byte");
+    return 2;
+  }
+  failed = open_source(&call, msg) != 0;
+  ac_upload_free(&call);
+  if (failed) {
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 
