@@ -207,6 +207,61 @@ describe("async upload", function()
     client:close()
   end)
 
+  -- A blocking open of a FIFO waits for a writer. The writer, which
+  -- opens the FIFO after 2 s, bounds that wait, so that a blocking open
+  -- fails the time check instead of hanging the suite.
+  it("rejects a FIFO at once", function()
+    local path = directory .. "/upload.fifo"
+    assert(os.execute("mkfifo " .. shell_quote(path)))
+    assert(os.execute(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &")
+      :format(shell_quote(path))))
+    local client = new_client()
+    local result = credential(client)
+    local called = false
+    local started = core.monotonic()
+    local request, err = client:start_upload(result, { path = path }, function()
+      called = true
+    end)
+    local elapsed = core.monotonic() - started
+    os.remove(path)
+
+    assert.is_nil(request)
+    assert.is_true(elapsed < 1, ("start_upload took %.2f s"):format(elapsed))
+    assert.equals("invalid_argument", err.kind)
+    assert.equals('invalid path "' .. path .. '": not a regular file', err.message)
+    assert.equals(0, client:pending())
+    assert.is_false(called)
+    client:close()
+  end)
+
+  -- start_upload opens the file, and poll reads it, so the file is
+  -- truncated before the first read.
+  it("aborts when the file shrinks", function()
+    local path = make_file("shrinks.bin", ("s"):rep(1024 * 1024))
+    local client = assert(core.new(emu:client_options{ timeout_ms = 3000 }))
+    local result = credential(client, "shrinks.bin")
+    local outcome
+    assert(client:start_upload(result, { path = path }, function(...)
+      outcome = { n = select("#", ...), ... }
+    end))
+    write_file(path, "tiny")
+    local started = core.monotonic()
+    drive(client)
+    local elapsed = core.monotonic() - started
+
+    assert.is_table(outcome, "the callback did not run")
+    assert.is_nil(outcome[1])
+    local err = outcome[2]
+    assert.equals("invalid_argument", err.kind)
+    assert.is_false(err.retryable)
+    assert.matches(path, err.message, 1, true)
+    assert.matches("changed size during the upload", err.message, 1, true)
+    assert.matches("4 of the 1048576 bytes", err.message, 1, true)
+    assert.is_true(elapsed < 2.9, ("the upload took %.2f s"):format(elapsed))
+    assert.is_nil(emu:object(result.bucket_name, result.object_path))
+    client:close()
+  end)
+
   it("reports monotonic progress ending at total", function()
     local path = make_big_file("progress.bin", 16)
     local total = 16 * 1024 * 1024
@@ -567,6 +622,61 @@ describe("async upload", function()
       assert.equals("invalid_argument", err.kind)
       assert.equals(0, client:pending())
       assert.equals(0, emu:stats().obs_requests)
+      client:close()
+    end)
+
+    it("does not retry a file that shrank", function()
+      local path = make_file("wrapper-shrinks.bin", ("w"):rep(1024 * 1024))
+      local retries = 0
+      local client = assert(appcenter.new(emu:client_options{
+        timeout_ms = 3000,
+        retry = {
+          base_delay_ms = 0,
+          on_retry = function()
+            retries = retries + 1
+          end,
+        },
+      }))
+      local result = credential(client, "wrapper-shrinks.bin")
+      local outcome
+      assert(client:start_upload(result, { path = path }, function(...)
+        outcome = { n = select("#", ...), ... }
+      end))
+      write_file(path, "tiny")
+      drive(client)
+
+      assert.is_table(outcome, "the callback did not run")
+      assert.is_nil(outcome[1])
+      local err = outcome[2]
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("changed size during the upload", err.message, 1, true)
+      assert.equals(1, err.attempts)
+      assert.equals(0, retries)
+      assert.is_nil(emu:object(result.bucket_name, result.object_path))
+      client:close()
+    end)
+
+    it("rejects a FIFO in upload_async at once", function()
+      local path = directory .. "/async.fifo"
+      assert(os.execute("mkfifo " .. shell_quote(path)))
+      assert(os.execute(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &")
+        :format(shell_quote(path))))
+      local client = assert(appcenter.new(emu:client_options()))
+      local result = credential(client)
+      local meta, err
+      local started = core.monotonic()
+      coroutine.wrap(function()
+        meta, err = client:upload_async(result, { path = path })
+      end)()
+      local elapsed = core.monotonic() - started
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_true(elapsed < 1, ("upload_async took %.2f s"):format(elapsed))
+      assert.is_table(err)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("not a regular file", err.message, 1, true)
+      assert.equals(0, client:pending())
       client:close()
     end)
 

@@ -454,6 +454,41 @@ describe("upload", function()
       assert.equals(0, emu:stats().obs_requests)
     end)
 
+    -- A blocking open of a FIFO waits for a writer. The writer, which
+    -- opens the FIFO after 2 s, bounds that wait, so that a blocking
+    -- open fails the time check instead of hanging the suite.
+    it("rejects a FIFO without blocking", function()
+      local path = directory .. "/upload.fifo"
+      run("mkfifo " .. shell_quote(path))
+      run(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &"):format(shell_quote(path)))
+      local client = new_core_client()
+      local result = credential(client)
+      local started = core.monotonic()
+      local meta, err = client:upload(result, { path = path })
+      local elapsed = core.monotonic() - started
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_true(elapsed < 1, ("upload took %.2f s"):format(elapsed))
+      assert.equals("invalid_argument", err.kind)
+      assert.equals('invalid path "' .. path .. '": not a regular file', err.message)
+      assert.is_false(err.retryable)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    -- Files in /proc report a size of 0 bytes, so an upload would store
+    -- an empty object in place of their content.
+    it("rejects a size-0 file with content", function()
+      local client = new_core_client()
+      local meta, err = client:upload(credential(client), { path = "/proc/self/status" })
+
+      assert.is_nil(meta)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches('"/proc/self/status"', err.message, 1, true)
+      assert.matches("size of 0 bytes", err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
     it("rejects both path and body", function()
       local client = new_core_client()
       local meta, err = client:upload(credential(client), { path = "/dev/null", body = "x" })
@@ -604,6 +639,64 @@ describe("upload", function()
         assert.is_true(client:upload(credential(client), { body = "after" }).status == 200)
       end)
     end
+
+    -- OBS waits before it reads the request, so libcurl has read only
+    -- the first part of the 64 MiB file when the callback empties it.
+    -- A read callback that returns end of file early would leave the
+    -- transfer waiting until the client's timeout_ms.
+    it("aborts when the file shrinks", function()
+      local path = directory .. "/shrinks.bin"
+      run(("dd if=/dev/zero of=%s bs=1M count=64 status=none"):format(shell_quote(path)))
+      local client = assert(core.new(emu:client_options{ timeout_ms = 3000 }))
+      local result = credential(client, "shrinks.bin")
+      emu:fault{ target = "obs", delay_ms = 1500, times = 1 }
+      local started = core.monotonic()
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function()
+          write_file(path, "")
+        end,
+      })
+      local elapsed = core.monotonic() - started
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_table(err)
+      assert.equals("invalid_argument", err.kind)
+      assert.is_false(err.retryable)
+      assert.matches(path, err.message, 1, true)
+      assert.matches("changed size during the upload", err.message, 1, true)
+      assert.matches("of the 67108864 bytes", err.message, 1, true)
+      assert.is_true(elapsed < 2.9, ("upload took %.2f s"):format(elapsed))
+      assert.is_nil(emu:object(result.bucket_name, result.object_path))
+      assert.is_true(client:upload(credential(client), { body = "after" }).status == 200)
+    end)
+
+    -- Only the size at open time is sent, so appended bytes are left out.
+    it("sends the size at open of a growing file", function()
+      local path = make_file("grows.bin", ("g"):rep(1024 * 1024))
+      local expected_sha256 = file_sha256(path)
+      local client = new_core_client()
+      local result = credential(client, "grows.bin")
+      emu:fault{ target = "obs", delay_ms = 500, times = 1 }
+      local appended = false
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function()
+          if not appended then
+            appended = true
+            local file = assert(io.open(path, "ab"))
+            assert(file:write(("h"):rep(4096)))
+            assert(file:close())
+          end
+        end,
+      })
+
+      assert.is_nil(err)
+      assert.is_true(appended)
+      assert.equals(1024 * 1024, meta.bytes)
+      assert_stored(result, 1024 * 1024, expected_sha256)
+    end)
 
     it("rejects nested upload from callback", function()
       local client = new_core_client()
@@ -810,6 +903,36 @@ describe("upload", function()
       client:close()
     end)
 
+    it("does not retry a file that shrank", function()
+      local path = directory .. "/wrapper-shrinks.bin"
+      run(("dd if=/dev/zero of=%s bs=1M count=64 status=none"):format(shell_quote(path)))
+      local retries = 0
+      local client = new_wrapper_client{ timeout_ms = 3000, retry = {
+        base_delay_ms = 0,
+        on_retry = function()
+          retries = retries + 1
+        end,
+      } }
+      local result = credential(client, "wrapper-shrinks.bin")
+      emu:fault{ target = "obs", delay_ms = 1500, times = 1 }
+      local meta, err = client:upload(result, {
+        path = path,
+        progress = function()
+          write_file(path, "tiny")
+        end,
+      })
+      client:close()
+      os.remove(path)
+
+      assert.is_nil(meta)
+      assert.is_table(err)
+      assert.equals("invalid_argument", err.kind)
+      assert.matches("changed size during the upload", err.message, 1, true)
+      assert.equals(1, err.attempts)
+      assert.equals(0, retries)
+      assert.is_nil(emu:object(result.bucket_name, result.object_path))
+    end)
+
     it("creates and uploads in one call", function()
       local path = make_file("both.bin", ("b"):rep(1000))
       local client = new_wrapper_client()
@@ -866,6 +989,35 @@ describe("upload", function()
         assert.is_false(err.retryable)
       end
       client:close()
+
+      assert.equals(0, emu:stats().requests)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    -- The writer that opens the FIFO after 2 s bounds the wait of a
+    -- blocking open, as in the core's FIFO spec.
+    it("create_and_upload rejects a FIFO first", function()
+      local path = directory .. "/create.fifo"
+      run("mkfifo " .. shell_quote(path))
+      run(("timeout 5 sh -c 'sleep 2; : > %s' >/dev/null 2>&1 &"):format(shell_quote(path)))
+      local client = new_wrapper_client()
+      local cases = {
+        { path, 'invalid path "' .. path .. '": not a regular file' },
+        { directory, 'invalid path "' .. directory .. '": not a regular file' },
+        { "/proc/self/status", "size of 0 bytes" },
+      }
+      for _, case in ipairs(cases) do
+        local started = core.monotonic()
+        local meta, err = client:create_and_upload("special.bin", { path = case[1] })
+        local elapsed = core.monotonic() - started
+
+        assert.is_nil(meta)
+        assert.is_true(elapsed < 1, ("create_and_upload took %.2f s"):format(elapsed))
+        assert.equals("invalid_argument", err.kind)
+        assert.matches(case[2], err.message, 1, true)
+      end
+      client:close()
+      os.remove(path)
 
       assert.equals(0, emu:stats().requests)
       assert.equals(0, emu:stats().obs_requests)

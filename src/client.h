@@ -118,6 +118,10 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
 /* upload.c: client:upload; upload.h has what multi.c shares. */
 void ac_upload_add_methods(lua_State *L);
 
+/* core.check_upload_path(path): returns true, or nil and the message of
+ * the invalid_argument error that an upload of path would return. */
+int ac_l_check_upload_path(lua_State *L);
+
 /* multi.c: the non-blocking requests. */
 void ac_multi_register(lua_State *L);
 void ac_multi_add_methods(lua_State *L);

@@ -897,6 +897,7 @@ static const luaL_Reg module_functions[] = {
   {"new", l_new},
   {"create_credential", l_create_credential},
   {"sign", ac_l_sign},
+  {"check_upload_path", ac_l_check_upload_path},
   {"monotonic", l_monotonic},
   {"sleep", l_sleep},
   {NULL, NULL}

@@ -25,12 +25,14 @@
  * are limited to OBS's single-PUT size (5 GiB).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -56,20 +58,41 @@ typedef ac_upload_progress upload_progress;
  * libcurl callbacks: they never raise
  * ------------------------------------------------------------------- */
 
+/* Records why a file's read ended before the expected number of bytes.
+ * Call it right after the short fread, so that errno is still the one
+ * that fread set. */
+static void set_read_failure(upload_source *src) {
+  src->failure = ferror(src->file) ? AC_SOURCE_READ_ERROR : AC_SOURCE_SHRANK;
+  src->read_errno = errno;
+}
+
+
+/* Copies the next part of the body. A file that grew after it was
+ * opened is fine, because only its size at open, which libcurl sent as
+ * Content-Length, is read. A file that ends early or fails to read
+ * aborts the transfer, because returning 0 before Content-Length bytes
+ * leaves libcurl 7.88 waiting for the rest until the timeout. */
 static size_t read_body(char *out, size_t size, size_t n, void *ud) {
   upload_source *src = ud;
-  size_t want = size * n, left;
+  size_t want = size * n, got;
+  size_t left = (size_t)(src->total - src->offset);
 
-  if (src->file != NULL) {
-    size_t got = fread(out, 1, want, src->file);
-    return (got == 0 && ferror(src->file)) ? CURL_READFUNC_ABORT : got;
-  }
-  left = (size_t)(src->total - src->offset);
   if (want > left)
     want = left;
-  memcpy(out, src->data + src->offset, want);
-  src->offset += (curl_off_t)want;
-  return want;
+  if (src->file == NULL) {
+    memcpy(out, src->data + src->offset, want);
+    src->offset += (curl_off_t)want;
+    return want;
+  }
+  if (want == 0)
+    return 0;
+  got = fread(out, 1, want, src->file);
+  src->offset += (curl_off_t)got;
+  if (got < want) {
+    set_read_failure(src);
+    return CURL_READFUNC_ABORT;
+  }
+  return got;
 }
 
 
@@ -79,9 +102,8 @@ static int seek_body(void *ud, curl_off_t offset, int origin) {
 
   if (origin != SEEK_SET || offset < 0 || offset > src->total)
     return CURL_SEEKFUNC_CANTSEEK;
-  if (src->file != NULL)
-    return fseeko(src->file, (off_t)offset, SEEK_SET) == 0
-           ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_FAIL;
+  if (src->file != NULL && fseeko(src->file, (off_t)offset, SEEK_SET) != 0)
+    return CURL_SEEKFUNC_FAIL;
   src->offset = offset;
   return CURL_SEEKFUNC_OK;
 }
@@ -194,7 +216,9 @@ static const char *required_field(lua_State *L, int t, const char *path,
 }
 
 
-/* Computes the base64 MD5 of the body, reading a file once. */
+/* Computes the base64 MD5 of the body, reading the size at open of a
+ * file once, as read_body sends it. A file that ends early or fails to
+ * read sets src->failure. */
 static int body_md5(upload_source *src, char out[AC_MD5_BASE64_SIZE]) {
   unsigned char digest[EVP_MAX_MD_SIZE], chunk[64 * 1024];
   unsigned int len = 0;
@@ -202,10 +226,22 @@ static int body_md5(upload_source *src, char out[AC_MD5_BASE64_SIZE]) {
   int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
 
   if (ok && src->file != NULL) {
-    size_t got;
-    while (ok && (got = fread(chunk, 1, sizeof chunk, src->file)) > 0)
-      ok = EVP_DigestUpdate(ctx, chunk, got);
-    ok = ok && !ferror(src->file) && fseeko(src->file, 0, SEEK_SET) == 0;
+    while (ok && src->offset < src->total) {
+      size_t want = sizeof chunk, got;
+
+      if ((curl_off_t)want > src->total - src->offset)
+        want = (size_t)(src->total - src->offset);
+      got = fread(chunk, 1, want, src->file);
+      src->offset += (curl_off_t)got;
+      if (got < want) {
+        set_read_failure(src);
+        ok = 0;
+      }
+      ok = ok && EVP_DigestUpdate(ctx, chunk, got);
+    }
+    ok = ok && fseeko(src->file, 0, SEEK_SET) == 0;
+    if (ok)
+      src->offset = 0;
   } else if (ok) {
     ok = EVP_DigestUpdate(ctx, src->data, (size_t)src->total);
   }
@@ -328,20 +364,83 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
 }
 
 
-/* Opens the file named by call->path; returns -1 with msg naming it. */
+/* Writes the message for a file that shrank or failed to read, which
+ * call->src.failure records. */
+static void format_source_failure(const upload_call *call, char *msg) {
+  const upload_source *src = &call->src;
+
+  if (src->failure == AC_SOURCE_SHRANK)
+    snprintf(msg, AC_MSG_SIZE, "file \"%.200s\" changed size during the "
+             "upload: it ended after %lld of the %lld bytes it had when "
+             "opened; do not modify a file while it uploads, or upload a "
+             "copy", call->path, (long long)src->offset,
+             (long long)src->total);
+  else
+    snprintf(msg, AC_MSG_SIZE, "reading file \"%.200s\" failed after %lld "
+             "of %lld bytes: %s", call->path, (long long)src->offset,
+             (long long)src->total, strerror(src->read_errno));
+}
+
+
+/* Opens call->path for reading without blocking, and rejects anything
+ * but a regular file. A plain open of a FIFO would wait for a writer,
+ * which stalls the caller of the non-blocking start_upload too. Returns
+ * -1 with msg naming the path. */
+static int open_file(upload_call *call, struct stat *st, char *msg) {
+  const char *problem = NULL;
+  int fd, flags;
+
+  fd = open(call->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, st) != 0)
+    problem = strerror(errno);
+  else if (!S_ISREG(st->st_mode))
+    problem = "not a regular file";
+  /* Cleared, so that reads block as fread expects. Linux ignores
+   * O_NONBLOCK for regular files, but POSIX leaves that unspecified. */
+  else if ((flags = fcntl(fd, F_GETFL)) == -1
+           || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1
+           || (call->src.file = fdopen(fd, "rb")) == NULL)
+    problem = strerror(errno);
+  if (problem == NULL)
+    return 0;
+
+  snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
+           problem);
+  if (fd >= 0)
+    close(fd);
+  return -1;
+}
+
+
+/* Opens the file named by call->path and takes its size as the body's.
+ * Returns -1 with msg naming it. */
 static int open_source(upload_call *call, char *msg) {
   struct stat st;
+  char byte;
 
   if (call->path == NULL)
     return 0;
-  call->src.file = fopen(call->path, "rb");
-  if (call->src.file == NULL
-      || fstat(fileno(call->src.file), &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
-             call->src.file ? "not a regular file" : strerror(errno));
+  if (open_file(call, &st, msg) != 0)
+    return -1;
+  call->src.total = (curl_off_t)st.st_size;
+  if (st.st_size > 0)
+    return 0;
+
+  /* Files in /proc, and other generated files, report a size of 0
+   * bytes, so the upload would store an empty object in place of their
+   * content. */
+  if (fread(&byte, 1, 1, call->src.file) == 1) {
+    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": the file reports "
+             "a size of 0 bytes but has content, as files in /proc do; "
+             "copy it to a regular file and upload the copy", call->path);
     return -1;
   }
-  call->src.total = (curl_off_t)st.st_size;
+  if (ferror(call->src.file)) {
+    set_read_failure(&call->src);
+    format_source_failure(call, msg);
+    return -1;
+  }
+  rewind(call->src.file);
   return 0;
 }
 
@@ -522,6 +621,10 @@ int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
   md5 = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (md5 && body_md5(&call->src, call->md5) != 0) {
+    if (call->src.failure != AC_SOURCE_OK) {
+      format_source_failure(call, msg);
+      return -1;
+    }
     snprintf(msg, AC_MSG_SIZE, "reading \"%.200s\" for Content-MD5 "
              "failed", call->path);
     return -2;
@@ -556,6 +659,18 @@ int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
               ? "upload aborted by the progress callback"
               : "upload aborted because the progress callback raised an "
                 "error";
+    lua_pushnil(L);
+    ac_push_error(L, &e);
+    return 2;
+  }
+  /* Not retryable, because a retry that succeeds would store a file
+   * that was changed during the upload, as if nothing had happened. */
+  if (rc != CURLE_OK && call->src.failure != AC_SOURCE_OK) {
+    char message[AC_MSG_SIZE];
+
+    format_source_failure(call, message);
+    e.kind = AC_KIND_INVALID_ARGUMENT;
+    e.message = message;
     lua_pushnil(L);
     ac_push_error(L, &e);
     return 2;
@@ -668,6 +783,35 @@ static int l_upload(lua_State *L) {
   n = send_upload(L, c, call);
   ac_upload_free(call);
   return n == -2 ? lua_error(L) : n;
+}
+
+
+/* core.check_upload_path(path): opens path as an upload does, then
+ * closes it. Returns true, or nil and the message of the upload's
+ * invalid_argument error. The wrapper checks a path with it before it
+ * requests a credential, because io.open of a FIFO would block. */
+int ac_l_check_upload_path(lua_State *L) {
+  upload_call call;
+  char msg[AC_MSG_SIZE];
+  size_t len;
+  int failed;
+
+  memset(&call, 0, sizeof call);
+  call.path = luaL_checklstring(L, 1, &len);
+  if (strlen(call.path) != len) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "invalid path: contains a NUL byte");
+    return 2;
+  }
+  failed = open_source(&call, msg) != 0;
+  ac_upload_free(&call);
+  if (failed) {
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 

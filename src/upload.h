@@ -11,11 +11,20 @@
 #include "client.h"
 #include "obs.h"
 
+/* Reason that a read of the file ended before total bytes. */
+enum {
+  AC_SOURCE_OK = 0,
+  AC_SOURCE_SHRANK,            /* end of file before total bytes */
+  AC_SOURCE_READ_ERROR         /* fread failed, errno in read_errno */
+};
+
 typedef struct ac_upload_source {
   FILE *file;
   const char *data;
-  curl_off_t total;
-  curl_off_t offset;           /* position in data */
+  curl_off_t total;            /* body size: a file's size at open */
+  curl_off_t offset;           /* bytes of data or of the file read */
+  int failure;                 /* AC_SOURCE_* */
+  int read_errno;
 } ac_upload_source;
 
 typedef struct ac_upload_progress {
@@ -63,7 +72,9 @@ void ac_upload_final_progress(ac_upload *u, CURLcode rc, long status);
 
 /* Pushes meta, or nil and an error, for the end of u's transfer on t;
  * returns the number of values pushed. An abort by the progress
- * callback is a `cancelled` error. */
+ * callback is a `cancelled` error. A file that shrank or could not be
+ * read during the transfer is an `invalid_argument` error with
+ * retryable false. */
 int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *u,
                            ac_transport *t, CURLcode rc, long status);
 

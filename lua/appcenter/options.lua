@@ -5,6 +5,7 @@
 -- errors, so the caller raises with the message that validate() returns.
 
 local budget = require("appcenter.budget")
+local core = require("appcenter.core")
 local retry = require("appcenter.retry")
 
 local options = {}
@@ -219,18 +220,10 @@ function options.validate_upload(opts)
   return check_table(opts, UPLOAD_TYPES, "")
 end
 
--- Returns the reason in io.open's message "PATH: REASON".
-local function open_failure_reason(message)
-  return message:match("^.*: (.-)$") or message
-end
-
 -- Checks the values of upload options that appcenter.core's upload
--- rejects, and with `open_path` also that opts.path can be opened for
--- reading. Returns nil, or the message of the core's invalid_argument
--- error for the same input.
---
--- NOTE: a path that opens but is no regular file, such as a directory or
--- /dev/zero, passes here. The core rejects it when the upload starts.
+-- rejects, and with `open_path` also that opts.path opens as an upload
+-- opens it, which rejects what is not a regular file. Returns nil, or the
+-- message of the core's invalid_argument error for the same input.
 function options.check_upload_values(opts, open_path)
   if (opts.path == nil) == (opts.body == nil) then
     return "invalid upload options: pass exactly one of path (a file) or "
@@ -261,14 +254,11 @@ function options.check_upload_values(opts, open_path)
       options.MAX_UPLOAD_TIMEOUT_MS)
   end
 
+  -- The core opens without blocking, where io.open of a FIFO would wait
+  -- for a writer.
   if open_path and opts.path then
-    local file, message = io.open(opts.path, "rb")
-    if not file then
-      -- The core shows at most 200 bytes of the path.
-      return ('invalid path "%s": %s'):format(opts.path:sub(1, 200),
-        open_failure_reason(message))
-    end
-    file:close()
+    local _, message = core.check_upload_path(opts.path)
+    return message
   end
   return nil
 end
