@@ -40,7 +40,8 @@ end
 local CREDENTIAL_VARIABLES = {
   "APPCENTER_TOKEN", "HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK",
   "HUAWEICLOUD_SDK_SECURITY_TOKEN", "HUAWEICLOUD_SDK_PROJECT_ID",
-  "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
+  "HUAWEICLOUD_SDK_CREDENTIALS_FILE", "APPCENTER_ENDPOINT",
+  "APPCENTER_PROJECT_ID",
 }
 
 -- Folder used as HOME, so that no real ~/.huaweicloud/credentials is read.
@@ -374,6 +375,45 @@ describe("appcenter-credential", function()
     }, emu.token)
 
     assert.equal(0, status)
+  end)
+
+  it("reads endpoint and project id variables", function()
+    local status, stdout, stderr = run_tool({ "replay.bin" }, emu.token, {
+      APPCENTER_ENDPOINT = emu.url,
+      APPCENTER_PROJECT_ID = emu.project_id,
+    })
+
+    assert.equal(0, status, stderr)
+    assert.is_table(cjson.decode(stdout))
+    assert.matches("/v1/" .. emu.project_id .. "/", emu:stats().last_request.path, 1, true)
+  end)
+
+  it("options win over the variables", function()
+    local status, _, stderr = run_tool(endpoint_args("replay.bin"), emu.token, {
+      APPCENTER_ENDPOINT = "http://127.0.0.1:1",
+      APPCENTER_PROJECT_ID = "ffffffffffffffffffffffffffffffff",
+    })
+
+    assert.equal(0, status, stderr)
+    assert.matches("/v1/" .. emu.project_id .. "/", emu:stats().last_request.path, 1, true)
+  end)
+
+  it("suggests --allow-http for remote http", function()
+    -- Rejected before any connection, so nothing leaves this machine.
+    local status, _, stderr = run_tool({ "--endpoint", "http://example.invalid",
+      "--project-id", emu.project_id, "replay.bin" }, emu.token)
+
+    assert.equal(2, status)
+    assert.is_not_nil(stderr:find("pass --allow-http", 1, true), stderr)
+    assert.is_nil(stderr:find("allow_http = true", 1, true), stderr)
+  end)
+
+  it("accepts --allow-http", function()
+    local args = endpoint_args("replay.bin")
+    table.insert(args, 1, "--allow-http")
+    local status, _, stderr = run_tool(args, emu.token)
+
+    assert.equal(0, status, stderr)
   end)
 
   it("help exits 0", function()
