@@ -916,6 +916,34 @@ describe("retry", function()
       assert.equal(0, requests())
     end)
 
+    it("blocking calls after close raise at caller", function()
+      local client = new_client()
+      client:close()
+      local calls = {
+        create_credential = function()
+          local result = client:create_credential("replay.bin")
+          return result
+        end,
+        upload = function()
+          local meta = client:upload({}, { body = "x" })
+          return meta
+        end,
+        create_and_upload = function()
+          local meta = client:create_and_upload("replay.bin", { body = "x" })
+          return meta
+        end,
+      }
+      for name, call in pairs(calls) do
+        local ok, message = pcall(call)
+
+        assert.is_false(ok, name)
+        assert.equal("appcenter: the client is closed",
+          message:match("^[^:]*retry_spec%.lua:%d+: (.*)$"), message)
+      end
+
+      assert.equal(0, requests())
+    end)
+
     it("serves colon calls through __index", function()
       local client = new_client()
       local tenant = setmetatable({ label = "tenant-a" }, { __index = client })

@@ -323,6 +323,16 @@ local function check_open(state, level)
   end
 end
 
+-- Raises at stack level `level` of the caller, like check_open, when
+-- `client` is closed. The blocking methods use it, so that the error
+-- points to their caller instead of into the wrapper.
+function async.check_client_open(client, level)
+  local state = client.async_state
+  if state then
+    check_open(state, level + 1)
+  end
+end
+
 -- Starts a request for an upload credential for `file_name` and returns
 -- its handle. `callback(result, meta)` or `callback(nil, err)` runs once,
 -- from poll, perform, cancel or close, with the same values as

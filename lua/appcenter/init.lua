@@ -140,6 +140,7 @@ end
 -- meta.elapsed_ms and err.attempts cover all attempts of this call.
 function Client:create_credential(file_name)
   check_client(self, "create_credential")
+  async.check_client_open(self, 2)
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_credential' (string expected, got %s)")
       :format(type(file_name)), 2)
@@ -246,6 +247,7 @@ end
 -- err.attempts cover all attempts of this call.
 function Client:upload(result, opts)
   check_client(self, "upload")
+  async.check_client_open(self, 2)
   local policy, call_opts, invalid_err = prepare_upload(self, "upload",
     result, opts)
   if not policy then
@@ -276,6 +278,7 @@ end
 -- cannot be opened, fail before the credential request.
 function Client:create_and_upload(file_name, opts)
   check_client(self, "create_and_upload")
+  async.check_client_open(self, 2)
   if type(file_name) ~= "string" then
     error(("bad argument #1 to 'create_and_upload' (string expected, got %s)")
       :format(type(file_name)), 2)
