@@ -764,6 +764,17 @@ describe("retry", function()
         .. " (did you mean 'timeout_ms'?)")
     end)
 
+    it("name without _ms gets hint", function()
+      assert.has_error(function()
+        new_client(nil, { timeout = 5 })
+      end, "appcenter.new: unknown option 'timeout'"
+        .. " (did you mean 'timeout_ms'?)")
+      assert.has_error(function()
+        new_client{ deadline = 5 }
+      end, "appcenter.new: unknown option 'retry.deadline'"
+        .. " (did you mean 'retry.deadline_ms'?)")
+    end)
+
     it("unknown retry name raises", function()
       assert.has_error(function()
         new_client{ timout_ms = 1000 }

@@ -112,8 +112,12 @@ local function edit_distance(a, b)
   return previous[#b]
 end
 
--- Returns the known name closest to `name` when it is a likely typo.
+-- Returns the known name closest to `name` when it is a likely typo, or
+-- the name with the unit when only "_ms" is missing.
 local function suggest_name(name, types)
+  if types[name .. "_ms"] then
+    return name .. "_ms"
+  end
   local best, best_distance = nil, 3
   for known in pairs(types) do
     local distance = edit_distance(name, known)
