@@ -532,7 +532,7 @@ describe("upload", function()
       local result = credential(client)
       assert.has_error(function()
         client:create_and_upload("typo.bin", { body = "x", timeout = 5 })
-      end, "create_and_upload: unknown option 'timeout'")
+      end, "create_and_upload: unknown option 'timeout' (did you mean 'timeout_ms'?)")
       client:close()
     end)
 
