@@ -129,6 +129,17 @@ describe("retry", function()
       assert.equal(4, err.attempts)
       assert.equal(4, requests())
       assert.equal(3, #clock.sleeps)
+      assert.matches("(gave up after 4 attempts)", err.message, 1, true)
+    end)
+
+    it("one attempt adds no count", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client = new_client{ max_attempts = 1 }
+
+      local _, err = client:create_credential("replay.bin")
+
+      assert.equal(1, err.attempts)
+      assert.is_nil(err.message:find("gave up", 1, true), err.message)
     end)
 
     it("keeps error metatable", function()

@@ -677,6 +677,13 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              "host name)";
     else if (rc == CURLE_SSL_CACERT_BADFILE)
       hint = " (ca_file must name a readable file of PEM certificates)";
+    else if (rc == CURLE_COULDNT_CONNECT)
+      hint = " (check the endpoint's host and port, and that the service "
+             "is reachable from this machine)";
+    else if (rc == CURLE_COULDNT_RESOLVE_HOST)
+      hint = " (check the endpoint or region, and the DNS setup)";
+    else if (rc == CURLE_OPERATION_TIMEDOUT)
+      hint = " (the limits are timeout_ms and connect_timeout_ms)";
     else if (rc == CURLE_OUT_OF_MEMORY)
       hint = " (libcurl also reports a response header line over 100 KiB "
              "this way)";

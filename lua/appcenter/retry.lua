@@ -223,7 +223,8 @@ end
 -- Returns the delay in milliseconds before the next attempt, after paying
 -- the retry budget and calling on_retry. Returns nil when the call is
 -- over, and then `result, info` are its outcome. When the deadline or the
--- retry budget stops a retry, err.message ends with the reason. Sets
+-- retry budget stops a retry, err.message ends with the reason, and after
+-- the last of max_attempts it ends with the number of attempts. Sets
 -- `attempts` in meta
 -- or err (mutating err keeps its metatable), and meta.elapsed_ms to the
 -- time over all attempts, measured with policy.now.
@@ -240,7 +241,14 @@ function Call:complete(result, info)
 
   local err = info
   err.attempts = self.attempt
-  if self.attempt >= policy.max_attempts or not retry.is_retryable(err) then
+  if not retry.is_retryable(err) then
+    return nil
+  end
+  if self.attempt >= policy.max_attempts then
+    if self.attempt > 1 then
+      err.message = ("%s (gave up after %d attempts)"):format(err.message,
+        self.attempt)
+    end
     return nil
   end
 
