@@ -475,6 +475,13 @@ describe("appcenter.core", function()
       assert.matches("redirect without a Location", err.message, 1, true)
     end)
 
+    it("does not call a 304 a redirect", function()
+      emu:fault({ status = 304, body = "" })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals(304, err.status)
+      assert.no_match("redirect", err.message)
+    end)
+
     it("prints one line with tostring", function()
       emu:fault({ status = 503, body = error_body("WKS.0503", "down"),
         headers = { ["X-Request-Id"] = "abc" } })

@@ -262,6 +262,52 @@ describe("secrets", function()
       client:close()
     end)
 
+    it("hides secrets returned anywhere in an error body", function()
+      local client = assert(core.new(token_options()))
+      local echo = "echo " .. RETURNED_SECRET .. " " .. RETURNED_SECURITY_TOKEN
+      local bodies = {
+        { error_code = "GW.1", error_msg = echo, data = { credential = {
+          secret = RETURNED_SECRET, security_token = RETURNED_SECURITY_TOKEN } } },
+        { error = { code = "GW.1", message = echo,
+          credential = { secret = RETURNED_SECRET, security_token = RETURNED_SECURITY_TOKEN } } },
+        { error_code = "GW.1", error_msg = echo, credential = RETURNED_SECRET,
+          security_token = { RETURNED_SECURITY_TOKEN } },
+        { { error_code = "GW.1", error_msg = echo, secret = RETURNED_SECRET,
+          security_token = RETURNED_SECURITY_TOKEN } },
+        -- No error fields: the body itself would be quoted.
+        { data = { credential = { secret = RETURNED_SECRET,
+          security_token = RETURNED_SECURITY_TOKEN } } },
+      }
+      for index, body in ipairs(bodies) do
+        emu:fault{ status = 502, body = cjson.encode(body) }
+        local result, err = client:create_credential("setup.exe")
+        assert_clean_error(result, err, "returned secret " .. index)
+      end
+      client:close()
+    end)
+
+    it("hides a secret cut inside a message", function()
+      local client = assert(core.new(token_options()))
+      -- The echo reaches past the 200 bytes of the quoted error message,
+      -- and more text follows the cut.
+      emu:fault{ status = 200, body = cjson.encode{
+        error_code = "GW.1", error_msg = ("a"):rep(170) .. RETURNED_SECRET,
+        credential = { secret = RETURNED_SECRET },
+      } }
+      local result, err = client:create_credential("setup.exe")
+      assert_clean_error(result, err, "cut in a 200")
+      assert.equal("invalid_response", err.kind)
+      assert.is_nil(err.message:find(RETURNED_SECRET:sub(1, 8), 1, true), err.message)
+
+      -- A Location that echoes the token past its 200-byte cut.
+      emu:fault{ status = 302, body = "", headers = {
+        Location = "http://127.0.0.1:1/" .. ("b"):rep(163) .. "?t=" .. TOKEN } }
+      result, err = client:create_credential("setup.exe")
+      assert_clean_error(result, err, "cut in a Location")
+      assert.is_nil(err.message:find(TOKEN:sub(1, 8), 1, true), err.message)
+      client:close()
+    end)
+
     it("hides secrets in non-blocking requests", function()
       local client = assert(core.new(token_options()))
       local faults = echo_faults{ TOKEN }

@@ -29,6 +29,12 @@
  * upload at most six. */
 #define AC_MAX_SECRETS 8
 
+/* Secrets that an error body may return, and how deep and how many of
+ * its entries are searched for them. */
+#define AC_SECRET_LIST (AC_MAX_SECRETS + 8 + 1)
+#define AC_SECRET_DEPTH 4
+#define AC_SECRET_BUDGET 512
+
 
 /* ---------------------------------------------------------------------
  * JSON decoding through lua-cjson
@@ -482,35 +488,59 @@ static void find_error_fields(lua_State *L, int body, char *code,
 }
 
 
-/* Adds to list, which has room for count more entries and a NULL, the
- * secret and security token of a credential object in the body at idx,
- * and returns how many it added. A gateway that reports an error may
- * echo the response that carried them. The strings belong to the body. */
-static int add_returned_secrets(lua_State *L, int idx, const char **list,
-                                int count) {
-  static const char *const names[] = {"secret", "security_token"};
-  int added = 0;
-  size_t i;
+/* Kinds of keys that name a returned secret. */
+enum { AC_SECRET_VALUE = 1, AC_SECRET_OBJECT = 2 };
 
-  if (!lua_istable(L, idx))
+/* Tells whether the key on the stack at idx names a returned secret:
+ * AC_SECRET_VALUE for "secret" and "security_token", whose strings and
+ * arrays of strings are secrets, AC_SECRET_OBJECT for "credential", a
+ * secret only as a string, and 0 otherwise. */
+static int secret_key(lua_State *L, int idx) {
+  size_t len;
+  const char *key;
+
+  if (lua_type(L, idx) != LUA_TSTRING)
     return 0;
-  lua_getfield(L, idx, "credential");
-  if (lua_istable(L, -1)) {
-    for (i = 0; i < sizeof names / sizeof names[0] && added < count; i++) {
-      lua_getfield(L, -1, names[i]);
-      if (lua_type(L, -1) == LUA_TSTRING)
-        list[added++] = lua_tostring(L, -1);
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 1);
-  list[added] = NULL;
-  return added;
+  key = lua_tolstring(L, idx, &len);
+  if ((len == 6 && memcmp(key, "secret", 6) == 0)
+      || (len == 14 && memcmp(key, "security_token", 14) == 0))
+    return AC_SECRET_VALUE;
+  if (len == 10 && memcmp(key, "credential", 10) == 0)
+    return AC_SECRET_OBJECT;
+  return 0;
 }
 
 
-/* Reports whether a body that did not decode names a credential field,
- * so that a part of it must not be quoted. */
+/* Walks the decoded body at idx, to a depth of AC_SECRET_DEPTH and for
+ * at most *budget entries, and adds to list, at *n, up to max strings
+ * that secret_key names. With in_secret, every string below idx is one.
+ * A gateway that reports an error may echo, at any depth, the response
+ * that carried them. The strings belong to the body. */
+static void add_returned_secrets(lua_State *L, int idx, const char **list,
+                                 int *n, int max, int depth, int in_secret,
+                                 int *budget) {
+  if (!lua_istable(L, idx) || depth > AC_SECRET_DEPTH
+      || !lua_checkstack(L, 3))
+    return;
+  lua_pushnil(L);
+  while (*n < max && *budget > 0 && lua_next(L, idx) != 0) {
+    int kind = secret_key(L, -2);
+
+    (*budget)--;
+    if (lua_type(L, -1) == LUA_TTABLE)
+      add_returned_secrets(L, lua_gettop(L), list, n, max, depth + 1,
+                           in_secret || kind == AC_SECRET_VALUE, budget);
+    else if (lua_type(L, -1) == LUA_TSTRING && (in_secret || kind != 0))
+      list[(*n)++] = lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  if (*n >= max || *budget <= 0)
+    lua_pop(L, 1);  /* the key that lua_next left */
+}
+
+
+/* Reports whether the body names a credential field, so that no part of
+ * it may be quoted. */
 static int mentions_credential(const char *body, size_t len) {
   static const char *const names[] = {"\"secret\"", "\"security_token\""};
   size_t i, at, n;
@@ -525,20 +555,43 @@ static int mentions_credential(const char *body, size_t len) {
 }
 
 
-/* Fills list (AC_MAX_SECRETS + 3 entries) with the request's secrets and
- * those of a credential in the decoded body at idx (0: none), then NULL.
- * The body must stay on the stack while the list is in use. */
+/* Fills list (AC_SECRET_LIST entries) with the request's secrets and
+ * those that the decoded body at idx (0: none) returns, then NULL. The
+ * body must stay on the stack while the list is in use. */
 static void list_secrets(lua_State *L, const ac_response *r, int idx,
                          const char **list) {
-  int n = 0;
+  int n = 0, budget = AC_SECRET_BUDGET;
 
   while (r->secrets != NULL && r->secrets[n] != NULL && n < AC_MAX_SECRETS) {
     list[n] = r->secrets[n];
     n++;
   }
-  list[n] = NULL;
   if (idx != 0)
-    add_returned_secrets(L, idx, list + n, 2);
+    add_returned_secrets(L, idx, list, &n, AC_SECRET_LIST - 1, 0, 0,
+                         &budget);
+  list[n] = NULL;
+}
+
+
+/* Cuts s to at most max bytes at a UTF-8 character boundary and redacts
+ * it. A secret cut at the end is only caught while it ends the text, so
+ * each part of a message is cut and redacted before more text follows. */
+static void cut_and_redact(char *s, size_t max, const char *const *secrets) {
+  size_t len = strlen(s);
+
+  if (len > max) {
+    len = max;
+    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+      len--;
+    s[len] = '\0';
+  }
+  ac_redact(s, secrets);
+}
+
+
+static int is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307
+      || status == 308;
 }
 
 
@@ -546,7 +599,7 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   ac_error_info e = {0};
   char code[AC_TEXT_SIZE] = "", found[AC_TEXT_SIZE] = "";
   char message[AC_TEXT_SIZE], prefix[AC_TEXT_SIZE];
-  const char *secrets[AC_MAX_SECRETS + 3];
+  const char *secrets[AC_SECRET_LIST];
   int top = lua_gettop(L), decoded = 0;
 
   if (r->body_len > 0 && decode_json(L, r->body, r->body_len) == 0) {
@@ -557,12 +610,14 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   }
   list_secrets(L, r, decoded ? top + 1 : 0, secrets);
 
-  if (r->status >= 300 && r->status <= 399) {
+  if (is_redirect(r->status)) {
     const char *to = r->redirect_url ? r->redirect_url : "";
 
+    /* The Location may carry the request's own token as a query. */
     clean_text(prefix, to, strlen(to), 200, 0);
-    snprintf(message, sizeof message, "HTTP %ld: a redirect%s%.200s, "
-             "which is not followed; check the endpoint or region", r->status,
+    cut_and_redact(prefix, 200, secrets);
+    snprintf(message, sizeof message, "HTTP %ld: a redirect%s%.200s, which "
+             "is not followed; check the endpoint or region", r->status,
              prefix[0] ? " to " : " without a Location", prefix);
   } else if (found[0] != '\0') {
     snprintf(message, sizeof message, "%s", found);
@@ -572,7 +627,7 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   } else if (r->body_len == 0) {
     snprintf(message, sizeof message, "HTTP %ld with an empty body",
              r->status);
-  } else if (!decoded && mentions_credential(r->body, r->body_len)) {
+  } else if (mentions_credential(r->body, r->body_len)) {
     snprintf(message, sizeof message, "HTTP %ld: the body is not shown "
              "because it names credential fields", r->status);
   } else {
@@ -618,13 +673,15 @@ static void push_unshaped(lua_State *L, const ac_response *r, int idx,
                           const shape *s) {
   char code[AC_TEXT_SIZE] = "", found[AC_TEXT_SIZE] = "";
   char message[AC_TEXT_SIZE];
-  const char *secrets[AC_MAX_SECRETS + 3];
+  const char *secrets[AC_SECRET_LIST];
 
   list_secrets(L, r, idx, secrets);
   find_error_fields(L, idx, code, found);
+  cut_and_redact(code, 64, secrets);
+  cut_and_redact(found, 200, secrets);
   if (code[0] != '\0' || found[0] != '\0')
     snprintf(message, sizeof message, "%.200s (the body is an error: "
-             "%.64s%s%.200s)", s->msg, code, code[0] && found[0] ? ": " : "",
+             "%s%s%s)", s->msg, code, code[0] && found[0] ? ": " : "",
              found);
   else
     snprintf(message, sizeof message, "%s", s->msg);
