@@ -489,6 +489,37 @@ describe("upload", function()
       assert.equals(0, emu:stats().obs_requests)
     end)
 
+    it("closes the file of a rejected upload", function()
+      -- /proc/self in the shell of io.popen would be the shell's.
+      local stat = assert(io.open("/proc/self/stat"))
+      local pid = stat:read("*l"):match("^(%d+)")
+      stat:close()
+
+      local function open_descriptors()
+        local count = 0
+        local listing = assert(io.popen("ls /proc/" .. pid .. "/fd"))
+        for _ in listing:lines() do
+          count = count + 1
+        end
+        listing:close()
+        return count
+      end
+
+      local client = new_core_client()
+      local result = credential(client)
+      local before = open_descriptors()
+      -- Without collection, only an explicit close frees the descriptors.
+      collectgarbage("stop")
+      for _ = 1, 50 do
+        assert.is_nil(client:upload(result, { path = "/proc/self/status" }))
+        assert.is_nil(client:start_upload(result, { path = "/proc/self/status" }, function() end))
+      end
+      local after = open_descriptors()
+      collectgarbage("restart")
+
+      assert.is_true(after - before < 10, ("%d descriptors before, %d after"):format(before, after))
+    end)
+
     it("rejects both path and body", function()
       local client = new_core_client()
       local meta, err = client:upload(credential(client), { path = "/dev/null", body = "x" })

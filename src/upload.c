@@ -370,11 +370,12 @@ static void format_source_failure(const upload_call *call, char *msg) {
   const upload_source *src = &call->src;
 
   if (src->failure == AC_SOURCE_SHRANK)
-    snprintf(msg, AC_MSG_SIZE, "file \"%.200s\" changed size during the "
-             "upload: it ended after %lld of the %lld bytes it had when "
-             "opened; do not modify a file while it uploads, or upload a "
-             "copy", call->path, (long long)src->offset,
-             (long long)src->total);
+    snprintf(msg, AC_MSG_SIZE, "file \"%.200s\" ended after %lld of the "
+             "%lld bytes it had when opened: it changed size during the "
+             "upload, or it is a generated file (as in /proc or /sys) "
+             "whose size is not its length; do not modify a file while "
+             "it uploads, or upload a copy", call->path,
+             (long long)src->offset, (long long)src->total);
   else
     snprintf(msg, AC_MSG_SIZE, "reading file \"%.200s\" failed after %lld "
              "of %lld bytes: %s", call->path, (long long)src->offset,
@@ -390,7 +391,9 @@ static int open_file(upload_call *call, struct stat *st, char *msg) {
   const char *problem = NULL;
   int fd, flags;
 
-  fd = open(call->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  /* O_NOCTTY, so that a terminal named by mistake does not become the
+   * process's controlling terminal before it is rejected. */
+  fd = open(call->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   if (fd < 0 || fstat(fd, st) != 0)
     problem = strerror(errno);
   else if (!S_ISREG(st->st_mode))
@@ -606,8 +609,9 @@ static int sign_request(upload_call *call) {
 }
 
 
-int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
-                    char *msg) {
+/* Does the work of ac_upload_build. */
+static int build_upload(lua_State *L, ac_client *c, ac_upload *call,
+                        char *msg) {
   int md5;
 
   if (read_call(L, c, call, msg) != 0)
@@ -637,6 +641,20 @@ int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
     return -2;
   }
   return 0;
+}
+
+
+int ac_upload_build(lua_State *L, ac_client *c, ac_upload *call,
+                    char *msg) {
+  int rc = build_upload(L, c, call, msg);
+
+  /* A rejected upload closes its file now, not when the collector frees
+   * the call, or rejections in a loop run out of descriptors. */
+  if (rc != 0 && call->src.file != NULL) {
+    fclose(call->src.file);
+    call->src.file = NULL;
+  }
+  return rc;
 }
 
 
