@@ -160,6 +160,27 @@ describe("appcenter.core async", function()
     assert.no_match("resolve", errors[2].message)
   end)
 
+  it("blames the server after a short queue wait", function()
+    -- The first request frees the connection after 100 ms, and the
+    -- server then keeps the second one past its timeout.
+    emu:fault({ { delay_ms = 100 }, { delay_ms = 1500 } })
+    local client = new_client({ max_connections = 1, timeout_ms = 500 })
+    local outcomes = {}
+    for index = 1, 2 do
+      client:start("queued.bin", function(result, err)
+        outcomes[index] = { result = result, err = err }
+      end)
+    end
+    drive(client, 100)
+    client:close()
+
+    assert.is_table(outcomes[1].result)
+    local err = outcomes[2].err
+    assert.equals("timeout", err.kind)
+    assert.matches("waiting for the server", err.message, 1, true)
+    assert.no_match("raise max_connections", err.message, 1, true)
+  end)
+
   it("does not block poll past its timeout", function()
     emu:fault({ delay_ms = 1500 })
     local client = new_client()

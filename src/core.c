@@ -647,19 +647,26 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     e.status = status;
   } else if (rc == CURLE_OPERATION_TIMEDOUT && t->queued) {
     /* libcurl's text for a transfer that timed out in its queue blames
-     * name resolution, so it is replaced. */
+     * name resolution, so it is replaced. One that got a connection and
+     * sent its request timed out waiting for the server. */
     curl_off_t total_us = 0;
-    char took[96] = "while it waited for a free connection";
+    long sent = 0;
 
     curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
-    if (total_us > 0)
-      snprintf(took, sizeof took, "after %ld ms, counting its wait for a "
-               "free connection", (long)(total_us / 1000));
-    snprintf(message, sizeof message, "timed out %s: max_connections "
-             "(%ld) requests were in flight when it started, and the wait "
-             "counts against timeout_ms; raise max_connections or "
-             "timeout_ms, or start fewer requests at once", took,
-             c->max_connections);
+    curl_easy_getinfo(t->curl, CURLINFO_REQUEST_SIZE, &sent);
+    if (sent > 0)
+      snprintf(message, sizeof message, "timed out after %ld ms waiting "
+               "for the server, counting an earlier wait for a free "
+               "connection (max_connections (%ld) requests were in flight "
+               "when it started); the limits are timeout_ms and "
+               "max_connections", (long)(total_us / 1000),
+               c->max_connections);
+    else
+      snprintf(message, sizeof message, "timed out while it waited for a "
+               "free connection: max_connections (%ld) requests were in "
+               "flight when it started, and the wait counts against "
+               "timeout_ms; raise max_connections or timeout_ms, or start "
+               "fewer requests at once", c->max_connections);
     e.kind = AC_KIND_TIMEOUT;
     e.retryable = 1;
   } else {
