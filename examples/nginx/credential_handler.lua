@@ -128,7 +128,15 @@ function handler.handle()
       "the credential service is not configured; see the error log")
   end
 
-  local result, err = api:create_credential(file_name)
+  -- The call raises, rather than block the worker, when nginx cannot run
+  -- it: every worker-thread VM busy, or a missing thread_pool line.
+  local ok, result, err = pcall(api.create_credential, api, file_name)
+  if not ok then
+    ngx.log(ngx.ERR, "appcenter: create_credential raised for ", file_name,
+      ": ", tostring(result))
+    return send_error(503, "unavailable",
+      "the credential service cannot take the call now; try again later")
+  end
   if not result then
     if err.kind == "invalid_argument" then
       return send_error(400, "invalid_file_name", err.message)
