@@ -489,6 +489,21 @@ describe("upload", function()
       assert.equals(0, emu:stats().obs_requests)
     end)
 
+    it("keeps a path message on one line", function()
+      local client = new_core_client()
+      local result = credential(client)
+      local _, err = client:upload(result, { path = "/nonexistent/bad\nname\r.bin" })
+      assert.equals("invalid_argument", err.kind)
+      assert.matches('"/nonexistent/bad?name?.bin"', err.message, 1, true)
+      assert.is_nil(err.message:find("[\r\n]"))
+
+      -- A long path is cut at a character boundary and marked.
+      local long = "/nonexistent/" .. ("é"):rep(150)
+      _, err = client:upload(result, { path = long })
+      assert.matches('é..."', err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
     it("closes the file of a rejected upload", function()
       -- /proc/self in the shell of io.popen would be the shell's.
       local stat = assert(io.open("/proc/self/stat"))

@@ -364,21 +364,46 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
 }
 
 
+/* Copies path into out (AC_PATH_TEXT bytes) for a one-line message:
+ * control characters become '?', and a path longer than
+ * AC_PATH_TEXT_CHARS is cut at a UTF-8 boundary and ends in "...". */
+#define AC_PATH_TEXT_CHARS 200
+#define AC_PATH_TEXT (AC_PATH_TEXT_CHARS + 4)
+
+static const char *path_text(const char *path, char *out) {
+  size_t n = strlen(path), i;
+
+  if (n > AC_PATH_TEXT_CHARS) {
+    n = AC_PATH_TEXT_CHARS;
+    while (n > 0 && ((unsigned char)path[n] & 0xC0) == 0x80)
+      n--;
+  }
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)path[i];
+    out[i] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
+  }
+  strcpy(out + n, path[n] != '\0' ? "..." : "");
+  return out;
+}
+
+
 /* Writes the message for a file that shrank or failed to read, which
  * call->src.failure records. */
 static void format_source_failure(const upload_call *call, char *msg) {
   const upload_source *src = &call->src;
+  char shown[AC_PATH_TEXT];
 
+  path_text(call->path, shown);
   if (src->failure == AC_SOURCE_SHRANK)
-    snprintf(msg, AC_MSG_SIZE, "file \"%.200s\" ended after %lld of the "
+    snprintf(msg, AC_MSG_SIZE, "file \"%s\" ended after %lld of the "
              "%lld bytes it had when opened: it changed size during the "
              "upload, or it is a generated file (as in /proc or /sys) "
              "whose size is not its length; do not modify a file while "
-             "it uploads, or upload a copy", call->path,
+             "it uploads, or upload a copy", shown,
              (long long)src->offset, (long long)src->total);
   else
-    snprintf(msg, AC_MSG_SIZE, "reading file \"%.200s\" failed after %lld "
-             "of %lld bytes: %s", call->path, (long long)src->offset,
+    snprintf(msg, AC_MSG_SIZE, "reading file \"%s\" failed after %lld "
+             "of %lld bytes: %s", shown, (long long)src->offset,
              (long long)src->total, strerror(src->read_errno));
 }
 
@@ -389,6 +414,7 @@ static void format_source_failure(const upload_call *call, char *msg) {
  * -1 with msg naming the path. */
 static int open_file(upload_call *call, struct stat *st, char *msg) {
   const char *problem = NULL;
+  char shown[AC_PATH_TEXT];
   int fd, flags;
 
   /* O_NOCTTY, so that a terminal named by mistake does not become the
@@ -407,8 +433,8 @@ static int open_file(upload_call *call, struct stat *st, char *msg) {
   if (problem == NULL)
     return 0;
 
-  snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": %s", call->path,
-           problem);
+  snprintf(msg, AC_MSG_SIZE, "invalid path \"%s\": %s",
+           path_text(call->path, shown), problem);
   if (fd >= 0)
     close(fd);
   return -1;
@@ -419,7 +445,7 @@ static int open_file(upload_call *call, struct stat *st, char *msg) {
  * Returns -1 with msg naming it. */
 static int open_source(upload_call *call, char *msg) {
   struct stat st;
-  char byte;
+  char byte, shown[AC_PATH_TEXT];
 
   if (call->path == NULL)
     return 0;
@@ -433,9 +459,10 @@ static int open_source(upload_call *call, char *msg) {
    * bytes, so the upload would store an empty object in place of their
    * content. */
   if (fread(&byte, 1, 1, call->src.file) == 1) {
-    snprintf(msg, AC_MSG_SIZE, "invalid path \"%.200s\": the file reports "
+    snprintf(msg, AC_MSG_SIZE, "invalid path \"%s\": the file reports "
              "a size of 0 bytes but has content, as files in /proc do; "
-             "copy it to a regular file and upload the copy", call->path);
+             "copy it to a regular file and upload the copy",
+             path_text(call->path, shown));
     return -1;
   }
   if (ferror(call->src.file)) {
@@ -612,6 +639,7 @@ static int sign_request(upload_call *call) {
 /* Does the work of ac_upload_build. */
 static int build_upload(lua_State *L, ac_client *c, ac_upload *call,
                         char *msg) {
+  char shown[AC_PATH_TEXT];
   int md5;
 
   if (read_call(L, c, call, msg) != 0)
@@ -629,8 +657,8 @@ static int build_upload(lua_State *L, ac_client *c, ac_upload *call,
       format_source_failure(call, msg);
       return -1;
     }
-    snprintf(msg, AC_MSG_SIZE, "reading \"%.200s\" for Content-MD5 "
-             "failed", call->path);
+    snprintf(msg, AC_MSG_SIZE, "reading \"%s\" for Content-MD5 "
+             "failed", path_text(call->path, shown));
     return -2;
   }
   if (md5)
