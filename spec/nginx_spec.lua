@@ -906,5 +906,39 @@ http {
         true), body)
       assert.are.equal(2, emu:stats().requests)
     end)
+
+    it("answers calls in flight during a reload", function()
+      nginx = start(4)
+      emu:config({ delay_ms = 1000 })
+      local finishes = {}
+      for _, path in ipairs({ "/content", "/rewrite", "/access" }) do
+        finishes[path] = start_get(path)
+      end
+      local timer_status = nginx:get("/timer?key=reload")
+      assert.are.equal(200, timer_status)
+      assert.is_truthy(wait_for(function()
+        return emu:stats().requests >= 4
+      end, 5))
+
+      -- SIGHUP: new workers start and the old one shuts down gracefully,
+      -- which it may only do after its calls in flight have ended.
+      assert(run_command(("kill -HUP %d"):format(nginx.pid)))
+
+      for path, finish in pairs(finishes) do
+        local status, body = finish()
+        assert.are.equal(200, status, path .. ": " .. body)
+        assert.is_truthy(body:match("^ok "), path .. ": " .. body)
+      end
+      -- The shared dictionary survives the reload, so the new worker
+      -- serves what the old worker's timer stored.
+      local timer_outcome = wait_for(function()
+        local status, body = nginx:get("/result?key=reload")
+        return status == 200 and body or nil
+      end, 5)
+      assert.is_truthy(timer_outcome, nginx:error_log())
+      assert.is_truthy(timer_outcome:match("^ok "), timer_outcome)
+      local log = nginx:error_log()
+      assert.is_falsy(log:find("left in connection", 1, true), log)
+    end)
   end)
 end)

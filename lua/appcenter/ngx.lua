@@ -372,6 +372,29 @@ local function queued_past_deadline_error(pool, posted, started)
   })
 end
 
+-- Interval in seconds at which the keeper thread checks that its attempt
+-- is still running. The keeper is killed as soon as the attempt ends, so
+-- the interval only bounds how long a keeper that was not killed lives on.
+local KEEPER_SLEEP_SECONDS = 1
+
+-- Starts a light thread that sleeps with ngx.sleep until `running[1]` is
+-- false. During a graceful shutdown (reload or quit), an old worker exits
+-- once it has no timer left, and ngx.run_worker_thread sets none. The
+-- keeper's sleep timer keeps the worker, and the request whose attempt is
+-- on the pool, alive until the attempt ends. Returns the light thread,
+-- or nil in a phase where ngx.thread.spawn raises.
+local function start_keeper(running)
+  local spawned, keeper = pcall(ngx.thread.spawn, function()
+    while running[1] do
+      ngx.sleep(KEEPER_SLEEP_SECONDS)
+    end
+  end)
+  if spawned then
+    return keeper
+  end
+  return nil
+end
+
 -- Runs one attempt on the thread pool and yields until it ends. Returns
 -- what appcenter.core's create_credential returns. `deadline_left_ms`,
 -- optional, is the time left before the call's deadline, which also
@@ -393,9 +416,19 @@ function ThreadClient:create_credential(file_name, call_opts,
     deadline = posted + deadline_left_ms / 1000
   end
 
-  local ok, status, first, second = ngx.run_worker_thread(self.thread_pool,
-    THREAD_MODULE, THREAD_FUNCTION, self.core_opts, file_name, timeout_ms,
-    deadline)
+  local running = { true }
+  local keeper = start_keeper(running)
+  -- pcall, so that the keeper ends whatever ngx.run_worker_thread does.
+  local called, ok, status, first, second = pcall(ngx.run_worker_thread,
+    self.thread_pool, THREAD_MODULE, THREAD_FUNCTION, self.core_opts,
+    file_name, timeout_ms, deadline)
+  running[1] = false
+  if keeper then
+    ngx.thread.kill(keeper)
+  end
+  if not called then
+    error(ok, 0)
+  end
   if not ok then
     raise_thread_failure(status, self.thread_pool)
   end
