@@ -692,4 +692,253 @@ http {
       assert.are.equal("ok: appcenter-emulator-bucket", result_of("timer"))
     end)
   end)
+
+  describe("with a small thread pool", function()
+    local nginx
+
+    -- With one pool thread, a call waits in the pool's queue while another
+    -- one runs. /hold makes a call without a deadline, which keeps the
+    -- thread busy for the emulator's delay. The other locations make a
+    -- call with retry.deadline_ms = ?deadline_ms from rewrite_by_lua*,
+    -- access_by_lua*, content_by_lua* and a timer, and report the outcome
+    -- and the seconds it took.
+    local CONF = [[
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+
+worker_processes 1;
+master_process on;
+daemon off;
+pid logs/nginx.pid;
+error_log logs/error.log notice;
+
+thread_pool appcenter threads=${THREADS};
+
+env APPCENTER_ENDPOINT;
+env APPCENTER_PROJECT_ID;
+env APPCENTER_TOKEN;
+
+events {
+    worker_connections 64;
+}
+
+http {
+    access_log off;
+    client_body_temp_path logs/client_body;
+    proxy_temp_path logs/proxy;
+    fastcgi_temp_path logs/fastcgi;
+    uwsgi_temp_path logs/uwsgi;
+    scgi_temp_path logs/scgi;
+
+    lua_package_path "${APPCENTER_ROOT}/lua/?.lua;${APPCENTER_ROOT}/lua/?/init.lua;;";
+    lua_package_cpath "${APPCENTER_ROOT}/build/luajit/?.so;;";
+    lua_shared_dict results 1m;
+
+    init_by_lua_block {
+        -- Returns "ok <seconds>" or "error <seconds> <err>" for one call.
+        function timed_call(file_name, deadline_ms)
+            local appcenter = require("appcenter")
+            local retry = false
+            if deadline_ms then
+                retry = { deadline_ms = deadline_ms }
+            end
+            local client = assert(appcenter.new({
+                endpoint = os.getenv("APPCENTER_ENDPOINT"),
+                project_id = os.getenv("APPCENTER_PROJECT_ID"),
+                token = os.getenv("APPCENTER_TOKEN"),
+                retry = retry,
+            }))
+            ngx.update_time()
+            local started = ngx.now()
+            local result, err = client:create_credential(file_name)
+            ngx.update_time()
+            local seconds = ngx.now() - started
+            if result then
+                return ("ok %.3f"):format(seconds)
+            end
+            return ("error %.3f %s"):format(seconds, tostring(err))
+        end
+
+        function deadline_arg()
+            return tonumber(ngx.var.arg_deadline_ms)
+        end
+    }
+
+    server {
+        listen 127.0.0.1:${APPCENTER_NGINX_PORT};
+
+        location = /hold {
+            content_by_lua_block {
+                ngx.say(timed_call("hold.bin"))
+            }
+        }
+
+        location = /content {
+            content_by_lua_block {
+                ngx.say(timed_call("content.bin", deadline_arg()))
+            }
+        }
+
+        location = /rewrite {
+            rewrite_by_lua_block {
+                ngx.say(timed_call("rewrite.bin", deadline_arg()))
+                ngx.exit(ngx.HTTP_OK)
+            }
+        }
+
+        location = /access {
+            access_by_lua_block {
+                ngx.say(timed_call("access.bin", deadline_arg()))
+                ngx.exit(ngx.HTTP_OK)
+            }
+        }
+
+        location = /timer {
+            content_by_lua_block {
+                local key = ngx.var.arg_key
+                local deadline_ms = deadline_arg()
+                assert(ngx.timer.at(0, function()
+                    ngx.shared.results:set(key, timed_call("timer.bin",
+                        deadline_ms))
+                end))
+                ngx.say("started")
+            }
+        }
+
+        location = /result {
+            content_by_lua_block {
+                local value = ngx.shared.results:get(ngx.var.arg_key)
+                if not value then
+                    return ngx.exit(404)
+                end
+                ngx.print(value)
+            }
+        }
+    }
+}
+]]
+
+    local function start(threads)
+      return start_nginx(CONF:gsub("%${THREADS}", tostring(threads)), {
+        APPCENTER_ENDPOINT = emu.url,
+        APPCENTER_PROJECT_ID = emu.project_id,
+        APPCENTER_TOKEN = emu.token,
+      })
+    end
+
+    -- Starts a GET of `path` with curl in the background and returns a
+    -- function that waits for it and returns "STATUS BODY".
+    local function start_get(path)
+      local pipe = assert(io.popen(("curl --silent --max-time 20 "
+        .. "--write-out ' %%{http_code}' %s"):format(
+        shell_quote(nginx.base_url .. path))))
+      return function()
+        local output = pipe:read("*a")
+        pipe:close()
+        local body, status = output:match("^(.-) (%d+)$")
+        return tonumber(status), body or output
+      end
+    end
+
+    after_each(function()
+      if nginx then
+        nginx:stop()
+        nginx = nil
+      end
+    end)
+
+    before_each(function()
+      emu:reset()
+    end)
+
+    it("sends nothing after the deadline passed in the queue", function()
+      nginx = start(1)
+      emu:config({ delay_ms = 1000 })
+      local finish_hold = start_get("/hold")
+      assert.is_truthy(wait_for(function()
+        return emu:stats().requests > 0
+      end, 5))
+
+      local status, body = nginx:get("/content?deadline_ms=300")
+      local hold_status, hold_body = finish_hold()
+
+      assert.are.equal(200, status)
+      assert.are.equal(200, hold_status)
+      assert.is_truthy(hold_body:match("^ok "), hold_body)
+      local seconds = tonumber(body:match("^error (%S+)"))
+      assert.is_truthy(seconds, body)
+      -- The call waited for /hold's thread (about 1 s) past its deadline.
+      assert.is_true(seconds >= 0.3, body)
+      assert.is_true(seconds < 1.5, body)
+      assert.is_truthy(body:find("appcenter: timeout: waited", 1, true), body)
+      assert.is_truthy(body:find('nginx thread pool "appcenter"', 1, true),
+        body)
+      assert.is_truthy(body:find("`thread_pool appcenter threads=N;`", 1,
+        true), body)
+      assert.is_truthy(body:find("retry.deadline_ms", 1, true), body)
+      assert.is_truthy(body:find("(not retried: the deadline has passed)", 1,
+        true), body)
+      -- Only /hold reached the emulator.
+      assert.are.equal(1, emu:stats().requests)
+    end)
+
+    it("cuts a late attempt's timeout to the deadline", function()
+      nginx = start(1)
+      emu:config({ delay_ms = 1000 })
+      local finish_hold = start_get("/hold")
+      assert.is_truthy(wait_for(function()
+        return emu:stats().requests > 0
+      end, 5))
+
+      -- The attempt starts after about 1 s in the queue with about 0.5 s
+      -- left. With the full 1.5 s as its timeout it would get the
+      -- emulator's response after 1 s.
+      local status, body = nginx:get("/content?deadline_ms=1500")
+      finish_hold()
+
+      assert.are.equal(200, status)
+      local seconds = tonumber(body:match("^error (%S+)"))
+      assert.is_truthy(seconds, body)
+      assert.is_true(seconds >= 1.4, body)
+      assert.is_true(seconds < 1.9, body)
+      assert.is_truthy(body:find("appcenter: timeout: ", 1, true), body)
+      assert.is_truthy(body:find("(not retried: the deadline has passed)", 1,
+        true), body)
+      assert.are.equal(2, emu:stats().requests)
+    end)
+
+    it("answers calls in flight during a reload", function()
+      nginx = start(4)
+      emu:config({ delay_ms = 1000 })
+      local finishes = {}
+      for _, path in ipairs({ "/content", "/rewrite", "/access" }) do
+        finishes[path] = start_get(path)
+      end
+      local timer_status = nginx:get("/timer?key=reload")
+      assert.are.equal(200, timer_status)
+      assert.is_truthy(wait_for(function()
+        return emu:stats().requests >= 4
+      end, 5))
+
+      -- SIGHUP: new workers start and the old one shuts down gracefully,
+      -- which it may only do after its calls in flight have ended.
+      assert(run_command(("kill -HUP %d"):format(nginx.pid)))
+
+      for path, finish in pairs(finishes) do
+        local status, body = finish()
+        assert.are.equal(200, status, path .. ": " .. body)
+        assert.is_truthy(body:match("^ok "), path .. ": " .. body)
+      end
+      -- The shared dictionary survives the reload, so the new worker
+      -- serves what the old worker's timer stored.
+      local timer_outcome = wait_for(function()
+        local status, body = nginx:get("/result?key=reload")
+        return status == 200 and body or nil
+      end, 5)
+      assert.is_truthy(timer_outcome, nginx:error_log())
+      assert.is_truthy(timer_outcome:match("^ok "), timer_outcome)
+      local log = nginx:error_log()
+      assert.is_falsy(log:find("left in connection", 1, true), log)
+    end)
+  end)
 end)

@@ -21,6 +21,14 @@
 -- the thread VM arrives as its string, and a non-string error arrives as an
 -- empty string. So run_in_thread never raises and returns plain tables,
 -- and the event-loop side gives error tables their metatable back.
+--
+-- An attempt may wait in the pool's queue before a thread takes it. Both
+-- sides share one process, so appcenter.core.monotonic (CLOCK_MONOTONIC)
+-- is a common clock, and the event-loop side passes the call's deadline on
+-- that clock. When the attempt starts, the thread side cuts its timeout
+-- to the time left, or sends nothing once the deadline has passed.
+-- Without a deadline the wait in the queue does not count against
+-- timeout_ms.
 
 local core = require("appcenter.core")
 
@@ -156,11 +164,26 @@ function glue.prepare_in_thread()
 end
 
 -- Runs one attempt with this VM's client for `core_opts`. Called by
--- ngx.run_worker_thread on a pool thread; never raises. Returns one of
+-- ngx.run_worker_thread on a pool thread; never raises. `deadline`, when
+-- not nil, is the call's deadline in seconds of core.monotonic, and the
+-- attempt's timeout is timeout_ms cut to the time left before it.
+-- Returns one of
 --   "ok", result, meta
 --   "error", err        err without its metatable
 --   "raised", message   appcenter.core raised, e.g. out of memory
-function glue.run_in_thread(core_opts, file_name, timeout_ms)
+--   "deadline_passed", started
+--                       the attempt started at `started` (core.monotonic)
+--                       after the deadline and sent nothing
+function glue.run_in_thread(core_opts, file_name, timeout_ms, deadline)
+  if deadline then
+    local started = core.monotonic()
+    local left_ms = math.floor((deadline - started) * 1000)
+    if left_ms < 1 then
+      return "deadline_passed", started
+    end
+    timeout_ms = math.min(timeout_ms or left_ms, left_ms)
+  end
+
   local key_ok, key = pcall(cache_key, core_opts)
   if not key_ok then
     return "raised", tostring(key)
@@ -331,19 +354,81 @@ function glue.new_client(core_opts, thread_pool)
   }, ThreadClient)
 end
 
+-- Returns the timeout error of an attempt that waited in the queue of
+-- thread pool `pool` from `posted` until `started` (core.monotonic), which
+-- is after the call's deadline. The fields are those of appcenter.core's
+-- timeout errors.
+local function queued_past_deadline_error(pool, posted, started)
+  local waited_ms = math.floor((started - posted) * 1000 + 0.5)
+  return restore_error_metatable({
+    kind = "timeout",
+    code = "timeout",
+    message = ("waited %d ms for a thread of nginx thread pool %q, until "
+      .. "after the deadline, so the attempt sent nothing; raise N in the "
+      .. "`thread_pool %s threads=N;` line of nginx.conf, or raise "
+      .. "retry.deadline_ms"):format(waited_ms, pool, pool),
+    retryable = true,
+    attempts = 1,
+  })
+end
+
+-- Interval in seconds at which the keeper thread checks that its attempt
+-- is still running. The keeper is killed as soon as the attempt ends, so
+-- the interval only bounds how long a keeper that was not killed lives on.
+local KEEPER_SLEEP_SECONDS = 1
+
+-- Starts a light thread that sleeps with ngx.sleep until `running[1]` is
+-- false. During a graceful shutdown (reload or quit), an old worker exits
+-- once it has no timer left, and ngx.run_worker_thread sets none. The
+-- keeper's sleep timer keeps the worker, and the request whose attempt is
+-- on the pool, alive until the attempt ends. Returns the light thread,
+-- or nil in a phase where ngx.thread.spawn raises.
+local function start_keeper(running)
+  local spawned, keeper = pcall(ngx.thread.spawn, function()
+    while running[1] do
+      ngx.sleep(KEEPER_SLEEP_SECONDS)
+    end
+  end)
+  if spawned then
+    return keeper
+  end
+  return nil
+end
+
 -- Runs one attempt on the thread pool and yields until it ends. Returns
--- what appcenter.core's create_credential returns. Raises in a phase that
--- cannot yield, when the thread pool is missing and when the attempt raised
--- in the thread VM.
-function ThreadClient:create_credential(file_name, call_opts)
+-- what appcenter.core's create_credential returns. `deadline_left_ms`,
+-- optional, is the time left before the call's deadline, which also
+-- covers the attempt's wait in the pool's queue: an attempt that starts
+-- after the deadline returns a timeout error without sending anything.
+-- Raises in a phase that cannot yield, when the thread pool is missing
+-- and when the attempt raised in the thread VM.
+function ThreadClient:create_credential(file_name, call_opts,
+    deadline_left_ms)
   if not self.open then
     error("appcenter.core: the client is closed", 2)
   end
   check_phase("create_credential")
 
   local timeout_ms = call_opts and call_opts.timeout_ms
-  local ok, status, first, second = ngx.run_worker_thread(self.thread_pool,
-    THREAD_MODULE, THREAD_FUNCTION, self.core_opts, file_name, timeout_ms)
+  local posted = core.monotonic()
+  local deadline
+  if deadline_left_ms then
+    deadline = posted + deadline_left_ms / 1000
+  end
+
+  local running = { true }
+  local keeper = start_keeper(running)
+  -- pcall, so that the keeper ends whatever ngx.run_worker_thread does.
+  local called, ok, status, first, second = pcall(ngx.run_worker_thread,
+    self.thread_pool, THREAD_MODULE, THREAD_FUNCTION, self.core_opts,
+    file_name, timeout_ms, deadline)
+  running[1] = false
+  if keeper then
+    ngx.thread.kill(keeper)
+  end
+  if not called then
+    error(ok, 0)
+  end
   if not ok then
     raise_thread_failure(status, self.thread_pool)
   end
@@ -352,6 +437,8 @@ function ThreadClient:create_credential(file_name, call_opts)
     return first, second
   elseif status == "error" then
     return nil, restore_error_metatable(first)
+  elseif status == "deadline_passed" then
+    return nil, queued_past_deadline_error(self.thread_pool, posted, first)
   end
   error(first, 0)
 end

@@ -196,11 +196,12 @@ function retry.new_call(policy)
   }, Call)
 end
 
--- Counts the next attempt and returns true and its timeout in
--- milliseconds: timeout_ms cut to the time left before the deadline, or
--- nil to keep the core client's own timeout when there is no deadline.
--- Returns false when a retry is due but the deadline has passed, because
--- a slow wait or on_retry used up the time that the delay left.
+-- Counts the next attempt and returns true, its timeout in milliseconds
+-- and the milliseconds left before the deadline. The timeout is
+-- timeout_ms cut to the time left. Without a deadline both are nil, so
+-- the core client keeps its own timeout. Returns false when a retry is
+-- due but the deadline has passed, because a slow wait or on_retry used
+-- up the time that the delay left.
 function Call:begin_attempt()
   local policy = self.policy
   if self.attempt > 0 and time_left_ms(policy, self.deadline) < 1 then
@@ -215,7 +216,7 @@ function Call:begin_attempt()
   -- A timeout of an attempt cut to the deadline means the deadline passed.
   self.cut_to_deadline = left_ms < policy.timeout_ms
   local limit_ms = math.min(policy.timeout_ms, left_ms)
-  return true, math.max(1, math.floor(limit_ms))
+  return true, math.max(1, math.floor(limit_ms)), left_ms
 end
 
 -- Records the outcome of the current attempt, `result, meta` or
@@ -253,7 +254,8 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if err.kind == "timeout" and self.cut_to_deadline then
+  if (err.kind == "timeout" and self.cut_to_deadline)
+      or time_left_ms(policy, self.deadline) < 1 then
     reason = "the deadline has passed"
   else
     delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
@@ -282,9 +284,10 @@ function Call:complete(result, info)
 end
 
 
--- Runs `perform(timeout_ms)` until it returns a result, fails for good or
--- the policy stops, sleeping with policy.sleep between attempts, and
--- returns what the last attempt returned. `perform` returns
+-- Runs `perform(timeout_ms, deadline_left_ms)`, with the values of
+-- Call:begin_attempt, until it returns a result, fails for good or the
+-- policy stops, sleeping with policy.sleep between attempts, and returns
+-- what the last attempt returned. `perform` returns
 -- `result, meta` or `nil, err` like the core client. See Call:complete for
 -- the fields set in meta and err.
 --
@@ -304,12 +307,12 @@ function retry.run(policy, perform, stop_error)
 
   -- Call:complete stops at max_attempts, so the loop ends.
   while true do
-    local ok, timeout_ms = call:begin_attempt()
+    local ok, timeout_ms, deadline_left_ms = call:begin_attempt()
     if not ok then
       return nil, info
     end
 
-    result, info = perform(timeout_ms)
+    result, info = perform(timeout_ms, deadline_left_ms)
     local delay_ms = call:complete(result, info)
     if not delay_ms then
       return result, info
