@@ -441,6 +441,22 @@ describe("retry", function()
       assert.equal(1, err.attempts)
       assert.matches("%(not retried: the deadline has passed%)$", err.message)
     end)
+
+    it("says the deadline passed before a 503 arrived", function()
+      -- The clock jumps past the deadline while the attempt runs.
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local readings = 0
+      local client = new_client({ deadline_ms = 1000 }, { now = function()
+        readings = readings + 1
+        return readings <= 2 and 100 or 102
+      end })
+
+      local _, err = client:create_credential("replay.bin")
+
+      assert.equal(503, err.status)
+      assert.equal(1, err.attempts)
+      assert.matches("%(not retried: the deadline has passed%)$", err.message)
+    end)
   end)
 
   describe("backoff", function()
