@@ -491,6 +491,40 @@ describe("nginx integration", function()
     end)
   end)
 
+  describe("with the example without its thread_pool line", function()
+    local nginx
+
+    setup(function()
+      local conf, removed = read_file(ROOT .. "/examples/nginx/nginx.conf")
+        :gsub("\nthread_pool appcenter threads=%d+;", "\n")
+      assert.are.equal(1, removed)
+      nginx = start_nginx(conf, {
+        APPCENTER_ENDPOINT = emu.url,
+        APPCENTER_PROJECT_ID = emu.project_id,
+        APPCENTER_TOKEN_FILE = token_dir .. "/token",
+      })
+    end)
+
+    teardown(function()
+      if nginx then
+        nginx:stop()
+      end
+    end)
+
+    before_each(function()
+      emu:reset()
+    end)
+
+    it("answers JSON when the call raises", function()
+      local status, body = nginx:get("/credential?file_name=replay-0042.bin")
+
+      assert.are.equal(503, status, body)
+      assert.are.equal("unavailable", cjson.decode(body).error_code)
+      assert.is_truthy(nginx:error_log():find("is not configured", 1, true))
+      assert.are.equal(0, emu:stats().requests)
+    end)
+  end)
+
   describe("misconfigured", function()
     local nginx
 
