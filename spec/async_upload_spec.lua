@@ -516,6 +516,50 @@ describe("async upload", function()
       client:close()
     end)
 
+    it("rejects cancel from progress", function()
+      local client = assert(appcenter.new(emu:client_options{ retry = {
+        base_delay_ms = 10000, random = function() return 0.5 end,
+      } }))
+      local result = credential(client, "progress-cancel.bin")
+      -- A request that waits for its retry timer when the upload runs.
+      emu:fault{ status = 503, times = 1 }
+      local waiting = assert(client:start("waiting.bin", function() end))
+      for _ = 1, 100 do
+        if waiting:status() == "waiting" then
+          break
+        end
+        client:poll(20)
+      end
+      assert.equals("waiting", waiting:status())
+
+      local message
+      local upload = assert(client:start_upload(result, {
+        body = ("p"):rep(200000),
+        progress = function()
+          if message == nil then
+            local ok, err = pcall(function()
+              local cancelled = waiting:cancel()
+              return cancelled
+            end)
+            message = ok and "no error" or err
+          end
+          return true
+        end,
+      }, function() end))
+      for _ = 1, 200 do
+        if upload:status() ~= "running" then
+          break
+        end
+        client:poll(20)
+      end
+
+      assert.matches("cancel called from an upload's progress callback",
+        message, 1, true)
+      assert.equals("waiting", waiting:status())
+      assert.equals("done", upload:status())
+      client:close()
+    end)
+
     -- Starts an upload whose first attempt gets a 503, and calls
     -- `stop(client, request)` from the on_retry of that attempt. Returns
     -- the arguments of the upload's callback, the request and the client.
