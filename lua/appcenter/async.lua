@@ -563,8 +563,8 @@ end
 -- ended. Raises what the callback raises.
 function Request:cancel()
   check_request(self, "cancel")
-  -- The core raises for a running request; a request that waits for a
-  -- retry would run its callback inside the progress callback.
+  -- The core raises for a running request, and a request that waits for
+  -- a retry would otherwise run its callback inside the progress callback.
   if self.async_state.in_progress_callback then
     error("appcenter: cancel called from an upload's progress callback; "
       .. "call it from the upload's callback instead", 2)
