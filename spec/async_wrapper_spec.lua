@@ -623,6 +623,36 @@ describe("appcenter async wrapper", function()
       assert.equal(1, requests())
     end)
 
+    it("cancel from on_retry returns the retry's budget", function()
+      -- The budget pays for one retry only.
+      local request
+      local cancel_first = true
+      local client = fake_client{
+        random = constant(0),
+        budget = { capacity = 5, retry_cost = 5 },
+        on_retry = function()
+          if cancel_first then
+            cancel_first = false
+            request:cancel()
+          end
+        end,
+      }
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      request = client:start("a.bin", function() end)
+      drive(client)
+      assert.equal("cancelled", request:status())
+
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local outcome
+      client:start("b.bin", function(a, b)
+        outcome = { a, b }
+      end)
+      drive(client)
+
+      assert.is_table(outcome[1], tostring(outcome[2]))
+      assert.equal(2, outcome[2].attempts)
+    end)
+
     it("cancel raises callback error", function()
       local client = new_client()
       local request = client:start("a.bin", function()

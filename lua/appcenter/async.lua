@@ -191,6 +191,9 @@ local function on_attempt_done(request, result, info)
   end
 
   if request.stage == "cancelled" then
+    if delay_ms then
+      call:drop_retry()
+    end
     return
   elseif delay_ms then
     schedule_retry(request, info, delay_ms)

@@ -284,6 +284,18 @@ function Call:complete(result, info)
 end
 
 
+-- Gives back the tokens that the retry which Call:complete planned took
+-- from the retry budget, when the call ends before that retry runs: closed
+-- or cancelled from on_retry.
+function Call:drop_retry()
+  local cost = self.last_retry_cost
+  if self.policy.budget and cost and cost > 0 then
+    self.policy.budget:refund(cost)
+  end
+  self.last_retry_cost = nil
+end
+
+
 -- Runs `perform(timeout_ms, deadline_left_ms)`, with the values of
 -- Call:begin_attempt, until it returns a result, fails for good or the
 -- policy stops, sleeping with policy.sleep between attempts, and returns
@@ -324,6 +336,7 @@ function retry.run(policy, perform, stop_error)
       stop_err = stopped()
     end
     if stop_err then
+      call:drop_retry()
       return nil, stop_err
     end
   end
