@@ -398,6 +398,63 @@ describe("appcenter-credential", function()
     assert.matches("/v1/" .. emu.project_id .. "/", emu:stats().last_request.path, 1, true)
   end)
 
+  it("runs from an install under any PREFIX", function()
+    local prefix = make_directory()
+    assert(run_command(("make -s install PREFIX=%s >/dev/null 2>&1")
+      :format(shell_quote(prefix))))
+    -- From another folder and without LUA_PATH, so only the paths that
+    -- the script derives from its own location can find the modules.
+    local command = ("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 "
+      .. "-u LUA_CPATH_5_4 HOME=%s APPCENTER_TOKEN=%s %s/bin/appcenter-credential "
+      .. "--endpoint %s --project-id %s replay.bin 2>&1; echo \"exit=$?\"")
+      :format(shell_quote(home), shell_quote(emu.token), shell_quote(prefix),
+        shell_quote(emu.url), shell_quote(emu.project_id))
+    local pipe = assert(io.popen(command, "r"))
+    local output = pipe:read("*a")
+    pipe:close()
+    run_command("rm -rf " .. shell_quote(prefix))
+
+    local stdout, status = output:match("^(.-)exit=(%d+)\n$")
+    assert.equal("0", status, output)
+    assert.is_table(cjson.decode(stdout))
+  end)
+
+  it("rejects a directory as token file", function()
+    local status, _, stderr = run_tool({ "--token-file", home,
+      "--endpoint", emu.url, "--project-id", emu.project_id, "replay.bin" })
+
+    assert.equal(2, status)
+    assert.is_not_nil(stderr:find("Is a directory", 1, true), stderr)
+    assert.is_nil(stderr:find("is empty", 1, true), stderr)
+  end)
+
+  it("checks --ca-file before any request", function()
+    for _, ca_file in ipairs{ home .. "/missing.pem", "" } do
+      local args = endpoint_args("replay.bin")
+      table.insert(args, 1, ca_file)
+      table.insert(args, 1, "--ca-file")
+      local status, stdout, stderr = run_tool(args, emu.token)
+
+      assert.equal(2, status, stderr)
+      assert.equal("", stdout)
+      assert.is_not_nil(stderr:find("--ca-file", 1, true), stderr)
+    end
+    assert.equal(0, emu:stats().requests)
+  end)
+
+  it("takes only digits for --timeout-ms", function()
+    for _, value in ipairs{ "0x10", "1e3", " 100 ", "0", "86400001", "-5" } do
+      local args = endpoint_args("replay.bin")
+      table.insert(args, 1, value)
+      table.insert(args, 1, "--timeout-ms")
+      local status, _, stderr = run_tool(args, emu.token)
+
+      assert.equal(2, status, value)
+      assert.is_not_nil(stderr:find("invalid --timeout-ms", 1, true), stderr)
+    end
+    assert.equal(0, emu:stats().requests)
+  end)
+
   it("suggests --allow-http for remote http", function()
     -- Rejected before any connection, so nothing leaves this machine.
     local status, _, stderr = run_tool({ "--endpoint", "http://example.invalid",
@@ -630,7 +687,22 @@ describe("appcenter-credential", function()
 
       assert.equal(2, status)
       assert.equal("", stdout)
-      assert.is_not_nil(stderr:find("cannot read --upload file", 1, true), stderr)
+      assert.is_not_nil(stderr:find("--upload: invalid path", 1, true), stderr)
+      assert.is_not_nil(stderr:find("No such file or directory", 1, true), stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("FIFO exits 2 without waiting", function()
+      local fifo = directory .. "/upload.fifo"
+      assert(os.execute("mkfifo " .. shell_quote(fifo)))
+      -- A writer that opens the FIFO after 3 s bounds a blocking open.
+      os.execute(("(sleep 3; : > %s) >/dev/null 2>&1 &"):format(shell_quote(fifo)))
+      local started = os.time()
+      local status, _, stderr = run_tool(upload_args(fifo), emu.token)
+
+      assert.equal(2, status)
+      assert.is_not_nil(stderr:find("not a regular file", 1, true), stderr)
+      assert.is_true(os.time() - started < 3, "the tool waited for a writer")
       assert.equal(0, emu:stats().requests)
     end)
 
