@@ -177,6 +177,8 @@ describe("appcenter.core", function()
       { "project_id", { project_id = "a%b" } },
       { "project_id", { project_id = "a b" } },
       { "project_id", { project_id = "a\tb" } },
+      { "project_id '.'", { project_id = "." } },
+      { "project_id '..'", { project_id = ".." } },
       { "endpoint", { endpoint = "ftp://127.0.0.1" } },
       { "endpoint", { endpoint = "http://127.0.0.1:1/?q=1" } },
       { "endpoint", { endpoint = "http://127.0.0.1:1/#top" } },

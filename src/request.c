@@ -142,6 +142,13 @@ int ac_check_project_id(const char *s, size_t len, char *msg) {
       return -1;
     }
   }
+  /* A dot segment would make the path point elsewhere. */
+  if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.')) {
+    snprintf(msg, AC_MSG_SIZE, "invalid project_id '%.*s': pass the "
+             "project id of the region (IAM console, My Credentials)",
+             (int)len, s);
+    return -1;
+  }
   return 0;
 }
 
