@@ -281,6 +281,27 @@ describe("core.sign", function()
         "appcenter.core.sign: field 'headers' must be a table, got string")
     end)
 
+    it("rejects input that would break the request", function()
+      local cases = {
+        { { method = "GE T" }, "field 'method' must be an HTTP method" },
+        { { method = "" }, "field 'method' must be an HTTP method" },
+        { { url = "https://h.example.com/\r\nX: 1" }, "field 'url' contains a line break" },
+        { { headers = { ["X-A"] = "1\r\nX-B: 2" } }, "header 'X-A' contains a line break" },
+        { { headers = { ["X A"] = "1" } }, "header name 'X A' is not a valid" },
+        { { headers = { [""] = "1" } }, "header name '' is not a valid" },
+        { { headers = { ["X-A"] = "1", ["x-a"] = "2" } }, "is given twice" },
+        { { ak = "FAKE\nAK" }, "field 'ak' contains white space" },
+        { { ak = "A, Signature=x" }, "field 'ak' contains white space" },
+        { { ak = "" }, "field 'ak' is empty" },
+        { { sk = "" }, "field 'sk' is empty" },
+      }
+      for _, case in ipairs(cases) do
+        local ok, message = pcall(sign_with(case[1]))
+        assert.is_false(ok, case[2])
+        assert.is_truthy(message:find(case[2], 1, true), message)
+      end
+    end)
+
     it("rejects a malformed date", function()
       assert.has_error(sign_with({ date = "2020-06-08" }),
         "appcenter.core.sign: field 'date' must look like 20060102T150405Z, "

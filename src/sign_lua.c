@@ -108,11 +108,37 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
 }
 
 
+/* Reports whether s is a non-empty HTTP token (RFC 9110 tchar), the form
+ * of methods and header names. */
+static int is_token(const char *s, size_t len) {
+  size_t i;
+
+  if (len == 0)
+    return 0;
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+          || (c >= 'A' && c <= 'Z') || strchr("!#$%&'*+-.^_`|~", c) != NULL)
+        || c == '\0')
+      return 0;
+  }
+  return 1;
+}
+
+
+/* Reports whether s has a CR, LF or NUL, which would end a header line
+ * or the text early. */
+static int has_line_break(const char *s, size_t len) {
+  return memchr(s, '\r', len) != NULL || memchr(s, '\n', len) != NULL
+      || memchr(s, '\0', len) != NULL;
+}
+
+
 /* Collects headers from the `headers` table, except X-Sdk-Date, which
  * the signer sets; returns how many. The names and values stay alive in
  * that table. */
 static size_t read_headers(lua_State *L, int idx, ac_header *h) {
-  size_t n = 0;
+  size_t n = 0, i;
 
   if (lua_isnil(L, idx))
     return 0;
@@ -133,6 +159,17 @@ static size_t read_headers(lua_State *L, int idx, ac_header *h) {
                  AC_SIGN_MAX_HEADERS);
     h[n].name = lua_tolstring(L, -2, &h[n].name_len);
     h[n].value = lua_tolstring(L, -1, &h[n].value_len);
+    if (!is_token(h[n].name, h[n].name_len))
+      luaL_error(L, "appcenter.core.sign: header name '%s' is not a valid "
+                 "HTTP field name", h[n].name);
+    if (has_line_break(h[n].value, h[n].value_len))
+      luaL_error(L, "appcenter.core.sign: the value of header '%s' "
+                 "contains a line break or NUL", h[n].name);
+    for (i = 0; i < n; i++)
+      if (strcasecmp(h[i].name, h[n].name) == 0)
+        luaL_error(L, "appcenter.core.sign: header '%s' is given twice "
+                   "(names are case-insensitive); join the values with "
+                   "', '", h[n].name);
     if (strcasecmp(h[n].name, "x-sdk-date") != 0)
       n++;
     lua_pop(L, 1);
@@ -173,18 +210,33 @@ int ac_l_sign(lua_State *L) {
   ac_sign_input in;
   ac_buf *auth, *canonical;
   url_parts u;
-  size_t url_len, n;
+  size_t url_len, n, len, i;
   const char *url;
 
   luaL_checktype(L, 1, LUA_TTABLE);
   memset(&in, 0, sizeof in);
-  in.method = field_string(L, "method", NULL, 0);
+  in.method = field_string(L, "method", &len, 0);
   if (in.method == NULL)
     in.method = "POST";
+  else if (!is_token(in.method, len))
+    luaL_error(L, "appcenter.core.sign: field 'method' must be an HTTP "
+               "method such as POST");
   url = field_string(L, "url", &url_len, 1);
+  if (has_line_break(url, url_len))
+    luaL_error(L, "appcenter.core.sign: field 'url' contains a line break "
+               "or NUL");
   in.body = field_string(L, "body", &in.body_len, 0);
-  in.ak = field_string(L, "ak", NULL, 1);
+  /* The access key goes into the Authorization value as it is. */
+  in.ak = field_string(L, "ak", &len, 1);
+  for (i = 0; i < len; i++)
+    if ((unsigned char)in.ak[i] <= ' ' || in.ak[i] == ',' || in.ak[i] == 0x7F)
+      luaL_error(L, "appcenter.core.sign: field 'ak' contains white space, "
+                 "a control byte or ','; pass the access key alone");
+  if (len == 0)
+    luaL_error(L, "appcenter.core.sign: field 'ak' is empty");
   in.sk = field_string(L, "sk", &in.sk_len, 1);
+  if (in.sk_len == 0)
+    luaL_error(L, "appcenter.core.sign: field 'sk' is empty");
   read_date(L, date);
   in.sdk_date = date;
 
