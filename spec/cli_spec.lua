@@ -442,6 +442,15 @@ describe("appcenter-credential", function()
     assert.equal(0, emu:stats().requests)
   end)
 
+  it("names an option given as a value", function()
+    local status, _, stderr = run_tool({ "--endpoint", "--project-id",
+      emu.project_id, "replay.bin" }, emu.token)
+
+    assert.equal(2, status)
+    assert.is_not_nil(stderr:find("option --endpoint requires a value, got the option --project-id",
+      1, true), stderr)
+  end)
+
   it("takes only digits for --timeout-ms", function()
     for _, value in ipairs{ "0x10", "1e3", " 100 ", "0", "86400001", "-5" } do
       local args = endpoint_args("replay.bin")
