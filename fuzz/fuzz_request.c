@@ -117,7 +117,8 @@ static int reference_project_id_ok(const char *s, size_t len) {
   for (i = 0; i < len; i++)
     if (s[i] <= ' ' || s[i] >= 0x7F || strchr("/?#%", s[i]) != NULL)
       return 0;
-  return 1;
+  /* "." and ".." are dot segments, which libcurl would remove. */
+  return !(len <= 2 && s[0] == '.' && s[len - 1] == '.');
 }
 
 
