@@ -491,8 +491,8 @@ static void find_error_fields(lua_State *L, int body, char *code,
 /* Kinds of keys that name a returned secret. */
 enum { AC_SECRET_VALUE = 1, AC_SECRET_OBJECT = 2 };
 
-/* Tells whether the key on the stack at idx names a returned secret:
- * AC_SECRET_VALUE for "secret" and "security_token", whose strings and
+/* Returns the kind of returned secret that the key on the stack at idx
+ * names: AC_SECRET_VALUE for "secret" and "security_token", whose strings and
  * arrays of strings are secrets, AC_SECRET_OBJECT for "credential", a
  * secret only as a string, and 0 otherwise. */
 static int secret_key(lua_State *L, int idx) {
@@ -615,7 +615,7 @@ static void push_http_error(lua_State *L, const ac_response *r) {
 
     /* The Location may carry the request's own token as a query. */
     clean_text(prefix, to, strlen(to), 200, 0);
-    cut_and_redact(prefix, 200, secrets);
+    ac_redact(prefix, secrets);
     snprintf(message, sizeof message, "HTTP %ld: a redirect%s%.200s, which "
              "is not followed; check the endpoint or region", r->status,
              prefix[0] ? " to " : " without a Location", prefix);

@@ -112,7 +112,6 @@ local function new_client(opts, caller)
   end
   return setmetatable({
     core_client = core_client,
-    in_nginx = in_nginx,
     policy = options.build_policy(opts, clock),
   }, Client)
 end
@@ -148,19 +147,16 @@ function Client:create_credential(file_name)
   end
 
   local core_client = self.core_client
-  local in_nginx = self.in_nginx
   return retry.run(self.policy, function(timeout_ms, deadline_left_ms)
     local call_opts
     if timeout_ms then
       call_opts = { timeout_ms = timeout_ms }
     end
-    if in_nginx then
-      -- The attempt may wait in the thread pool's queue, which the
-      -- deadline covers (appcenter/ngx.lua).
-      return core_client:create_credential(file_name, call_opts,
-        deadline_left_ms)
-    end
-    return core_client:create_credential(file_name, call_opts)
+    -- Inside nginx an attempt may wait in the thread pool's queue, which
+    -- the deadline covers (appcenter/ngx.lua). appcenter.core ignores the
+    -- third argument.
+    return core_client:create_credential(file_name, call_opts,
+      deadline_left_ms)
   end, stop_when_closed(self))
 end
 
