@@ -252,6 +252,45 @@ describe("credentials", function()
         .. " section [basic] of " .. profile_path, err.message)
     end)
 
+    it("names a missing [basic] section and its case", function()
+      write_profile("[Basic]\nak = " .. FAKE_AK .. "\nsk = " .. FAKE_SK .. "\n")
+
+      local _, err = credentials.resolve({ project_id = "p" })
+
+      assert.equal("missing credentials: pass token, or ak and sk, or set"
+        .. " HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or add ak and sk to"
+        .. " section [basic] of " .. profile_path .. " (the file has no"
+        .. " section [basic] (section names are case-sensitive, and it has"
+        .. " [Basic]))", err.message)
+    end)
+
+    it("names a missing [basic] section in the project_id message", function()
+      env.HUAWEICLOUD_SDK_AK = FAKE_AK
+      env.HUAWEICLOUD_SDK_SK = FAKE_SK
+      write_profile("[other]\nproject_id = p\n")
+
+      local _, err = credentials.resolve({})
+
+      assert.equal("missing project_id: pass project_id, or set"
+        .. " HUAWEICLOUD_SDK_PROJECT_ID, or add project_id to section"
+        .. " [basic] of " .. profile_path .. " (the file has no section"
+        .. " [basic])", err.message)
+    end)
+
+    it("says inside nginx that nginx clears the environment", function()
+      local saved_ngx = rawget(_G, "ngx")
+      _G.ngx = { config = {} }
+      local ok, _, err = pcall(credentials.resolve, { project_id = "p" })
+      _G.ngx = saved_ngx
+
+      local advice = "; inside nginx, keep the variables with `env` lines in"
+        .. " the main context of nginx.conf, such as `env HUAWEICLOUD_SDK_AK;`,"
+        .. " `env HUAWEICLOUD_SDK_SK;` and `env HOME;`, because nginx clears"
+        .. " its workers' environment"
+      assert.is_true(ok)
+      assert.equal(advice, err.message:sub(-#advice))
+    end)
+
     it("missing default file with keys from environment", function()
       env.HUAWEICLOUD_SDK_AK = FAKE_AK
       env.HUAWEICLOUD_SDK_SK = FAKE_SK

@@ -199,9 +199,23 @@ local function strip_path_prefix(message, path)
   return message
 end
 
+-- Returns a note for "missing" messages when the parsed profile file has
+-- no [basic] section, naming a section that differs only in case.
+local function missing_section_note(sections)
+  local note = ("the file has no section [%s]"):format(credentials.SECTION)
+  for name in pairs(sections) do
+    if name:lower() == credentials.SECTION then
+      return ("%s (section names are case-sensitive, and it has [%s])")
+        :format(note, name)
+    end
+  end
+  return note
+end
+
 -- Reads and parses the profile file. Returns its [basic] entries (an empty
--- table when the default file or the section does not exist), or nil and
--- an error.
+-- table when the default file or the section does not exist), plus a note
+-- when the file exists without that section. Returns nil and an error
+-- when the file cannot be read or parsed.
 local function read_profile(path, named)
   local file, message, errno = io.open(path, "rb")
   if not file then
@@ -231,7 +245,11 @@ local function read_profile(path, named)
   if not sections then
     return nil, invalid(message)
   end
-  return sections[credentials.SECTION] or {}
+  local entries = sections[credentials.SECTION]
+  if not entries then
+    return {}, missing_section_note(sections)
+  end
+  return entries
 end
 
 
@@ -376,14 +394,28 @@ end
 
 -- Returns the advice for adding `keys` (a phrase such as "ak and sk") to
 -- the profile file at `path`, or to a file named by the variable when
--- there is no default path.
-local function profile_advice(keys, path)
+-- there is no default path. `note` describes what the file lacks, if known.
+local function profile_advice(keys, path, note)
   local section = "section [" .. credentials.SECTION .. "]"
   if path then
-    return ("add %s to %s of %s"):format(keys, section, path)
+    return ("add %s to %s of %s%s"):format(keys, section, path,
+      note and " (" .. note .. ")" or "")
   end
   return ("set %s to a file whose %s has %s"):format(credentials.ENV_FILE,
     section, keys)
+end
+
+-- nginx starts its workers with an empty environment apart from TZ and
+-- the variables that `env` lines of nginx.conf keep. So inside nginx the
+-- "missing" messages name those lines.
+local function nginx_advice()
+  if type(ngx) ~= "table" or type(ngx.config) ~= "table" then
+    return ""
+  end
+  return ("; inside nginx, keep the variables with `env` lines in the "
+    .. "main context of nginx.conf, such as `env %s;`, `env %s;` and "
+    .. "`env HOME;`, because nginx clears its workers' environment")
+    :format(credentials.ENV_AK, credentials.ENV_SK)
 end
 
 -- How callers of credentials.resolve pass credentials and project_id
@@ -393,16 +425,16 @@ local DEFAULT_ADVICE = {
   project_id = "pass project_id",
 }
 
-local function missing_keys_error(path, advice)
-  return invalid(("missing credentials: %s, or set %s and %s, or %s")
+local function missing_keys_error(path, note, advice)
+  return invalid(("missing credentials: %s, or set %s and %s, or %s%s")
     :format(advice.credentials, credentials.ENV_AK, credentials.ENV_SK,
-    profile_advice("ak and sk", path)))
+    profile_advice("ak and sk", path, note), nginx_advice()))
 end
 
-local function missing_project_id_error(path, advice)
-  return invalid(("missing project_id: %s, or set %s, or %s")
+local function missing_project_id_error(path, note, advice)
+  return invalid(("missing project_id: %s, or set %s, or %s%s")
     :format(advice.project_id, credentials.ENV_PROJECT_ID,
-    profile_advice("project_id", path)))
+    profile_advice("project_id", path, note), nginx_advice()))
 end
 
 -- Returns a copy of `opts` (the options for core.new) with the keys and
@@ -436,16 +468,16 @@ function credentials.resolve(opts, advice)
     end
   end
 
-  local path, named
+  local path, named, note
   if need.keys or need.project_id then
     path, named = profile_path(getenv)
   end
   if path then
-    local entries
-    entries, err = read_profile(path, named)
+    local entries, note_or_err = read_profile(path, named)
     if not entries then
-      return nil, err
+      return nil, note_or_err
     end
+    note = note_or_err
     ok, err = fill_from(resolved, profile_source(path, entries), need)
     if not ok then
       return nil, err
@@ -453,9 +485,9 @@ function credentials.resolve(opts, advice)
   end
 
   if need.keys then
-    return nil, missing_keys_error(path, advice)
+    return nil, missing_keys_error(path, note, advice)
   elseif need.project_id then
-    return nil, missing_project_id_error(path, advice)
+    return nil, missing_project_id_error(path, note, advice)
   end
   return resolved
 end
