@@ -561,6 +561,7 @@ http {
     lua_package_path "${APPCENTER_ROOT}/lua/?.lua;${APPCENTER_ROOT}/lua/?/init.lua;;";
     lua_package_cpath "${APPCENTER_ROOT}/build/luajit/?.so;;";
     lua_shared_dict results 1m;
+    lua_worker_thread_vm_pool_size 2;
 
     init_by_lua_block {
         function call_and_record(key, thread_pool)
@@ -637,6 +638,23 @@ http {
             }
         }
 
+        location = /prepare-too-many {
+            content_by_lua_block {
+                local ok, err = pcall(require("appcenter.ngx").prepare_thread_vms, 3)
+                ngx.say(ok and "prepared" or "raised: " .. tostring(err))
+            }
+        }
+
+        location = /environment-credentials {
+            content_by_lua_block {
+                local client, err = require("appcenter").new({
+                    endpoint = os.getenv("APPCENTER_ENDPOINT"),
+                    project_id = os.getenv("APPCENTER_PROJECT_ID"),
+                })
+                ngx.say(client and "created" or tostring(err))
+            }
+        }
+
         location = /result {
             content_by_lua_block {
                 local value = ngx.shared.results:get(ngx.var.arg_key)
@@ -655,6 +673,9 @@ http {
         APPCENTER_ENDPOINT = emu.url,
         APPCENTER_PROJECT_ID = emu.project_id,
         APPCENTER_TOKEN = emu.token,
+        -- No env line keeps these, so the workers do not see them.
+        HUAWEICLOUD_SDK_AK = emu.ak,
+        HUAWEICLOUD_SDK_SK = emu.sk,
       })
     end)
 
@@ -718,6 +739,24 @@ http {
       assert.are.equal(("appcenter.client (%s, project %s)"):format(emu.url,
         emu.project_id), lines[2])
       assert.are.equal("appcenter.client (closed)", lines[3])
+    end)
+
+    it("says the VM pool is smaller than prepare_thread_vms asked", function()
+      local status, body = nginx:get("/prepare-too-many")
+      assert.are.equal(200, status)
+      assert.is_truthy(body:find("raised: appcenter: ngx.run_worker_thread "
+        .. "found no free Lua VM", 1, true), body)
+      assert.is_truthy(body:find("or the pool has fewer VMs than the calls "
+        .. "made at once; raise lua_worker_thread_vm_pool_size", 1, true), body)
+    end)
+
+    it("names the env lines when the workers lack the variables", function()
+      local status, body = nginx:get("/environment-credentials")
+      assert.are.equal(200, status)
+      assert.is_truthy(body:find("appcenter: invalid_argument: missing "
+        .. "credentials: ", 1, true), body)
+      assert.is_truthy(body:find("such as `env HUAWEICLOUD_SDK_AK;`", 1, true),
+        body)
     end)
 
     it("works from a timer", function()
@@ -836,6 +875,23 @@ http {
                         deadline_ms))
                 end))
                 ngx.say("started")
+            }
+        }
+
+        location = /prepare-too-many {
+            content_by_lua_block {
+                local ok, err = pcall(require("appcenter.ngx").prepare_thread_vms, 3)
+                ngx.say(ok and "prepared" or "raised: " .. tostring(err))
+            }
+        }
+
+        location = /environment-credentials {
+            content_by_lua_block {
+                local client, err = require("appcenter").new({
+                    endpoint = os.getenv("APPCENTER_ENDPOINT"),
+                    project_id = os.getenv("APPCENTER_PROJECT_ID"),
+                })
+                ngx.say(client and "created" or tostring(err))
             }
         }
 

@@ -273,9 +273,11 @@ local function raise_thread_failure(message, pool)
       .. "configured pool"):format(pool, pool), 0)
   end
   if message:find("no available Lua vm", 1, true) then
-    error("appcenter: every Lua VM of ngx.run_worker_thread is busy; "
-      .. "raise lua_worker_thread_vm_pool_size in the http block above the "
-      .. "number of concurrent calls per worker", 0)
+    error("appcenter: ngx.run_worker_thread found no free Lua VM: every "
+      .. "VM of its pool is busy, or the pool has fewer VMs than the calls "
+      .. "made at once; raise lua_worker_thread_vm_pool_size in the http "
+      .. "block above the number of concurrent calls per worker (and above "
+      .. "the count passed to prepare_thread_vms)", 0)
   end
   error(("appcenter: ngx.run_worker_thread failed: %s; check that "
     .. "lua_package_path and lua_package_cpath reach the appcenter module "
