@@ -605,6 +605,12 @@ local function await_request(name, alternative, start)
     error(("appcenter: %s must be called inside a coroutine; outside "
       .. "one, call %s"):format(name, alternative), 2)
   end
+  if coroutine.isyieldable and not coroutine.isyieldable() then
+    error(("appcenter: %s cannot yield here, because a C function (such "
+      .. "as a table.sort comparator or a metamethod) runs between it and "
+      .. "its coroutine; call it from the coroutine's own code, or call %s")
+      :format(name, alternative), 2)
+  end
 
   local outcome
   local yielded = false
