@@ -507,8 +507,8 @@ describe("appcenter-credential", function()
         end, "token", "expected one FILE_NAME, got 2" },
       { "missing project id", function()
           return { "--endpoint", emu.url, "replay.bin" }
-        end, "token", "missing project_id: pass --project-id ID, or set"
-          .. " HUAWEICLOUD_SDK_PROJECT_ID" },
+        end, "token", "missing project_id: pass --project-id ID or set"
+          .. " APPCENTER_PROJECT_ID, or set HUAWEICLOUD_SDK_PROJECT_ID" },
       { "unknown option", function()
           local args = endpoint_args("replay.bin")
           args[#args + 1] = "--verbose"
