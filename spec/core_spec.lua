@@ -650,13 +650,15 @@ describe("appcenter.core", function()
   describe("transport", function()
     -- Runs one call in a child process with the given environment and
     -- returns its output: "ok", or the error kind and message.
-    local function call_with_environment(env)
+    local function call_with_environment(env, proxy)
       local script = ([[
         local core = require("appcenter.core")
-        local client = assert(core.new{ endpoint = %q, project_id = %q, token = %q })
+        local client = assert(core.new{ endpoint = %q, project_id = %q,
+          token = %q, proxy = %s })
         local result, err = client:create_credential("a.txt")
         io.write(result and "ok" or (err.kind .. ": " .. err.message))
-      ]]):format(emu.url, emu.project_id, emu.token)
+      ]]):format(emu.url, emu.project_id, emu.token,
+        proxy and ("%q"):format(proxy) or "nil")
       local names = { "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
         "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY" }
       local status, stdout, stderr = subprocess.run_lua(script, names, os.getenv("HOME") or "/", env)
@@ -676,6 +678,24 @@ describe("appcenter.core", function()
         assert.equals(0, emu:stats().requests)
       end)
     end
+
+    it("names the proxy variable when the proxy refuses", function()
+      local output = call_with_environment({ http_proxy = "http://127.0.0.1:1" })
+
+      assert.matches("^network: Failed to connect to 127.0.0.1 port 1 ", output)
+      assert.matches(" (check the endpoint's host and port, and the proxy in "
+        .. "http_proxy, through which libcurl connects unless no_proxy lists "
+        .. "the endpoint's host)", output, 1, true)
+    end)
+
+    it("names the proxy option when the proxy refuses", function()
+      local output = call_with_environment({}, "http://127.0.0.1:1")
+
+      assert.matches(" (check the endpoint's host and port, and the proxy "
+        .. "option, through which libcurl connects unless no_proxy lists the "
+        .. "endpoint's host)", output, 1, true)
+      assert.equals(0, emu:stats().requests)
+    end)
 
     it("honours no_proxy with a proxy variable", function()
       local output = call_with_environment({

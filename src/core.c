@@ -633,6 +633,27 @@ static const char *curl_kind(CURLcode rc) {
 }
 
 
+/* Writes the source of the proxy of t's transfer into label: "the proxy
+ * option", the variable that libcurl read it from, or "" for no proxy. */
+static void proxy_label(const ac_client *c, ac_transport *t, char *label,
+                        size_t size) {
+  const char *proxy = c->transport_opts.proxy;
+  const char *variable;
+  char *url = NULL;
+
+  label[0] = '\0';
+  if (proxy != NULL) {
+    if (proxy[0] != '\0')
+      snprintf(label, size, "the proxy option");
+    return;
+  }
+  curl_easy_getinfo(t->curl, CURLINFO_EFFECTIVE_URL, &url);
+  variable = ac_transport_proxy_variable(url != NULL ? url : "");
+  if (variable != NULL)
+    snprintf(label, size, "the proxy in %s", variable);
+}
+
+
 /* Pushes nil and the error for a failed libcurl transfer. */
 static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
                                CURLcode rc, long status) {
@@ -672,6 +693,9 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
   } else {
     const char *text = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
     const char *hint = "";
+    char proxy[32], proxy_hint[160];
+
+    proxy_label(c, t, proxy, sizeof proxy);
 
     /* OpenSSL reports a server that replies to a handshake in plain HTTP
      * as a wrong version number. */
@@ -684,7 +708,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              "host name)";
     else if (rc == CURLE_SSL_CACERT_BADFILE)
       hint = " (ca_file must name a readable file of PEM certificates)";
-    else if (rc == CURLE_COULDNT_CONNECT)
+    else if (rc == CURLE_COULDNT_CONNECT && proxy[0] != '\0') {
+      snprintf(proxy_hint, sizeof proxy_hint, " (check the endpoint's host "
+               "and port, and %s, through which libcurl connects unless "
+               "no_proxy lists the endpoint's host)", proxy);
+      hint = proxy_hint;
+    } else if (rc == CURLE_COULDNT_CONNECT)
       hint = " (check the endpoint's host and port, and that the service "
              "is reachable from this machine)";
     else if (rc == CURLE_COULDNT_RESOLVE_HOST)

@@ -138,6 +138,26 @@ const char *ac_transport_default_proxy(void) {
 }
 
 
+/* libcurl reads <scheme>_proxy, then its upper-case form except
+ * HTTP_PROXY, then all_proxy and ALL_PROXY, and skips empty values. */
+const char *ac_transport_proxy_variable(const char *url) {
+  static const char *const https_names[] = {
+    "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL
+  };
+  static const char *const http_names[] = {
+    "http_proxy", "all_proxy", "ALL_PROXY", NULL
+  };
+  const char *const *name =
+      strncasecmp(url, "https:", 6) == 0 ? https_names : http_names;
+  const char *value;
+
+  for (; *name != NULL; name++)
+    if ((value = getenv(*name)) != NULL && *value != '\0')
+      return *name;
+  return NULL;
+}
+
+
 static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   CURL *c = t->curl;
   CURLcode rc = CURLE_OK;

@@ -69,6 +69,10 @@ void ac_transport_free(ac_transport *t);
  * that libcurl stops looking them up on every transfer. */
 const char *ac_transport_default_proxy(void);
 
+/* Returns the name of the variable from which libcurl takes a proxy for
+ * url, or NULL when none of those variables is set. */
+const char *ac_transport_proxy_variable(const char *url);
+
 /* Frees a header list, first wiping each line, because a line can
  * contain a token or a security token. */
 void ac_free_secret_headers(struct curl_slist *list);
