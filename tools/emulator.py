@@ -2519,6 +2519,11 @@ next two create-credential requests get a 503, then one waits 2 s:
   curl -X POST http://127.0.0.1:CONTROL/faults -d '[{"status": 503, "times": 2},
       {"delay_ms": 2000}]'
 
+Faults stay queued until requests use them. POST /reset clears them,
+together with the settings, counters and stored objects:
+
+  curl -X POST http://127.0.0.1:CONTROL/reset
+
 The header of tools/emulator.py lists every fault field, the other control
 requests and the error codes the emulator sends.""",
     )
@@ -2562,7 +2567,10 @@ requests and the error codes the emulator sends.""",
         help="accepted X-Auth-Token value(s), replacing the default %s" % DEFAULT_TOKEN,
     )
     parser.add_argument(
-        "--ak", action="append", help="accepted access key, paired in order with --sk"
+        "--ak",
+        action="append",
+        help="accepted access key, paired in order with --sk (default %s with "
+        "the secret key %s)" % (DEFAULT_AK, DEFAULT_SK),
     )
     parser.add_argument(
         "--sk", action="append", help="secret key of the --ak at the same position"
