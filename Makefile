@@ -153,8 +153,10 @@ uninstall:
 	done
 	rm -f $(DESTDIR)$(BINDIR)/appcenter-credential
 
+# luarocks make compiles in the checkout: its objects and module go too.
 clean:
-	rm -rf build
+	rm -rf build appcenter/core.so src/*.o
+	-rmdir appcenter 2>/dev/null
 
 # ---------------------------------------------------------------------
 # Robustness checks
