@@ -878,20 +878,13 @@ http {
             }
         }
 
-        location = /prepare-too-many {
+        # The usual OpenResty timeout: run the call in a light thread,
+        # give up after 0.2 s and kill that thread.
+        location = /kill-caller {
             content_by_lua_block {
-                local ok, err = pcall(require("appcenter.ngx").prepare_thread_vms, 3)
-                ngx.say(ok and "prepared" or "raised: " .. tostring(err))
-            }
-        }
-
-        location = /environment-credentials {
-            content_by_lua_block {
-                local client, err = require("appcenter").new({
-                    endpoint = os.getenv("APPCENTER_ENDPOINT"),
-                    project_id = os.getenv("APPCENTER_PROJECT_ID"),
-                })
-                ngx.say(client and "created" or tostring(err))
+                local thread = ngx.thread.spawn(timed_call, "killed.bin")
+                ngx.sleep(0.2)
+                ngx.say("killed: ", tostring(ngx.thread.kill(thread)))
             }
         }
 
@@ -995,6 +988,20 @@ http {
       assert.is_truthy(body:find("(not retried: the deadline has passed)", 1,
         true), body)
       assert.are.equal(2, emu:stats().requests)
+    end)
+
+    it("ends the request when the caller thread is killed", function()
+      nginx = start(1)
+      emu:config({ delay_ms = 1000 })
+
+      local status, body, seconds = nginx:get("/kill-caller")
+
+      assert.are.equal(200, status)
+      assert.are.equal("killed: 1\n", body)
+      -- nginx ends the request once its last light thread ends. The
+      -- keeper sees the dead caller within its 1 s sleep; before, it kept
+      -- the request open for good.
+      assert.is_true(seconds < 2.5, ("took %.3f s"):format(seconds))
     end)
 
     it("answers calls in flight during a reload", function()

@@ -380,14 +380,17 @@ end
 local KEEPER_SLEEP_SECONDS = 1
 
 -- Starts a light thread that sleeps with ngx.sleep until `running[1]` is
--- false. During a graceful shutdown (reload or quit), an old worker exits
--- once it has no timer left, and ngx.run_worker_thread sets none. The
--- keeper's sleep timer keeps the worker, and the request whose attempt is
--- on the pool, alive until the attempt ends. Returns the light thread,
--- or nil in a phase where ngx.thread.spawn raises.
-local function start_keeper(running)
+-- false or the coroutine `caller` is dead. During a graceful shutdown
+-- (reload or quit), an old worker exits once it has no timer left, and
+-- ngx.run_worker_thread sets none. The keeper's sleep timer keeps the
+-- worker, and the request whose attempt is on the pool, alive until the
+-- attempt ends. A caller killed with ngx.thread.kill never ends its
+-- attempt, so the keeper also checks the caller: nginx keeps a request
+-- open while any of its light threads runs. Returns the light thread, or
+-- nil in a phase where ngx.thread.spawn raises.
+local function start_keeper(running, caller)
   local spawned, keeper = pcall(ngx.thread.spawn, function()
-    while running[1] do
+    while running[1] and coroutine.status(caller) ~= "dead" do
       ngx.sleep(KEEPER_SLEEP_SECONDS)
     end
   end)
@@ -419,7 +422,7 @@ function ThreadClient:create_credential(file_name, call_opts,
   end
 
   local running = { true }
-  local keeper = start_keeper(running)
+  local keeper = start_keeper(running, coroutine.running())
   -- pcall, so that the keeper ends whatever ngx.run_worker_thread does.
   local called, ok, status, first, second = pcall(ngx.run_worker_thread,
     self.thread_pool, THREAD_MODULE, THREAD_FUNCTION, self.core_opts,
