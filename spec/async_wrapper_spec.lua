@@ -653,6 +653,35 @@ describe("appcenter async wrapper", function()
       assert.equal(2, outcome[2].attempts)
     end)
 
+    it("cancel while waiting returns the retry's budget", function()
+      -- The budget pays for one retry only.
+      local client = fake_client{
+        random = constant(0),
+        budget = { capacity = 5, retry_cost = 5 },
+      }
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1,
+        headers = { ["Retry-After"] = "5" } }
+      local request = client:start("a.bin", function() end)
+      for _ = 1, 50 do
+        if request:status() == "waiting" then
+          break
+        end
+        client:poll(100)
+      end
+      assert.equal("waiting", request:status())
+      assert.is_true(request:cancel())
+
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local outcome
+      client:start("b.bin", function(a, b)
+        outcome = { a, b }
+      end)
+      drive(client)
+
+      assert.is_table(outcome[1], tostring(outcome[2]))
+      assert.equal(2, outcome[2].attempts)
+    end)
+
     it("cancel raises callback error", function()
       local client = new_client()
       local request = client:start("a.bin", function()

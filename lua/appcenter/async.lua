@@ -554,6 +554,7 @@ local function cancel_request(request)
   end
   if request.stage == "waiting" then
     state.waiting[request] = nil
+    request.call:drop_retry()
     finish(request, nil, cancelled_error(request, "the request was cancelled"))
     return true
   end

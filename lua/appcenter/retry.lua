@@ -285,8 +285,8 @@ end
 
 
 -- Gives back the tokens that the retry which Call:complete planned took
--- from the retry budget, when the call ends before that retry runs: closed
--- or cancelled from on_retry.
+-- from the retry budget, when the call ends before that retry runs:
+-- closed or cancelled from on_retry, or cancelled while it waits.
 function Call:drop_retry()
   local cost = self.last_retry_cost
   if self.policy.budget and cost and cost > 0 then
