@@ -106,6 +106,23 @@ describe("appcenter.core async", function()
       message, 1, true)
   end)
 
+  it("raises when an option's __index closes the client", function()
+    local client = new_client()
+    local calls = 0
+    local call_opts = setmetatable({}, { __index = function()
+      client:close()
+    end })
+
+    assert.has_error(function()
+      client:start("a.bin", function()
+        calls = calls + 1
+      end, call_opts)
+    end, "appcenter.core: the client is closed")
+    assert.equals(0, calls)
+    assert.equals(0, client:pending())
+    assert.equals(0, emu:stats().requests)
+  end)
+
   it("raises on a missing callback", function()
     local client = new_client()
     assert.has_error(function()

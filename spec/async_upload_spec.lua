@@ -378,6 +378,29 @@ describe("async upload", function()
     client:close()
   end)
 
+  it("raises when an __index closes the client", function()
+    local path = make_file("closing.bin", "closing")
+    local client = new_client()
+    local result = credential(client, "closing.bin")
+    local calls = 0
+    local opts = setmetatable({ path = path }, { __index = function(_, name)
+      if name == "content_md5" then
+        client:close()
+      end
+    end })
+
+    local ok, message = pcall(client.start_upload, client, result, opts,
+      function()
+        calls = calls + 1
+      end)
+
+    assert.is_false(ok)
+    assert.matches("appcenter.core: the client is closed", message, 1, true)
+    assert.equals(0, open_fd_count(path))
+    assert.equals(0, calls)
+    assert.equals(0, emu:stats().obs_requests)
+  end)
+
   -- The credentials come from a client of their own whose connection
   -- stays open, so that only the uploading client changes the count.
   it("closes the file on cancel", function()

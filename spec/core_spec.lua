@@ -350,6 +350,19 @@ describe("appcenter.core", function()
       end)
     end)
 
+    it("raises when an option's __index closes the client", function()
+      local client = new_client()
+      local call_opts = setmetatable({}, { __index = function()
+        client:close()
+        return 1000
+      end })
+
+      assert.has_error(function()
+        client:create_credential("a.bin", call_opts)
+      end, "appcenter.core: the client is closed")
+      assert.equals(0, emu:stats().requests)
+    end)
+
     it("raises on a one-shot file_name from __index", function()
       local opts = setmetatable(options(), { __index = { file_name = 42 } })
 

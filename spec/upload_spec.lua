@@ -335,6 +335,20 @@ describe("upload", function()
       assert.matches("^appcenter: http " .. code .. ": OBS: ", tostring(err))
     end
 
+    it("raises when an __index closes the client", function()
+      local client = new_core_client()
+      local result = credential(client, "closing.bin")
+      local opts = setmetatable({ body = "x" }, { __index = function()
+        client:close()
+      end })
+
+      local ok, message = pcall(client.upload, client, result, opts)
+
+      assert.is_false(ok)
+      assert.matches("appcenter.core: the client is closed", message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
     it("rejects line breaks in header values", function()
       local client = new_core_client()
       local result = credential(client, "inject.bin")

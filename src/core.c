@@ -783,6 +783,10 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
   long status = 0;
   CURLcode rc;
 
+  /* An __index metamethod of the call options, or a finalizer that ran
+   * while they were read, may have closed the client. */
+  if (!c->open)
+    return luaL_error(L, "appcenter.core: the client is closed");
   switch (ac_client_prepare(c, file_name, len, &c->body, &c->call_headers,
                             &headers, msg)) {
   case -1:

@@ -365,6 +365,17 @@ static ac_request *push_request(lua_State *L) {
 }
 
 
+/* Raises when the client was closed after check_open, because a
+ * finalizer that an allocation ran, or an __index metamethod of the
+ * arguments, closed it. r, not launched yet, is freed at once. */
+static void check_still_open(lua_State *L, ac_client *c, ac_request *r) {
+  if (!c->open) {
+    free_transfer(r);
+    luaL_error(L, "appcenter.core: the client is closed");
+  }
+}
+
+
 /* Creates the easy handle of r for the client. Raises on failure. */
 static void init_transfer(lua_State *L, ac_client *c, ac_request *r) {
   char msg[AC_MSG_SIZE];
@@ -421,7 +432,17 @@ static int l_start(lua_State *L) {
   timeout_ms = call_timeout(L, 4);
   file_name = lua_tolstring(L, 2, &len);
 
+  /* The Lua allocations come first, and nothing after the check below
+   * runs Lua code. */
   r = push_request(L);
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2);
+  ac_setuservalue(L, -2);
+  check_still_open(L, c, r);
+
   switch (ac_client_prepare(c, file_name, len, &r->body, &r->headers,
                             &headers, msg)) {
   case -1:
@@ -432,13 +453,6 @@ static int l_start(lua_State *L) {
   init_transfer(L, c, r);
   ac_transport_prepare(&r->transport, c->url.data, headers, r->body.data,
                        r->body.len, timeout_ms);
-
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, 1);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 2);
-  ac_setuservalue(L, -2);
   launch(L, c, r);
   return 1;
 }
@@ -518,6 +532,7 @@ static int l_start_upload(lua_State *L) {
                              "tables return other strings on a second "
                              "read; pass plain tables");
   lua_settop(L, 5);
+  check_still_open(L, c, r);
   r->upload->progress.fn = 0;  /* poll() binds it to its own stack */
   r->upload->progress.multi_client = c;
 

@@ -821,6 +821,11 @@ static int l_upload(lua_State *L) {
   case -2:
     return luaL_error(L, "appcenter.core: %s", msg);
   }
+  /* An __index metamethod of the arguments may have closed the client. */
+  if (!c->open) {
+    ac_upload_free(call);
+    return luaL_error(L, "appcenter.core: the client is closed");
+  }
 
   if (c->upload.curl == NULL
       && ac_transport_init(&c->upload, &c->transport_opts, msg) != 0)
