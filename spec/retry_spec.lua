@@ -331,6 +331,26 @@ describe("retry", function()
       assert.is_nil(retry.parse_retry_after(nil, 0))
     end)
 
+    it("cuts a huge delta-seconds to a year", function()
+      for _, value in ipairs{ "99999999999999999999", "9223372036854775808" } do
+        assert.equal(365 * 86400, retry.parse_retry_after(value, 0), value)
+      end
+    end)
+
+    it("returns the error for a huge Retry-After", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1,
+        headers = { ["Retry-After"] = "99999999999999999999" } }
+      local client = new_client{ deadline_ms = 4000 }
+
+      local result, err = client:create_credential("replay.bin")
+
+      assert.is_nil(result)
+      assert.equal(503, err.status)
+      assert.equal(1, requests())
+      assert.matches("%(not retried: Retry%-After asks for 31536000 s, more "
+        .. "than the time left before the deadline%)$", err.message)
+    end)
+
     it("parses HTTP dates", function()
       local cases = {
         ["Sun, 06 Nov 1994 08:49:37 GMT"] = 784111777,
@@ -867,6 +887,9 @@ describe("retry", function()
           "option 'retry.max_attempts' must be an integer >= 1, got inf" },
         { { base_delay_ms = -1 },
           "option 'retry.base_delay_ms' must be a number >= 0, got -1" },
+        { { max_delay_ms = 90000000 },
+          "option 'retry.max_delay_ms' must be a number from 0 to 86400000, "
+            .. "got 90000000" },
         { { deadline_ms = 0 },
           "option 'retry.deadline_ms' must be a number >= 1, got 0" },
         { { budget = { capacity = -5 } },

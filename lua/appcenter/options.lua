@@ -81,8 +81,9 @@ local BUDGET_TYPES = {
 -- integer. Core options are range-checked by core.new.
 local RANGES = {
   ["retry.max_attempts"] = { min = 1, integer = true },
-  ["retry.base_delay_ms"] = { min = 0 },
-  ["retry.max_delay_ms"] = { min = 0 },
+  -- One day at most, the longest sleep of appcenter.core.
+  ["retry.base_delay_ms"] = { min = 0, max = 86400000 },
+  ["retry.max_delay_ms"] = { min = 0, max = 86400000 },
   ["retry.deadline_ms"] = { min = 1 },
   ["retry.budget.capacity"] = { min = 0 },
   ["retry.budget.retry_cost"] = { min = 0 },
@@ -160,10 +161,14 @@ local function check_range(name, value)
 
   local finite = value == value and value > -math.huge and value < math.huge
   local whole = finite and value == math.floor(value)
+  local kind = range.integer and "an integer" or "a number"
   if not finite or value < range.min or (range.integer and not whole) then
-    local kind = range.integer and "an integer" or "a number"
     return ("option '%s' must be %s >= %s, got %s"):format(
       name, kind, tostring(range.min), tostring(value))
+  end
+  if range.max and value > range.max then
+    return ("option '%s' must be %s from %s to %s, got %s"):format(
+      name, kind, tostring(range.min), tostring(range.max), tostring(value))
   end
   return nil
 end

@@ -91,6 +91,9 @@ function retry.parse_http_date(value)
   return utc_to_epoch(year, month, day, hour, min, sec)
 end
 
+-- The longest Retry-After wait that parse_retry_after returns, one year.
+local MAX_RETRY_AFTER_S = 365 * 86400
+
 -- Parses a Retry-After header value and returns the wait it requests in
 -- seconds (0 for a date in the past), or nil when the value is neither
 -- delta-seconds nor an IMF-fixdate. `now_epoch` is the current time in
@@ -102,14 +105,15 @@ function retry.parse_retry_after(value, now_epoch)
   value = value:match("^%s*(.-)%s*$")
 
   if value:match("^%d+$") then
-    return tonumber(value)
+    -- Cut to a year, so that a huge value stays an exact integer.
+    return math.min(tonumber(value), MAX_RETRY_AFTER_S)
   end
 
   local date = retry.parse_http_date(value)
   if not date then
     return nil
   end
-  return math.max(0, date - now_epoch)
+  return math.max(0, math.min(date - now_epoch, MAX_RETRY_AFTER_S))
 end
 
 
