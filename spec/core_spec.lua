@@ -662,15 +662,22 @@ describe("appcenter.core", function()
 
   describe("transport", function()
     -- Runs one call in a child process with the given environment and
-    -- returns its output: "ok", or the error kind and message.
-    local function call_with_environment(env, proxy)
+    -- returns its output: "ok", or the error kind and message. The
+    -- endpoint is the emulator's, or with `indirect` the same port at
+    -- 0.0.0.0, which also reaches this machine but is not a loopback
+    -- address, so proxies apply to it.
+    local function call_with_environment(env, proxy, indirect)
+      local endpoint = emu.url
+      if indirect then
+        endpoint = emu.url:gsub("127%.0%.0%.1", "0.0.0.0")
+      end
       local script = ([[
         local core = require("appcenter.core")
         local client = assert(core.new{ endpoint = %q, project_id = %q,
-          token = %q, proxy = %s })
+          token = %q, proxy = %s, allow_http = true })
         local result, err = client:create_credential("a.txt")
         io.write(result and "ok" or (err.kind .. ": " .. err.message))
-      ]]):format(emu.url, emu.project_id, emu.token,
+      ]]):format(endpoint, emu.project_id, emu.token,
         proxy and ("%q"):format(proxy) or "nil")
       local names = { "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
         "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY" }
@@ -680,20 +687,22 @@ describe("appcenter.core", function()
     end
 
     it("uses no proxy without proxy variables", function()
-      assert.equals("ok", call_with_environment({}))
+      assert.equals("ok", call_with_environment({}, nil, true))
       assert.equals(1, emu:stats().requests)
     end)
 
     for _, name in ipairs({ "http_proxy", "ALL_PROXY" }) do
       it("honours " .. name .. " from the environment", function()
-        local output = call_with_environment({ [name] = "http://127.0.0.1:1" })
+        local output = call_with_environment({ [name] = "http://127.0.0.1:1" },
+          nil, true)
         assert.matches("^network: ", output)
         assert.equals(0, emu:stats().requests)
       end)
     end
 
     it("names the proxy variable when the proxy refuses", function()
-      local output = call_with_environment({ http_proxy = "http://127.0.0.1:1" })
+      local output = call_with_environment({ http_proxy = "http://127.0.0.1:1" },
+        nil, true)
 
       assert.matches("^network: Failed to connect to 127.0.0.1 port 1 ", output)
       assert.matches(" (check the endpoint's host and port, and the proxy in "
@@ -702,7 +711,7 @@ describe("appcenter.core", function()
     end)
 
     it("names the proxy option when the proxy refuses", function()
-      local output = call_with_environment({}, "http://127.0.0.1:1")
+      local output = call_with_environment({}, "http://127.0.0.1:1", true)
 
       assert.matches(" (check the endpoint's host and port, and the proxy "
         .. "option, through which libcurl connects unless no_proxy lists the "
@@ -712,8 +721,36 @@ describe("appcenter.core", function()
 
     it("honours no_proxy with a proxy variable", function()
       local output = call_with_environment({
-        http_proxy = "http://127.0.0.1:1", no_proxy = "127.0.0.1" })
+        http_proxy = "http://127.0.0.1:1", no_proxy = "0.0.0.0" }, nil, true)
       assert.equals("ok", output)
+    end)
+
+    it("sends to a loopback endpoint without a proxy", function()
+      assert.equals("ok", call_with_environment({
+        http_proxy = "http://127.0.0.1:1", ALL_PROXY = "http://127.0.0.1:1" }))
+      assert.equals("ok", call_with_environment({}, "http://127.0.0.1:1"))
+      assert.equals(2, emu:stats().requests)
+    end)
+
+    it("sends non-blocking requests to loopback without a proxy", function()
+      local script = ([[
+        local core = require("appcenter.core")
+        local client = assert(core.new{ endpoint = %q, project_id = %q,
+          token = %q, proxy = "http://127.0.0.1:1" })
+        local outcome
+        client:start("a.txt", function(result, err)
+          outcome = result and "ok" or (err.kind .. ": " .. err.message)
+        end)
+        for _ = 1, 100 do
+          if outcome then break end
+          client:poll(50)
+        end
+        io.write(tostring(outcome))
+      ]]):format(emu.url, emu.project_id, emu.token)
+      local status, stdout, stderr = subprocess.run_lua(script, {},
+        os.getenv("HOME") or "/", {})
+      assert.equals(0, status, stderr)
+      assert.equals("ok", stdout)
     end)
 
     it("times out", function()

@@ -131,4 +131,10 @@ void ac_multi_add_methods(lua_State *L);
  * freed, as in __gc. */
 int ac_multi_close(lua_State *L, int idx, ac_client *c);
 
+/* Makes t, a transport of credential requests, connect directly when
+ * the endpoint is a loopback host. A proxy would carry the request,
+ * token included, off this machine, and could not reach its loopback
+ * interface anyway. */
+void ac_client_go_direct(const ac_client *c, ac_transport *t);
+
 #endif

@@ -439,7 +439,10 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   t->ca_file = c->ca_file;
   t->proxy = c->proxy ? c->proxy : ac_transport_default_proxy();
   t->user_agent = c->user_agent;
-  return ac_transport_init(&c->transport, t, msg);
+  if (ac_transport_init(&c->transport, t, msg) != 0)
+    return -1;
+  ac_client_go_direct(c, &c->transport);
+  return 0;
 }
 
 
@@ -633,6 +636,12 @@ static const char *curl_kind(CURLcode rc) {
 }
 
 
+void ac_client_go_direct(const ac_client *c, ac_transport *t) {
+  if (c->endpoint.loopback)
+    ac_transport_go_direct(t);
+}
+
+
 /* Writes the source of the proxy of t's transfer into label: "the proxy
  * option", the variable that libcurl read it from, or "" for no proxy. */
 static void proxy_label(const ac_client *c, ac_transport *t, char *label,
@@ -642,6 +651,8 @@ static void proxy_label(const ac_client *c, ac_transport *t, char *label,
   char *url = NULL;
 
   label[0] = '\0';
+  if (t->direct)
+    return;
   if (proxy != NULL) {
     if (proxy[0] != '\0')
       snprintf(label, size, "the proxy option");

@@ -451,6 +451,7 @@ static int l_start(lua_State *L) {
     return luaL_error(L, "appcenter.core: not enough memory");
   }
   init_transfer(L, c, r);
+  ac_client_go_direct(c, &r->transport);
   ac_transport_prepare(&r->transport, c->url.data, headers, r->body.data,
                        r->body.len, timeout_ms);
   launch(L, c, r);

@@ -138,6 +138,12 @@ const char *ac_transport_default_proxy(void) {
 }
 
 
+void ac_transport_go_direct(ac_transport *t) {
+  curl_easy_setopt(t->curl, CURLOPT_NOPROXY, "*");
+  t->direct = 1;
+}
+
+
 /* libcurl reads <scheme>_proxy, then its upper-case form except
  * HTTP_PROXY, then all_proxy and ALL_PROXY, and skips empty values. */
 const char *ac_transport_proxy_variable(const char *url) {

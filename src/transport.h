@@ -46,6 +46,7 @@ typedef struct ac_transport {
   int body_too_large;
   int queued;               /* started while max_connections requests
                              * were in flight */
+  int direct;               /* uses no proxy: ac_transport_go_direct */
   char request_id[AC_REQUEST_ID_SIZE];
   char retry_after[AC_RETRY_AFTER_SIZE];
   char etag[AC_REQUEST_ID_SIZE];
@@ -68,6 +69,10 @@ void ac_transport_free(ac_transport *t);
  * variable is set, so that libcurl follows the variables, else "", so
  * that libcurl stops looking them up on every transfer. */
 const char *ac_transport_default_proxy(void);
+
+/* Makes t connect directly, whatever the proxy option and variables
+ * say. */
+void ac_transport_go_direct(ac_transport *t);
 
 /* Returns the name of the variable from which libcurl takes a proxy for
  * url, or NULL when none of those variables is set. */
