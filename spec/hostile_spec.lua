@@ -187,6 +187,28 @@ describe("hostile servers", function()
     assert.is_true(seconds < 3, "took " .. seconds .. " s")
   end)
 
+  it("retries a connection dropped in the TLS handshake", function()
+    local server = start{ mode = "hangup" }
+    local endpoint = "https://127.0.0.1:" .. server.port
+    local client = assert(core.new{ endpoint = endpoint, project_id = PROJECT_ID,
+      token = "fake-token-for-hostile" })
+
+    local result, err = timed_call(client)
+
+    assert.is_nil(result)
+    assert.equals("network", err.kind)
+    assert.is_true(err.retryable)
+    assert.matches(" %(the server closed the connection during the TLS "
+      .. "handshake%)$", err.message)
+
+    local wrapper = assert(appcenter.new{ endpoint = endpoint,
+      project_id = PROJECT_ID, token = "fake-token-for-hostile",
+      retry = { base_delay_ms = 1 } })
+    local _, wrapper_err = wrapper:create_credential("setup.exe")
+    wrapper:close()
+    assert.equals(3, wrapper_err.attempts)
+  end)
+
   it("cuts off a TLS handshake that never starts", function()
     local server = start{ mode = "silent" }
     local client = assert(core.new{

@@ -705,12 +705,23 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     const char *text = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
     const char *hint = "";
     char proxy[32], proxy_hint[160];
+    size_t text_len;
+    /* A connection that ends during the handshake, as when a server
+     * restarts, is a network failure that a retry may get past, not a
+     * TLS problem. */
+    int handshake_dropped = rc == CURLE_SSL_CONNECT_ERROR
+        && (strstr(text, "SSL_ERROR_SYSCALL") != NULL
+            || strstr(text, "unexpected eof") != NULL
+            || strstr(text, "Connection reset") != NULL);
 
     proxy_label(c, t, proxy, sizeof proxy);
 
     /* OpenSSL reports a server that replies to a handshake in plain HTTP
      * as a wrong version number. */
-    if (strstr(text, "wrong version number") != NULL)
+    if (handshake_dropped) {
+      hint = " (the server closed the connection during the TLS "
+             "handshake)";
+    } else if (strstr(text, "wrong version number") != NULL)
       hint = " (the server did not reply in TLS: for a plain HTTP server, "
              "write http:// in the endpoint)";
     else if (rc == CURLE_PEER_FAILED_VERIFICATION)
@@ -734,8 +745,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     else if (rc == CURLE_OUT_OF_MEMORY)
       hint = " (libcurl also reports a response header line over 100 KiB "
              "this way)";
-    snprintf(message, sizeof message, "%s%s", text, hint);
-    e.kind = curl_kind(rc);
+    /* libcurl ends some messages with a space. */
+    text_len = strlen(text);
+    while (text_len > 0 && text[text_len - 1] == ' ')
+      text_len--;
+    snprintf(message, sizeof message, "%.*s%s", (int)text_len, text, hint);
+    e.kind = handshake_dropped ? AC_KIND_NETWORK : curl_kind(rc);
     /* The same URL would be malformed again. */
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0
                && rc != CURLE_URL_MALFORMAT;

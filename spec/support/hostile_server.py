@@ -14,6 +14,9 @@ Modes, each applied to every connection:
                      the client leaves
     endless-chunked  the same with chunked transfer encoding
     garbage          send bytes that are not HTTP, then close
+    hangup           close each connection as soon as it is accepted, as a
+                     server that restarts does (a TLS client sees the drop
+                     during its handshake)
 
 When ready it prints one JSON line to stdout: {"url": "http://127.0.0.1:P",
 "port": P, "pid": N}. With --log, every connection appends one JSON line to
@@ -45,6 +48,7 @@ MODES = (
     "endless-body",
     "endless-chunked",
     "garbage",
+    "hangup",
 )
 MAX_HEAD_BYTES = 64 * 1024
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
@@ -126,6 +130,8 @@ class Connection:
 
     def serve(self):
         self.log({"event": "connect"})
+        if self.options.mode == "hangup":
+            return
         request_line, headers = self.read_request()
         self.log({"event": "request", "request_line": request_line, "headers": headers})
         mode = self.options.mode
