@@ -316,6 +316,23 @@ describe("appcenter.core", function()
       client:close()
     end)
 
+    it("checks the types of options read through __index", function()
+      local cases = {
+        { "allow_http", "false", "boolean", "string" },
+        { "token", 12345, "string", "number" },
+        { "timeout_ms", {}, "number", "table" },
+      }
+      for _, case in ipairs(cases) do
+        local opts = setmetatable(options(), { __index = { [case[1]] = case[2] } })
+        opts[case[1]] = nil
+
+        assert.has_error(function()
+          core.new(opts)
+        end, ("appcenter.core.new: option '%s' must be a %s, got %s")
+          :format(case[1], case[3], case[4]))
+      end
+    end)
+
     it("signs fields read through __index", function()
       local fields = {
         url = emu.url .. "/" .. ("p"):rep(60),

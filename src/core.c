@@ -105,6 +105,19 @@ void ac_check_options(lua_State *L, int idx, const ac_option *list,
                  lua_typename(L, o->type), luaL_typename(L, -1));
     lua_pop(L, 1);
   }
+
+  /* Options that an __index metamethod supplies get the same check, or
+   * "false" would read as true and 12345 as a token. */
+  if (!lua_getmetatable(L, idx))
+    return;
+  lua_pop(L, 1);
+  for (o = list; o->name != NULL; o++) {
+    lua_getfield(L, idx, o->name);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != o->type)
+      luaL_error(L, "%s: option '%s' must be a %s, got %s", fname, o->name,
+                 lua_typename(L, o->type), luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
 }
 
 
