@@ -710,6 +710,30 @@ describe("retry", function()
 
       assert.same({ 1000 }, delays)
     end)
+    it("raising returns the retry's budget", function()
+      -- The budget pays for one retry only.
+      local raise = true
+      local client = new_client{
+        budget = { capacity = 5, retry_cost = 5 },
+        on_retry = function()
+          if raise then
+            raise = false
+            error("on_retry failed")
+          end
+        end,
+      }
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      assert.has_error(function()
+        client:create_credential("replay.bin")
+      end)
+
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local result, meta = client:create_credential("replay.bin")
+
+      assert.is_table(result, tostring(meta))
+      assert.equal(2, meta.attempts)
+    end)
+
     it("close from on_retry stops call", function()
       emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
       local client

@@ -282,7 +282,13 @@ function Call:complete(result, info)
   self.last_retry_cost = cost
 
   if policy.on_retry then
-    policy.on_retry(err, self.attempt, delay_ms)
+    -- A raising on_retry ends the call before the retry it paid for.
+    local ok, on_retry_err = pcall(policy.on_retry, err, self.attempt,
+      delay_ms)
+    if not ok then
+      self:drop_retry()
+      error(on_retry_err, 0)
+    end
   end
   return delay_ms
 end
