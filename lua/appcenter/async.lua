@@ -399,8 +399,14 @@ local function poll_loop(client, state, timeout_ms)
   local policy_deadline = policy.now() + timeout_ms / 1000
   local real_deadline = core.monotonic() + timeout_ms / 1000
   local function time_left_ms()
-    return math.min(policy_deadline - policy.now(),
-      real_deadline - core.monotonic()) * 1000
+    local real_ms = (real_deadline - core.monotonic()) * 1000
+    local policy_ms = (policy_deadline - policy.now()) * 1000
+    -- Written so that a now() that returns NaN cannot unbound the wait,
+    -- as math.min(NaN, x) would.
+    if policy_ms < real_ms then
+      return policy_ms
+    end
+    return real_ms
   end
 
   state.completed = 0
