@@ -178,6 +178,29 @@ describe("AK/SK", function()
   end)
 
   describe("rejection", function()
+    it("rejects an ak that breaks the Authorization header", function()
+      for _, ak in ipairs{ "FAKE AK", "FAKEAK,x", "FAKEAK\t" } do
+        local client, err = core.new(key_options({ ak = ak }))
+
+        assert.is_nil(client)
+        assert.equal("invalid_argument", err.kind)
+        assert.matches("^invalid ak: white space, a comma or a control "
+          .. "character at byte %d+; pass the access key ID alone$",
+          err.message)
+      end
+      assert.equal(0, emu:stats().requests)
+    end)
+
+    it("rejects an sk with a trailing line break", function()
+      local client, err = core.new(key_options({ sk = emu.sk .. "\n" }))
+
+      assert.is_nil(client)
+      assert.equal("invalid sk: line break at byte " .. (#emu.sk + 1)
+        .. "; remove line breaks (a trailing newline from a file is a "
+        .. "common cause)", err.message)
+      assert.is_nil(err.message:find(emu.sk, 1, true))
+    end)
+
     it("wrong sk gives 401 through core", function()
       local client = assert(core.new(key_options({ sk = FAKE_WRONG_SK })))
       local result, err = client:create_credential("replay.bin")

@@ -296,6 +296,23 @@ static void set_secrets(const char **list, const char *token,
 }
 
 
+/* Rejects an ak that would break the Authorization header, whose
+ * fields it separates with ", ": white space, commas and control
+ * characters, which no access key ID contains. */
+static int check_ak(const char *ak, size_t len, char *msg) {
+  size_t i;
+
+  for (i = 0; i < len; i++)
+    if ((unsigned char)ak[i] <= ' ' || ak[i] == ',' || ak[i] == 0x7F) {
+      snprintf(msg, AC_MSG_SIZE, "invalid ak: white space, a comma or a "
+               "control character at byte %lu; pass the access key ID "
+               "alone", (unsigned long)i + 1);
+      return -1;
+    }
+  return 0;
+}
+
+
 static int configure_auth(lua_State *L, int opts, ac_client *c,
                           char *msg) {
   size_t token_len = 0, ak_len = 0, sk_len = 0, st_len = 0;
@@ -314,12 +331,10 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
   }
   if ((token && ac_check_header_value("token", token, token_len, msg))
       || (ak && ac_check_header_value("ak", ak, ak_len, msg))
+      || (ak && check_ak(ak, ak_len, msg))
+      || (sk && ac_check_header_value("sk", sk, sk_len, msg))
       || (st && ac_check_header_value("security_token", st, st_len, msg)))
     return -1;
-  if (sk != NULL && sk_len == 0) {
-    snprintf(msg, AC_MSG_SIZE, "invalid sk: it is empty");
-    return -1;
-  }
 
   c->token = token ? copy_string(token, token_len) : NULL;
   c->ak = ak ? copy_string(ak, ak_len) : NULL;
