@@ -292,6 +292,22 @@ describe("hostile servers", function()
     assert.matches("%(1048576 bytes%)", err.message)
   end)
 
+  it("keeps the HTTP error of an error body over max_body_bytes", function()
+    local page = "<html><body>" .. ("Service unavailable. "):rep(600)
+      .. "</body></html>"
+    local server = start{ mode = "fixed", status = 503, body = page,
+      headers = { "Content-Type: text/html" } }
+    local client = new_client(server, { max_body_bytes = 8192 })
+
+    local result, err = timed_call(client)
+
+    assert.is_nil(result)
+    assert.equals("http", err.kind)
+    assert.equals(503, err.status)
+    assert.is_true(err.retryable)
+    assert.matches("^HTTP 503: Service unavailable%. ", err.message)
+  end)
+
   it("reports a reply that is not HTTP", function()
     local server = start{ mode = "garbage" }
     local client = new_client(server, { timeout_ms = 5000 })

@@ -797,6 +797,10 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
   ac_response r;
   curl_off_t total_us = 0;
 
+  /* An error status whose body is over max_body_bytes is still that
+   * HTTP error, shown with the start of the body that fit. */
+  if (rc == CURLE_WRITE_ERROR && t->body_too_large && status >= 300)
+    rc = CURLE_OK;
   if (rc != CURLE_OK)
     return push_transfer_error(L, c, t, rc, status);
 

@@ -55,6 +55,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
   size_t len = size * n;
 
   if (t->body.len + len > t->max_body_bytes) {
+    /* The start of the body goes into the message of an HTTP error. */
+    ac_buf_add(&t->body, data, t->max_body_bytes - t->body.len);
     t->body_too_large = 1;
     return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
   }
