@@ -166,6 +166,20 @@ const char *ac_transport_proxy_variable(const char *url) {
 }
 
 
+/* Returns whether libcurl was built with a default CA bundle file. */
+static int has_default_ca_file(CURL *c) {
+#if LIBCURL_VERSION_NUM >= 0x075400  /* CURLINFO_CAINFO: 7.84.0 */
+  char *path = NULL;
+
+  return curl_easy_getinfo(c, CURLINFO_CAINFO, &path) == CURLE_OK
+      && path != NULL && path[0] != '\0';
+#else
+  (void)c;
+  return 0;
+#endif
+}
+
+
 static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   CURL *c = t->curl;
   CURLcode rc = CURLE_OK;
@@ -187,8 +201,17 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   SET(CURLOPT_USERAGENT, o->user_agent);
   SET(CURLOPT_ACCEPT_ENCODING, NULL);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
-  if (o->ca_file != NULL)
+  if (o->ca_file != NULL) {
     SET(CURLOPT_CAINFO, o->ca_file);
+  } else if (o->verify_tls && has_default_ca_file(c)) {
+    /* libcurl keeps the parsed CA store between connections only
+     * without a CA path, and Debian's build sets both. Without this,
+     * each new TLS connection parses the whole bundle again: about
+     * 60 ms of CPU per reconnect on the benchmark machine, against
+     * 2 ms. On Debian, update-ca-certificates writes the same
+     * certificates to the bundle and the path. */
+    SET(CURLOPT_CAPATH, NULL);
+  }
   if (o->proxy != NULL)
     SET(CURLOPT_PROXY, o->proxy);
   if (o->proxy != NULL && o->proxy[0] == '\0')
