@@ -459,7 +459,9 @@ describe("retry", function()
 
       assert.equal("timeout", err.kind)
       assert.equal(1, err.attempts)
-      assert.matches("%(not retried: the deadline has passed%)$", err.message)
+      assert.matches("%(not retried: the deadline has passed; "
+        .. "retry%.deadline_ms cut this attempt's timeout to the time left%)$",
+        err.message)
     end)
 
     it("says the deadline passed before a 503 arrived", function()

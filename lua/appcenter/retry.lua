@@ -258,8 +258,11 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if (err.kind == "timeout" and self.cut_to_deadline)
-      or time_left_ms(policy, self.deadline) < 1 then
+  if err.kind == "timeout" and self.cut_to_deadline then
+    -- The core's hint names timeout_ms, which did not end this attempt.
+    reason = "the deadline has passed; retry.deadline_ms cut this "
+      .. "attempt's timeout to the time left"
+  elseif time_left_ms(policy, self.deadline) < 1 then
     reason = "the deadline has passed"
   else
     delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
