@@ -315,6 +315,24 @@ describe("hostile servers", function()
     client:close()
     assert.is_nil(result)
     assert.equals("network", err.kind)
+    assert.equals("Received HTTP/0.9 when not allowed (the server did not "
+      .. "answer in HTTP; check the endpoint's scheme and port)", err.message)
+  end)
+
+  it("reports a connection closed before the answer", function()
+    local server = start{ mode = "hangup" }
+    local client = new_client(server, { timeout_ms = 5000 })
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals("network", err.kind)
+    assert.is_true(err.retryable)
+    -- The request may meet the close (a reset) or follow it (no answer).
+    local broke = " (the connection broke during the request; a retry may "
+      .. "succeed)"
+    local closed = " (the server closed the connection without an answer)"
+    assert.is_true(err.message:sub(-#broke) == broke
+      or err.message:sub(-#closed) == closed, err.message)
   end)
 
   it("reports an OBS error without a body", function()

@@ -51,11 +51,27 @@ local function make_pki(servers)
     openssl(("x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
       .. " -extfile %s.ext -out %s.pem"):format(name, name, name))
   end
+
+  -- expired.pem: valid for one day in 2020. Only `openssl ca` takes the
+  -- dates, and it needs a configuration and a database.
+  write_file(dir .. "/expired.ext", "subjectAltName = IP:127.0.0.1\n")
+  write_file(dir .. "/ca.cnf", table.concat({
+    "[ca]", "default_ca = test", "[test]", "database = index.txt",
+    "new_certs_dir = .", "serial = expired.srl", "default_md = sha256",
+    "policy = any", "[any]", "commonName = supplied",
+  }, "\n") .. "\n")
+  write_file(dir .. "/index.txt", "")
+  write_file(dir .. "/expired.srl", "01\n")
+  openssl("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    .. " -subj /CN=expired -keyout expired.key -out expired.csr")
+  openssl("ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -notext"
+    .. " -in expired.csr -out expired.pem -extfile expired.ext"
+    .. " -startdate 20200101000000Z -enddate 20200102000000Z")
   return dir
 end
 
 describe("TLS", function()
-  local pki, good, other, self_signed
+  local pki, good, other, self_signed, expired
 
   setup(function()
     pki = make_pki{
@@ -66,10 +82,11 @@ describe("TLS", function()
     other = emulator.start{ tls_cert = pki .. "/other.pem", tls_key = pki .. "/other.key" }
     local cert, key = emulator.make_certificate(pki)
     self_signed = emulator.start{ tls_cert = cert, tls_key = key }
+    expired = emulator.start{ tls_cert = pki .. "/expired.pem", tls_key = pki .. "/expired.key" }
   end)
 
   teardown(function()
-    for _, emu in ipairs{ good, other, self_signed } do
+    for _, emu in ipairs{ good, other, self_signed, expired } do
       emu:stop()
     end
     run("rm -rf " .. shell_quote(pki))
@@ -141,6 +158,16 @@ describe("TLS", function()
     assert.is_nil(result)
     assert_tls_error(err, "host name '127%.0%.0%.1'")
     assert.equals(0, other:stats().requests)
+  end)
+
+  it("names an expired certificate", function()
+    local result, err = call(expired, { ca_file = pki .. "/ca.pem" })
+
+    assert.is_nil(result)
+    assert_tls_error(err, "certificate has expired")
+    assert.matches(" (the server's certificate has expired, or this "
+      .. "machine's clock is wrong)", err.message, 1, true)
+    assert.is_nil(err.message:find("pass that CA's certificate", 1, true))
   end)
 
   it("rejects a self-signed certificate outside ca_file", function()

@@ -752,6 +752,14 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     } else if (strstr(text, "wrong version number") != NULL)
       hint = " (the server did not reply in TLS: for a plain HTTP server, "
              "write http:// in the endpoint)";
+    else if (rc == CURLE_PEER_FAILED_VERIFICATION
+             && strstr(text, "certificate has expired") != NULL)
+      hint = " (the server's certificate has expired, or this machine's "
+             "clock is wrong)";
+    else if (rc == CURLE_PEER_FAILED_VERIFICATION
+             && strstr(text, "certificate is not yet valid") != NULL)
+      hint = " (the server's certificate is not valid yet, or this "
+             "machine's clock is wrong)";
     else if (rc == CURLE_PEER_FAILED_VERIFICATION)
       hint = " (for a server whose certificate a private CA signed, pass "
              "that CA's certificate as ca_file; else check the endpoint's "
@@ -770,6 +778,17 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
       hint = " (check the endpoint or region, and the DNS setup)";
     else if (rc == CURLE_OPERATION_TIMEDOUT)
       hint = " (the limits are timeout_ms and connect_timeout_ms)";
+    else if (strstr(text, "HTTP/0.9") != NULL)
+      hint = " (the server did not answer in HTTP; check the endpoint's "
+             "scheme and port)";
+    else if (rc == CURLE_GOT_NOTHING)
+      hint = " (the server closed the connection without an answer)";
+    else if (rc == CURLE_PARTIAL_FILE)
+      hint = " (the server closed the connection before the whole body "
+             "arrived)";
+    else if (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR)
+      hint = " (the connection broke during the request; a retry may "
+             "succeed)";
     else if (rc == CURLE_OUT_OF_MEMORY)
       hint = " (libcurl also reports a response header line over 100 KiB "
              "this way)";
