@@ -319,6 +319,18 @@ describe("hostile servers", function()
       .. "answer in HTTP; check the endpoint's scheme and port)", err.message)
   end)
 
+  it("ignores the headers of an interim 103 response", function()
+    local server = start{ mode = "early-hints", status = 503, body = "down",
+      headers = { "X-Request-Id: interim-id", "Retry-After: 7" } }
+    local client = new_client(server, { timeout_ms = 5000 })
+    local result, err = client:create_credential("setup.exe")
+    client:close()
+    assert.is_nil(result)
+    assert.equals(503, err.status)
+    assert.is_nil(err.request_id)
+    assert.is_nil(err.retry_after)
+  end)
+
   it("reports a connection closed before the answer", function()
     local server = start{ mode = "hangup" }
     local client = new_client(server, { timeout_ms = 5000 })

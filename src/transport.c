@@ -96,6 +96,12 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   char *out = NULL;
   size_t cap = 0;
 
+  /* A status line starts a new response head: the headers of an interim
+   * 1xx response do not belong to the final one. */
+  if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+    t->etag[0] = t->retry_after[0] = t->request_id[0] = '\0';
+    return len;
+  }
   if (colon == NULL)
     return len;
   name_len = (size_t)(colon - line);

@@ -14,6 +14,8 @@ Modes, each applied to every connection:
                      the client leaves
     endless-chunked  the same with chunked transfer encoding
     garbage          send bytes that are not HTTP, then close
+    early-hints      send a 103 interim response with the --header lines,
+                     then the response of fixed without them
     hangup           close each connection as soon as it is accepted, as a
                      server that restarts does (a TLS client sees the drop
                      during its handshake)
@@ -49,6 +51,7 @@ MODES = (
     "endless-chunked",
     "garbage",
     "hangup",
+    "early-hints",
 )
 MAX_HEAD_BYTES = 64 * 1024
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
@@ -142,13 +145,18 @@ class Connection:
             return
         getattr(self, "serve_" + mode.replace("-", "_"))()
 
-    def serve_fixed(self):
+    def serve_fixed(self, headers=None):
         body = self.options.body.encode("utf-8")
         lines = ["HTTP/1.1 %d Test" % self.options.status]
-        lines.extend(self.options.header)
+        lines.extend(self.options.header if headers is None else headers)
         lines.append("Content-Length: %d" % len(body))
         lines.append("Connection: close")
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def serve_early_hints(self):
+        lines = ["HTTP/1.1 103 Early Hints"] + list(self.options.header)
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.serve_fixed(headers=[])
 
     def serve_slow(self):
         response = (
