@@ -108,14 +108,16 @@ static int reference_file_name_ok(const char *s, size_t len) {
 }
 
 
-/* 1 to 128 bytes of printable ASCII without space, / ? # %. */
+/* 1 to 128 bytes of printable ASCII without space, / ? # % and the
+ * characters a URL path may not contain unescaped: " < > \ ^ ` { | }. */
 static int reference_project_id_ok(const char *s, size_t len) {
   size_t i;
 
   if (len == 0 || len > 128)
     return 0;
   for (i = 0; i < len; i++)
-    if (s[i] <= ' ' || s[i] >= 0x7F || strchr("/?#%", s[i]) != NULL)
+    if (s[i] <= ' ' || s[i] >= 0x7F || strchr("/?#%", s[i]) != NULL
+        || strchr("\"<>\\^`{|}", s[i]) != NULL)
       return 0;
   /* "." and ".." are dot segments, which libcurl would remove. */
   return !(len <= 2 && s[0] == '.' && s[len - 1] == '.');

@@ -141,6 +141,14 @@ int ac_check_project_id(const char *s, size_t len, char *msg) {
                "or URL", c, (unsigned long)i + 1);
       return -1;
     }
+    /* Characters that a URL path may not contain unescaped. */
+    if (strchr("\"<>\\^`{|}", c) != NULL) {
+      snprintf(msg, AC_MSG_SIZE, "invalid project_id: character '%c' at "
+               "byte %lu is not allowed in a URL path; pass the project "
+               "id of the region (IAM console, My Credentials)", c,
+               (unsigned long)i + 1);
+      return -1;
+    }
   }
   /* A dot segment would make the path point elsewhere. */
   if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.')) {
