@@ -633,8 +633,11 @@ http {
                     function() end)
                 ngx.say(ok and "started" or "raised: " .. tostring(err))
                 ngx.say(tostring(client))
+                local async_ok, async_err = pcall(client.create_credential_async,
+                    client, "async.bin")
                 client:close()
                 ngx.say(tostring(client))
+                ngx.say(async_ok and "started" or "raised: " .. tostring(async_err))
             }
         }
 
@@ -725,8 +728,11 @@ http {
     it("rejects start without a file position", function()
       local status, body = nginx:get("/start")
       assert.are.equal(200, status)
-      assert.are.equal("raised: appcenter: start and poll are not available "
-        .. "inside nginx", body:match("^[^;]*"))
+      assert.are.equal("raised: appcenter: start, poll and the async calls "
+        .. "are not available inside nginx", body:match("^[^;]*"))
+      local last = body:match("([^\n]+)\n$")
+      assert.are.equal("raised: appcenter: start, poll and the async calls "
+        .. "are not available inside nginx", last:match("^[^;]*"))
     end)
 
     it("prints a client without secrets", function()

@@ -467,9 +467,9 @@ end
 -- already yields to nginx's. The error has no position, because the
 -- caller is the wrapper and not the code that called start or poll.
 local function unsupported()
-  error("appcenter: start and poll are not available inside nginx; call "
-    .. "create_credential, which yields to the event loop while the thread "
-    .. "pool waits for App Center", 0)
+  error("appcenter: start, poll and the async calls are not available "
+    .. "inside nginx; call create_credential, which yields to the event "
+    .. "loop while the thread pool waits for App Center", 0)
 end
 
 for _, name in ipairs({ "start", "poll", "pending", "sockets", "timeout" }) do
