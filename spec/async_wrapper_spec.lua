@@ -1058,6 +1058,16 @@ describe("appcenter async wrapper", function()
   end)
 
   describe("waiting", function()
+    it("poll names the type of a timeout that is not a number", function()
+      local client = new_client()
+
+      assert.has_error(function()
+        client:poll("10")
+      end, "bad argument #1 to 'poll' (timeout_ms must be a number from 0 "
+        .. "to 86400000, got string)")
+      client:close()
+    end)
+
     it("poll returns by its timeout when now is NaN", function()
       emu:fault{ status = 503, body = UNAVAILABLE, times = 50 }
       local client = new_client{ now = function() return 0 / 0 end,

@@ -458,7 +458,9 @@ function async.poll(client, timeout_ms)
   if type(timeout_ms) ~= "number" or not (timeout_ms >= 0)
       or timeout_ms > MAX_POLL_TIMEOUT_MS then
     error(("bad argument #1 to 'poll' (timeout_ms must be a number from 0 "
-      .. "to %d, got %s)"):format(MAX_POLL_TIMEOUT_MS, tostring(timeout_ms)),
+      .. "to %d, got %s)"):format(MAX_POLL_TIMEOUT_MS,
+      type(timeout_ms) == "number" and tostring(timeout_ms)
+        or type(timeout_ms)),
       2)
   end
   local state = state_of(client)
