@@ -623,6 +623,19 @@ describe("appcenter async wrapper", function()
       assert.equal(1, requests())
     end)
 
+    -- Checks that the client's budget still pays for a retry after a 503.
+    local function assert_budget_pays_one_retry(client)
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local outcome
+      client:start("b.bin", function(a, b)
+        outcome = { a, b }
+      end)
+      drive(client)
+
+      assert.is_table(outcome[1], tostring(outcome[2]))
+      assert.equal(2, outcome[2].attempts)
+    end
+
     it("cancel from on_retry returns the retry's budget", function()
       -- The budget pays for one retry only.
       local request
@@ -642,15 +655,7 @@ describe("appcenter async wrapper", function()
       drive(client)
       assert.equal("cancelled", request:status())
 
-      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
-      local outcome
-      client:start("b.bin", function(a, b)
-        outcome = { a, b }
-      end)
-      drive(client)
-
-      assert.is_table(outcome[1], tostring(outcome[2]))
-      assert.equal(2, outcome[2].attempts)
+      assert_budget_pays_one_retry(client)
     end)
 
     it("cancel while waiting returns the retry's budget", function()
@@ -662,24 +667,10 @@ describe("appcenter async wrapper", function()
       emu:fault{ status = 503, body = UNAVAILABLE, times = 1,
         headers = { ["Retry-After"] = "5" } }
       local request = client:start("a.bin", function() end)
-      for _ = 1, 50 do
-        if request:status() == "waiting" then
-          break
-        end
-        client:poll(100)
-      end
-      assert.equal("waiting", request:status())
+      poll_until(client, request, "waiting")
       assert.is_true(request:cancel())
 
-      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
-      local outcome
-      client:start("b.bin", function(a, b)
-        outcome = { a, b }
-      end)
-      drive(client)
-
-      assert.is_table(outcome[1], tostring(outcome[2]))
-      assert.equal(2, outcome[2].attempts)
+      assert_budget_pays_one_retry(client)
     end)
 
     it("cancel raises callback error", function()
