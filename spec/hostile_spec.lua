@@ -305,7 +305,9 @@ describe("hostile servers", function()
     assert.equals("http", err.kind)
     assert.equals(503, err.status)
     assert.is_true(err.retryable)
-    assert.matches("^HTTP 503: Service unavailable%. ", err.message)
+    -- A cut body may carry a returned secret that only decoding finds.
+    assert.equals("HTTP 503: the body is larger than max_body_bytes (8192 "
+      .. "bytes), so it is not shown", err.message)
   end)
 
   it("reports a reply that is not HTTP", function()

@@ -262,6 +262,18 @@ describe("secrets", function()
       client:close()
     end)
 
+    it("hides a credential in an error body over max_body_bytes", function()
+      local client = assert(core.new(token_options{ max_body_bytes = 4096 }))
+      emu:fault{ status = 500, body = cjson.encode{ credential = RETURNED_SECRET,
+        pad = ("x"):rep(8000) } }
+
+      local result, err = client:create_credential("setup.exe")
+
+      assert_clean_error(result, err, "error body over max_body_bytes")
+      assert.equal(500, err.status)
+      client:close()
+    end)
+
     it("hides secrets returned anywhere in an error body", function()
       local client = assert(core.new(token_options()))
       local echo = "echo " .. RETURNED_SECRET .. " " .. RETURNED_SECURITY_TOKEN
@@ -474,6 +486,20 @@ describe("secrets", function()
         client:close()
       end)
     end
+
+    it("hides secrets of an OBS error over max_body_bytes", function()
+      local client = assert(core.new(token_options{ max_body_bytes = 256 }))
+      local server = obs_error_server(TOKEN .. " " .. RETURNED_SECRET .. " "
+        .. RETURNED_SECURITY_TOKEN, true)
+
+      local meta, err = client:upload(credential_result("127.0.0.1:" .. server.port),
+        { body = "data", path_style = true })
+
+      assert_clean_error(meta, err, "OBS error over max_body_bytes")
+      assert.equals("http", err.kind)
+      assert.equals(403, err.status)
+      client:close()
+    end)
 
     it("hides secrets when OBS is unreachable", function()
       local client = assert(core.new(token_options()))

@@ -817,14 +817,16 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
   curl_off_t total_us = 0;
 
   /* An error status whose body is over max_body_bytes is still that
-   * HTTP error, shown with the start of the body that fit. */
-  if (rc == CURLE_WRITE_ERROR && t->body_too_large && status >= 300)
-    rc = CURLE_OK;
-  if (rc != CURLE_OK)
+   * HTTP error. */
+  int body_cut = rc == CURLE_WRITE_ERROR && t->body_too_large
+                 && status >= 300;
+
+  if (rc != CURLE_OK && !body_cut)
     return push_transfer_error(L, c, t, rc, status);
 
   curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
   memset(&r, 0, sizeof r);
+  r.body_cut = body_cut;
   r.status = status;
   r.body = t->body.data;
   r.body_len = t->body.len;

@@ -542,7 +542,8 @@ static void add_returned_secrets(lua_State *L, int idx, const char **list,
 /* Reports whether the body names a credential field, so that no part of
  * it may be quoted. */
 static int mentions_credential(const char *body, size_t len) {
-  static const char *const names[] = {"\"secret\"", "\"security_token\""};
+  static const char *const names[] = {"\"secret\"", "\"security_token\"",
+                                      "\"credential\""};
   size_t i, at, n;
 
   for (i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -602,7 +603,8 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   const char *secrets[AC_SECRET_LIST];
   int top = lua_gettop(L), decoded = 0;
 
-  if (r->body_len > 0 && decode_json(L, r->body, r->body_len) == 0) {
+  if (!r->body_cut && r->body_len > 0
+      && decode_json(L, r->body, r->body_len) == 0) {
     decoded = 1;
     find_error_fields(L, top + 1, code, found);
   } else {
@@ -610,7 +612,13 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   }
   list_secrets(L, r, decoded ? top + 1 : 0, secrets);
 
-  if (is_redirect(r->status)) {
+  /* The start of a body cannot be decoded, so the secrets it may return
+   * are unknown, and it is not quoted. */
+  if (r->body_cut) {
+    snprintf(message, sizeof message, "HTTP %ld: the body is larger than "
+             "max_body_bytes (%lu bytes), so it is not shown", r->status,
+             (unsigned long)r->body_len);
+  } else if (is_redirect(r->status)) {
     const char *to = r->redirect_url ? r->redirect_url : "";
 
     /* The Location may carry the request's own token as a query. */

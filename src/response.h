@@ -17,6 +17,7 @@ typedef struct ac_response {
   const char *request_id;   /* "" when the server sent none */
   const char *retry_after;  /* "" when the server sent none */
   const char *redirect_url; /* a 3xx's Location, or NULL */
+  int body_cut;             /* body is the start of one over max_body_bytes */
   double elapsed_ms;
   const char *const *secrets; /* NULL-terminated; redacted from messages */
 } ac_response;

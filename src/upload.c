@@ -721,6 +721,10 @@ int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
     ac_push_error(L, &e);
     return 2;
   }
+  /* An error status whose body is over max_body_bytes is still OBS's
+   * error. */
+  if (rc == CURLE_WRITE_ERROR && t->body_too_large && status >= 300)
+    rc = CURLE_OK;
   if (rc != CURLE_OK)
     return ac_client_push_outcome(L, c, t, rc, status);
   if (status < 200 || status > 299) {
