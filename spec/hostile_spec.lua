@@ -209,6 +209,22 @@ describe("hostile servers", function()
     assert.equals(3, wrapper_err.attempts)
   end)
 
+  it("retries a connect timeout well before the deadline", function()
+    local server = start{ mode = "silent" }
+    local client = assert(appcenter.new{
+      endpoint = "https://127.0.0.1:" .. server.port, project_id = PROJECT_ID,
+      token = "fake-token-for-hostile", connect_timeout_ms = 300,
+      retry = { deadline_ms = 10000, base_delay_ms = 1 },
+    })
+
+    local _, err = client:create_credential("setup.exe")
+    client:close()
+
+    assert.equals("timeout", err.kind)
+    assert.equals(3, err.attempts)
+    assert.matches("%(gave up after 3 attempts%)$", err.message)
+  end)
+
   it("cuts off a TLS handshake that never starts", function()
     local server = start{ mode = "silent" }
     local client = assert(core.new{

@@ -158,6 +158,11 @@ local function plan_delay_ms(policy, err, attempt, left_ms)
   return delay_ms
 end
 
+-- How close to the deadline an attempt cut to it must time out for the
+-- timeout to count as the deadline, in milliseconds. It covers the
+-- rounding of the attempt's timeout and libcurl's timer.
+local DEADLINE_SLACK_MS = 10
+
 local function time_left_ms(policy, deadline)
   if not deadline then
     return math.huge
@@ -217,7 +222,6 @@ function Call:begin_attempt()
   end
 
   local left_ms = time_left_ms(policy, self.deadline)
-  -- A timeout of an attempt cut to the deadline means the deadline passed.
   self.cut_to_deadline = left_ms < policy.timeout_ms
   local limit_ms = math.min(policy.timeout_ms, left_ms)
   return true, math.max(1, math.floor(limit_ms)), left_ms
@@ -258,15 +262,19 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if err.kind == "timeout" and self.cut_to_deadline then
+  local left_ms = time_left_ms(policy, self.deadline)
+  -- A timeout of an attempt cut to the deadline is the deadline only when
+  -- it came at the deadline: connect_timeout_ms may have ended it earlier.
+  local cut_off = err.kind == "timeout" and self.cut_to_deadline
+    and left_ms < DEADLINE_SLACK_MS
+  if cut_off then
     -- The core's hint names timeout_ms, which did not end this attempt.
     reason = "the deadline has passed; retry.deadline_ms cut this "
       .. "attempt's timeout to the time left"
-  elseif time_left_ms(policy, self.deadline) < 1 then
+  elseif left_ms < 1 then
     reason = "the deadline has passed"
   else
-    delay_ms, reason = plan_delay_ms(policy, err, self.attempt,
-      time_left_ms(policy, self.deadline))
+    delay_ms, reason = plan_delay_ms(policy, err, self.attempt, left_ms)
   end
   if not delay_ms then
     err.message = ("%s (not retried: %s)"):format(err.message, reason)
