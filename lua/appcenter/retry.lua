@@ -158,9 +158,9 @@ local function plan_delay_ms(policy, err, attempt, left_ms)
   return delay_ms
 end
 
--- How close to the deadline an attempt cut to it must time out for the
--- timeout to count as the deadline, in milliseconds. It covers the
--- rounding of the attempt's timeout and libcurl's timer.
+-- The margin, in milliseconds, within which the timeout of an attempt
+-- cut to the deadline counts as the deadline. It covers the rounding of
+-- the attempt's timeout and libcurl's timer.
 local DEADLINE_SLACK_MS = 10
 
 local function time_left_ms(policy, deadline)
