@@ -156,7 +156,7 @@ uninstall:
 # luarocks make compiles in the checkout: its objects and module go too.
 clean:
 	rm -rf build appcenter/core.so src/*.o
-	-rmdir appcenter 2>/dev/null
+	rmdir appcenter 2>/dev/null || true
 
 # ---------------------------------------------------------------------
 # Robustness checks

@@ -1040,9 +1040,9 @@ describe("appcenter async wrapper", function()
 
       assert.equal("dead", coroutine.status(co))
       assert.matches("appcenter: create_credential_async cannot yield here, "
-        .. "because a C function (such as a table.sort comparator or a "
-        .. "metamethod) runs between it and its coroutine; call it from the "
-        .. "coroutine's own code, or call create_credential", message, 1, true)
+        .. "because a C function (such as table.sort calling its comparator) "
+        .. "runs between it and its coroutine; call it from the coroutine's "
+        .. "own code, or call create_credential", message, 1, true)
       assert.equal(0, client:pending())
       assert.equal(0, emu:stats().requests)
     end)
@@ -1063,8 +1063,11 @@ describe("appcenter async wrapper", function()
       emu:fault{ status = 503, body = UNAVAILABLE, times = 50 }
       local client = new_client{ now = function() return 0 / 0 end,
         retry = { base_delay_ms = 1 } }
-      -- LuaJIT raises in start for the NaN deadline; Lua 5.4 starts.
-      pcall(client.start, client, "a.bin", function() end)
+      -- LuaJIT raises in start for the NaN deadline, so there the spec
+      -- checks nothing; Lua 5.4 starts the request.
+      if pcall(client.start, client, "a.bin", function() end) then
+        assert.equal(1, client:pending())
+      end
 
       local started = core.monotonic()
       client:poll(100)

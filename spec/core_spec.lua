@@ -337,6 +337,20 @@ describe("appcenter.core", function()
       end
     end)
 
+    it("reads only its own options through __index", function()
+      local opts = setmetatable(options(), { __index = function(_, name)
+        if name ~= "file_name" then
+          return nil
+        end
+        error("strict options: unknown field file_name")
+      end })
+
+      local client = core.new(opts)
+
+      assert.is_not_nil(client)
+      client:close()
+    end)
+
     it("signs fields read through __index", function()
       local fields = {
         url = emu.url .. "/" .. ("p"):rep(60),

@@ -112,6 +112,9 @@ void ac_check_options(lua_State *L, int idx, const ac_option *list,
     return;
   lua_pop(L, 1);
   for (o = list; o->name != NULL; o++) {
+    /* A strict table may raise for a name the caller cannot pass. */
+    if (!allow_file_name && strcmp(o->name, "file_name") == 0)
+      continue;
     lua_getfield(L, idx, o->name);
     if (!lua_isnil(L, -1) && lua_type(L, -1) != o->type)
       luaL_error(L, "%s: option '%s' must be a %s, got %s", fname, o->name,

@@ -616,8 +616,8 @@ local function await_request(name, alternative, start)
   end
   if coroutine.isyieldable and not coroutine.isyieldable() then
     error(("appcenter: %s cannot yield here, because a C function (such "
-      .. "as a table.sort comparator or a metamethod) runs between it and "
-      .. "its coroutine; call it from the coroutine's own code, or call %s")
+      .. "as table.sort calling its comparator) runs between it and its "
+      .. "coroutine; call it from the coroutine's own code, or call %s")
       :format(name, alternative), 2)
   end
 
