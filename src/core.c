@@ -743,7 +743,8 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     int handshake_dropped = rc == CURLE_SSL_CONNECT_ERROR
         && (strstr(text, "SSL_ERROR_SYSCALL") != NULL
             || strstr(text, "unexpected eof") != NULL
-            || strstr(text, "Connection reset") != NULL);
+            || strstr(text, "Connection reset") != NULL
+            || strstr(text, "Broken pipe") != NULL);
 
     proxy_label(c, t, proxy, sizeof proxy);
 
