@@ -335,6 +335,31 @@ describe("upload", function()
       assert.matches("^appcenter: http " .. code .. ": OBS: ", tostring(err))
     end
 
+    it("uses https for an OBS host that is not loopback", function()
+      -- 0.0.0.0 reaches the emulator's plain-http OBS port without being
+      -- a loopback address, so the upload must try TLS and fail.
+      local client = new_core_client()
+      local result = credential(client, "remote.bin")
+      result.server_end_point = result.server_end_point:gsub("^localhost", "0.0.0.0")
+
+      local meta, err = client:upload(result, { body = "x", path_style = true })
+
+      assert.is_nil(meta)
+      assert.matches("the server did not reply in TLS", err.message, 1, true)
+      assert.equals(0, emu:stats().obs_requests)
+    end)
+
+    it("uploads to a loopback OBS host without the proxy", function()
+      local client = assert(core.new(emu:client_options{ proxy = "http://127.0.0.1:1" }))
+      local result = credential(client, "direct.bin")
+
+      local meta, err = client:upload(result, { body = "direct" })
+
+      assert.is_table(meta, tostring(err))
+      assert.equals(200, meta.status)
+      client:close()
+    end)
+
     it("raises when an __index closes the client", function()
       local client = new_core_client()
       local result = credential(client, "closing.bin")

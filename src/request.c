@@ -237,6 +237,13 @@ static int is_loopback_host(const char *h, size_t n) {
 }
 
 
+int ac_authority_is_loopback(const char *authority) {
+  size_t n = strlen(authority);
+
+  return n > 0 && is_loopback_host(authority, n);
+}
+
+
 /* Returns why the host name h[0..n) is not valid, or NULL. A name has
  * at most 253 bytes and may end with a dot. Its labels have 1 to 63
  * letters, digits, '-' and '_', and do not start or end with '-'. */
@@ -415,6 +422,7 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
 
   out->https = https;
   out->loopback = is_loopback_host(host, host_len);
+  out->allow_http = allow_http;
   if (!https && !out->loopback && !allow_http)
     return endpoint_error(msg, "plain http to a non-loopback host sends "
                           "the token unencrypted; use https or set "

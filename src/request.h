@@ -43,6 +43,7 @@ typedef struct ac_endpoint {
   char *host;      /* host[:port] exactly as given, for Host and signing */
   int https;
   int loopback;    /* host is localhost, 127.0.0.0/8 or [::1] */
+  int allow_http;  /* plain http was allowed for any host */
 } ac_endpoint;
 
 int ac_check_file_name(const char *s, size_t len, char *msg);
@@ -55,6 +56,10 @@ int ac_check_header_value(const char *field, const char *s, size_t len,
 int ac_parse_endpoint(const char *s, size_t len, int allow_http,
                       ac_endpoint *out, char *msg);
 void ac_endpoint_free(ac_endpoint *ep);
+
+/* Returns 1 when the host of authority (host[:port]) is localhost,
+ * 127.0.0.0/8 or [::1]. */
+int ac_authority_is_loopback(const char *authority);
 
 /* Writes the full URL into url and returns the offset where the path
  * starts, or -1 when memory runs out. */

@@ -55,7 +55,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
   size_t len = size * n;
 
   if (t->body.len + len > t->max_body_bytes) {
-    /* The start of the body goes into the message of an HTTP error. */
+    /* Kept for an upload, whose OBS error code may sit in the start. */
     ac_buf_add(&t->body, data, t->max_body_bytes - t->body.len);
     t->body_too_large = 1;
     return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
@@ -149,6 +149,14 @@ const char *ac_transport_default_proxy(void) {
 void ac_transport_go_direct(ac_transport *t) {
   curl_easy_setopt(t->curl, CURLOPT_NOPROXY, "*");
   t->direct = 1;
+}
+
+
+void ac_transport_use_proxy(ac_transport *t, const ac_transport_opts *o) {
+  /* As apply_options left it: NULL makes libcurl read no_proxy. */
+  curl_easy_setopt(t->curl, CURLOPT_NOPROXY,
+                   o->proxy != NULL && o->proxy[0] == '\0' ? "" : NULL);
+  t->direct = 0;
 }
 
 

@@ -74,6 +74,9 @@ const char *ac_transport_default_proxy(void);
  * say. */
 void ac_transport_go_direct(ac_transport *t);
 
+/* Undoes ac_transport_go_direct: t uses the proxy that o sets up. */
+void ac_transport_use_proxy(ac_transport *t, const ac_transport_opts *o);
+
 /* Returns the name of the variable from which libcurl takes a proxy for
  * url, or NULL when none of those variables is set. */
 const char *ac_transport_proxy_variable(const char *url);

@@ -310,7 +310,12 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
   lua_getfield(L, 3, "path_style");
   r->path_style = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  r->scheme = c->endpoint.https ? "https" : "http";
+  /* A loopback endpoint may use plain http without allow_http because
+   * nothing leaves the machine. An OBS host elsewhere then gets https,
+   * or the security token would cross the network in plain text. */
+  call->direct = ac_authority_is_loopback(r->server_end_point);
+  r->scheme = c->endpoint.https || (!c->endpoint.allow_http && !call->direct)
+            ? "https" : "http";
   if (ac_obs_check_target(r->server_end_point, r->bucket, r->key,
                           r->path_style, msg) != 0)
     return -1;
@@ -516,6 +521,11 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
   CURL *h = t->curl;
 
   ac_transport_prepare(t, call->url.data, call->headers, NULL, 0, 0);
+  /* The handle of the blocking uploads serves OBS hosts of all kinds. */
+  if (call->direct)
+    ac_transport_go_direct(t);
+  else
+    ac_transport_use_proxy(t, &c->transport_opts);
   curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
   /* The signature covers the key as it is, so libcurl must not squash
    * "." and ".." segments. */

@@ -49,6 +49,7 @@ typedef struct ac_upload {
   char md5[AC_MD5_BASE64_SIZE];
   const char *path;
   long timeout_ms;
+  int direct;                  /* OBS host is loopback: no proxy */
   const char *secrets[7];      /* NULL-terminated */
   ac_buf url;
   struct curl_slist *headers;
