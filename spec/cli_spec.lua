@@ -126,6 +126,40 @@ describe("appcenter-credential", function()
     assert.is_not_nil(result.object_path:find("replay.bin", 1, true))
   end)
 
+  it("prints empty action and resource lists as arrays", function()
+    emu:fault{ status = 200, body = cjson.encode{
+      server_end_point = "localhost:1", bucket_name = "b", object_path = "o",
+      policy = { version = "1.1", statement = { effect = "Allow",
+        action = {}, resource = {} } },
+      credential = { access = "A", secret = "S", security_token = "T" },
+    } }
+
+    local status, stdout = run_tool(endpoint_args("replay.bin"), emu.token)
+
+    assert.equal(0, status)
+    assert.is_not_nil(stdout:find('"action": [],', 1, true), stdout)
+    assert.is_not_nil(stdout:find('"resource": []', 1, true), stdout)
+  end)
+
+  it("fails when standard output cannot be written", function()
+    local stderr_path = os.tmpname()
+    local words = { "env", "-u", "APPCENTER_ENDPOINT", "HOME=" .. shell_quote(home),
+      "APPCENTER_TOKEN=" .. shell_quote(emu.token), TOOL }
+    for _, value in ipairs(endpoint_args("replay.bin")) do
+      words[#words + 1] = shell_quote(value)
+    end
+    local pipe = assert(io.popen(("%s >/dev/full 2>%s; echo $?"):format(
+      table.concat(words, " "), shell_quote(stderr_path)), "r"))
+    local status = tonumber(pipe:read("*a"))
+    pipe:close()
+    local stderr = read_file(stderr_path)
+    os.remove(stderr_path)
+
+    assert.equal(1, status)
+    assert.equal("appcenter-credential: cannot write standard output: No "
+      .. "space left on device\n", stderr)
+  end)
+
   it("output is indented with sorted keys", function()
     local _, stdout = run_tool(endpoint_args("replay.bin"), emu.token)
 
@@ -509,6 +543,11 @@ describe("appcenter-credential", function()
           return { "--endpoint", emu.url, "replay.bin" }
         end, "token", "missing project_id: pass --project-id ID or set"
           .. " APPCENTER_PROJECT_ID, or set HUAWEICLOUD_SDK_PROJECT_ID" },
+      { "value for a flag", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--help=x"
+          return args
+        end, "token", "option --help takes no value" },
       { "unknown option", function()
           local args = endpoint_args("replay.bin")
           args[#args + 1] = "--verbose"
@@ -646,6 +685,18 @@ describe("appcenter-credential", function()
       local object = emu:object(landed.bucket_name, landed.object_path)
       assert.equal(240000, object.size)
       assert.equal(sha256(upload_path), object.sha256)
+    end)
+
+    it("replaces the bytes of a path that is not UTF-8", function()
+      local odd_directory = directory .. "/d\255"
+      assert(run_command("mkdir -p " .. shell_quote(odd_directory)))
+      write_file(odd_directory .. "/odd.bin", "odd")
+
+      local status, stdout = run_tool(upload_args(odd_directory .. "/odd.bin"),
+        emu.token)
+
+      assert.equal(0, status)
+      assert.equal(directory .. "/d?/odd.bin", cjson.decode(stdout).file)
     end)
 
     it("draws a progress bar on a terminal", function()
