@@ -354,6 +354,34 @@ describe("nginx integration", function()
         ("%d connections for 5 calls"):format(stats.connections))
     end)
 
+    it("returns empty action and resource lists as arrays", function()
+      emu:fault{ status = 200, body = cjson.encode{
+        server_end_point = "localhost:1", bucket_name = "b", object_path = "o",
+        policy = { version = "1.1", statement = { effect = "Allow",
+          action = {}, resource = {} } },
+        credential = { access = "A", secret = "S", security_token = "T" },
+      } }
+
+      local status, body = nginx:get("/credential?file_name=empty.bin")
+
+      assert.are.equal(200, status, body)
+      assert.is_truthy(body:find('"action":[]', 1, true), body)
+      assert.is_truthy(body:find('"resource":[]', 1, true), body)
+    end)
+
+    it("says when there are too many query arguments", function()
+      local args = {}
+      for i = 1, 100 do
+        args[i] = "a" .. i .. "=1"
+      end
+      local status, body = nginx:get("/credential?" .. table.concat(args, "&")
+        .. "&file_name=a.bin")
+
+      assert.are.equal(400, status)
+      assert.are.equal("too many query arguments; pass only file_name",
+        cjson.decode(body).error_msg)
+    end)
+
     it("rejects an invalid file name with 400", function()
       local status, body = nginx:get("/credential?file_name=a:b.bin")
       assert.are.equal(400, status)

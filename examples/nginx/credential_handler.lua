@@ -31,8 +31,12 @@ local function read_token_file(path)
   if not file then
     return nil, ("cannot read APPCENTER_TOKEN_FILE: %s"):format(message)
   end
-  local token = file:read("*a")
+  local token, read_error = file:read("*a")
   file:close()
+  if read_error then
+    return nil, ("cannot read APPCENTER_TOKEN_FILE %s: %s"):format(path,
+      read_error)
+  end
   token = token and token:match("^%s*(.-)%s*$")
   if not token or token == "" then
     return nil, ("APPCENTER_TOKEN_FILE %s is empty"):format(path)
@@ -89,12 +93,32 @@ local function get_client()
   return client
 end
 
+-- lua-cjson 2.1.0 encodes every empty table as {}, but the statement's
+-- action and resource are arrays, so an empty one is swapped for this
+-- string, which cjson escapes as "\u0001empty array", and then for [].
+local EMPTY_ARRAY = "\1empty array"
+
+local function mark_empty_arrays(result)
+  local statement = type(result) == "table" and type(result.policy) == "table"
+    and result.policy.statement
+  if type(statement) ~= "table" then
+    return
+  end
+  for _, name in ipairs({ "action", "resource" }) do
+    if type(statement[name]) == "table" and next(statement[name]) == nil then
+      statement[name] = EMPTY_ARRAY
+    end
+  end
+end
+
 local function send_json(status, value)
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
   -- The body contains a secret key, which no cache may keep.
   ngx.header["Cache-Control"] = "no-store"
-  ngx.say(cjson.encode(value))
+  mark_empty_arrays(value)
+  local body = cjson.encode(value):gsub('"\\u0001empty array"', "[]")
+  ngx.say(body)
   -- The status went out with the body, so the request only needs to end.
   return ngx.exit(ngx.HTTP_OK)
 end
@@ -114,7 +138,13 @@ function handler.handle()
     return send_error(405, "method_not_allowed", "use GET or POST")
   end
 
-  local file_name = ngx.req.get_uri_args().file_name
+  -- nginx reads at most 100 arguments, and says so.
+  local args, args_error = ngx.req.get_uri_args()
+  if args_error == "truncated" then
+    return send_error(400, "invalid_file_name",
+      "too many query arguments; pass only file_name")
+  end
+  local file_name = args.file_name
   if type(file_name) ~= "string" then
     return send_error(400, "invalid_file_name",
       "pass exactly one file_name query argument, e.g. "
