@@ -138,7 +138,7 @@ function handler.handle()
     return send_error(405, "method_not_allowed", "use GET or POST")
   end
 
-  -- nginx reads at most 100 arguments, and says so.
+  -- nginx reads at most 100 arguments and returns "truncated" past them.
   local args, args_error = ngx.req.get_uri_args()
   if args_error == "truncated" then
     return send_error(400, "invalid_file_name",
