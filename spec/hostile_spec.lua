@@ -379,4 +379,23 @@ describe("hostile servers", function()
     assert.equals(403, err.status)
     assert.equals("OBS returned HTTP 403", err.message)
   end)
+
+  it("counts the bytes sent when OBS answers early", function()
+    -- The server reads at most 1 MiB of a body, then answers 200.
+    local server = start{ mode = "fixed", status = 200 }
+    local client = new_client(server)
+    local result = {
+      server_end_point = "127.0.0.1:" .. server.port,
+      bucket_name = "bucket",
+      object_path = "app-file/x/setup.exe",
+      credential = { access = "FAKEACCESS", secret = "fake-secret", security_token = "fake-st" },
+    }
+    local body = ("b"):rep(64 * 1024 * 1024)
+
+    local meta, err = client:upload(result, { body = body, path_style = true })
+    client:close()
+
+    assert.is_table(meta, tostring(err))
+    assert.is_true(meta.bytes < #body, "bytes = " .. meta.bytes)
+  end)
 end)

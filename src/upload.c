@@ -9,8 +9,9 @@
  *   opts.path_style    true for https://endpoint/bucket/key URLs
  *   opts.progress      function(sent, total); returning false aborts
  *   opts.timeout_ms    whole upload; default: no limit, but a transfer
- *                      that moves no byte for the client's timeout_ms
- *                      is cut off
+ *                      slower than 1 byte per second for the client's
+ *                      timeout_ms is cut off (libcurl averages the speed
+ *                      over a few seconds)
  *
  * Returns meta {status, url, etag, request_id, bytes, elapsed_ms,
  * attempts} or nil, err. The scheme is the one of the client's endpoint,
@@ -552,7 +553,7 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
 static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
                       long status) {
   const ac_buf *url = &call->url;
-  curl_off_t total_us = 0;
+  curl_off_t total_us = 0, sent = 0;
 
   curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
   lua_createtable(L, 0, 7);
@@ -568,7 +569,9 @@ static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
     lua_pushstring(L, t->request_id);
     lua_setfield(L, -2, "request_id");
   }
-  lua_pushinteger(L, (lua_Integer)call->src.total);
+  /* What was sent: a server may answer before it read the whole body. */
+  curl_easy_getinfo(t->curl, CURLINFO_SIZE_UPLOAD_T, &sent);
+  lua_pushinteger(L, (lua_Integer)sent);
   lua_setfield(L, -2, "bytes");
   lua_pushnumber(L, (lua_Number)total_us / 1000.0);
   lua_setfield(L, -2, "elapsed_ms");
