@@ -346,6 +346,8 @@ describe("credentials", function()
       assert.is_not_nil(err.message:find(
         "set HUAWEICLOUD_SDK_CREDENTIALS_FILE to a file", 1, true),
         err.message)
+      assert.is_not_nil(err.message:find("(HOME is not set, so "
+        .. "~/.huaweicloud/credentials was not read)", 1, true), err.message)
     end)
 
     it("is not read when not needed", function()

@@ -401,7 +401,8 @@ local function profile_advice(keys, path, note)
     return ("add %s to %s of %s%s"):format(keys, section, path,
       note and " (" .. note .. ")" or "")
   end
-  return ("set %s to a file whose %s has %s"):format(credentials.ENV_FILE,
+  return ("set %s to a file whose %s has %s (HOME is not set, so "
+    .. "~/.huaweicloud/credentials was not read)"):format(credentials.ENV_FILE,
     section, keys)
 end
 
