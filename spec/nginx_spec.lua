@@ -517,6 +517,26 @@ describe("nginx integration", function()
       assert.is_truthy(log:find("failed for failed.bin after 3 attempt(s): "
         .. "appcenter: http 503", 1, true), log)
     end)
+
+    it("hides App Center's auth errors from the caller", function()
+      emu:fault({ status = 401, body = cjson.encode{ error_code = "APIGW.0307",
+        error_msg = "The token must be updated." } })
+      local status, body = nginx:get("/credential?file_name=auth.bin")
+
+      assert.are.equal(502, status)
+      local answer = cjson.decode(body)
+      assert.are.equal("upstream_auth_failed", answer.error_code)
+      assert.is_nil(body:find("APIGW", 1, true))
+      assert.is_truthy(nginx:error_log():find("APIGW.0307", 1, true))
+    end)
+
+    it("names the kind of an invalid response", function()
+      emu:fault({ status = 200, body = "not json" })
+      local status, body = nginx:get("/credential?file_name=bad.bin")
+
+      assert.are.equal(502, status)
+      assert.are.equal("invalid_response", cjson.decode(body).error_code)
+    end)
   end)
 
   describe("with the example without its thread_pool line", function()

@@ -174,7 +174,16 @@ function handler.handle()
     -- Error messages contain no secrets, so the whole error can be logged.
     ngx.log(ngx.ERR, "appcenter: create_credential failed for ", file_name,
       " after ", err.attempts, " attempt(s): ", tostring(err))
-    return send_error(502, err.code, err.message, err.request_id)
+    if err.status == 401 or err.status == 403 then
+      -- App Center rejected this server's own credentials, which is no
+      -- business of the caller's.
+      return send_error(502, "upstream_auth_failed", "the credential "
+        .. "service could not authenticate to App Center; see the error log",
+        err.request_id)
+    end
+    -- The kind, such as "timeout", where App Center sent no error code.
+    local code = err.kind == "http" and err.code or err.kind
+    return send_error(502, code, err.message, err.request_id)
   end
   return send_json(200, result)
 end
