@@ -283,12 +283,27 @@ describe("credentials", function()
       local ok, _, err = pcall(credentials.resolve, { project_id = "p" })
       _G.ngx = saved_ngx
 
-      local advice = "; inside nginx, keep the variables with `env` lines in"
-        .. " the main context of nginx.conf, such as `env HUAWEICLOUD_SDK_AK;`,"
-        .. " `env HUAWEICLOUD_SDK_SK;` and `env HOME;`, because nginx clears"
-        .. " its workers' environment"
+      local advice = "; inside nginx, keep the variables you use with `env`"
+        .. " lines in the main context of nginx.conf (`env HUAWEICLOUD_SDK_AK;`,"
+        .. " `env HUAWEICLOUD_SDK_SK;`, `env HUAWEICLOUD_SDK_SECURITY_TOKEN;`,"
+        .. " `env HUAWEICLOUD_SDK_CREDENTIALS_FILE;`, `env HOME;`), because"
+        .. " nginx clears its workers' environment"
       assert.is_true(ok)
       assert.equal(advice, err.message:sub(-#advice))
+    end)
+
+    it("names the project id variable inside nginx", function()
+      env.HUAWEICLOUD_SDK_AK = FAKE_AK
+      env.HUAWEICLOUD_SDK_SK = FAKE_SK
+      local saved_ngx = rawget(_G, "ngx")
+      _G.ngx = { config = {} }
+      local ok, _, err = pcall(credentials.resolve, {})
+      _G.ngx = saved_ngx
+
+      assert.is_true(ok)
+      assert.matches("(`env HUAWEICLOUD_SDK_PROJECT_ID;`, "
+        .. "`env HUAWEICLOUD_SDK_CREDENTIALS_FILE;`, `env HOME;`)",
+        err.message, 1, true)
     end)
 
     it("missing default file with keys from environment", function()

@@ -809,7 +809,7 @@ http {
       assert.are.equal(200, status)
       assert.is_truthy(body:find("appcenter: invalid_argument: missing "
         .. "credentials: ", 1, true), body)
-      assert.is_truthy(body:find("such as `env HUAWEICLOUD_SDK_AK;`", 1, true),
+      assert.is_truthy(body:find("(`env HUAWEICLOUD_SDK_AK;`", 1, true),
         body)
     end)
 

@@ -409,14 +409,17 @@ end
 -- nginx starts its workers with an empty environment apart from TZ and
 -- the variables that `env` lines of nginx.conf keep. So inside nginx the
 -- "missing" messages name those lines.
-local function nginx_advice()
+local function nginx_advice(variables)
   if type(ngx) ~= "table" or type(ngx.config) ~= "table" then
     return ""
   end
-  return ("; inside nginx, keep the variables with `env` lines in the "
-    .. "main context of nginx.conf, such as `env %s;`, `env %s;` and "
-    .. "`env HOME;`, because nginx clears its workers' environment")
-    :format(credentials.ENV_AK, credentials.ENV_SK)
+  local lines = {}
+  for i, name in ipairs(variables) do
+    lines[i] = ("`env %s;`"):format(name)
+  end
+  return ("; inside nginx, keep the variables you use with `env` lines "
+    .. "in the main context of nginx.conf (%s), because nginx clears its "
+    .. "workers' environment"):format(table.concat(lines, ", "))
 end
 
 -- How callers of credentials.resolve pass credentials and project_id
@@ -429,13 +432,16 @@ local DEFAULT_ADVICE = {
 local function missing_keys_error(path, note, advice)
   return invalid(("missing credentials: %s, or set %s and %s, or %s%s")
     :format(advice.credentials, credentials.ENV_AK, credentials.ENV_SK,
-    profile_advice("ak and sk", path, note), nginx_advice()))
+    profile_advice("ak and sk", path, note), nginx_advice({
+      credentials.ENV_AK, credentials.ENV_SK, credentials.ENV_SECURITY_TOKEN,
+      credentials.ENV_FILE, "HOME" })))
 end
 
 local function missing_project_id_error(path, note, advice)
   return invalid(("missing project_id: %s, or set %s, or %s%s")
     :format(advice.project_id, credentials.ENV_PROJECT_ID,
-    profile_advice("project_id", path, note), nginx_advice()))
+    profile_advice("project_id", path, note), nginx_advice({
+      credentials.ENV_PROJECT_ID, credentials.ENV_FILE, "HOME" })))
 end
 
 -- Returns a copy of `opts` (the options for core.new) with the keys and
