@@ -127,12 +127,7 @@ describe("appcenter-credential", function()
   end)
 
   it("prints empty action and resource lists as arrays", function()
-    emu:fault{ status = 200, body = cjson.encode{
-      server_end_point = "localhost:1", bucket_name = "b", object_path = "o",
-      policy = { version = "1.1", statement = { effect = "Allow",
-        action = {}, resource = {} } },
-      credential = { access = "A", secret = "S", security_token = "T" },
-    } }
+    emu:fault{ status = 200, body = emulator.EMPTY_LISTS_BODY }
 
     local status, stdout = run_tool(endpoint_args("replay.bin"), emu.token)
 

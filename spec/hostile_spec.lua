@@ -355,7 +355,8 @@ describe("hostile servers", function()
     assert.is_nil(result)
     assert.equals("network", err.kind)
     assert.is_true(err.retryable)
-    -- The request may meet the close (a reset) or follow it (no answer).
+    -- The request may arrive before the close (a reset) or after it (an
+    -- empty reply).
     local broke = " (the connection broke during the request; a retry may "
       .. "succeed)"
     local closed = " (the server closed the connection without an answer)"
@@ -363,15 +364,20 @@ describe("hostile servers", function()
       or err.message:sub(-#closed) == closed, err.message)
   end)
 
-  it("reports an OBS error without a body", function()
-    local server = start{ mode = "fixed", status = 403 }
-    local client = new_client(server)
-    local result = {
+  -- Returns a credential result whose OBS host is `server`.
+  local function upload_result(server)
+    return {
       server_end_point = "127.0.0.1:" .. server.port,
       bucket_name = "bucket",
       object_path = "app-file/x/setup.exe",
       credential = { access = "FAKEACCESS", secret = "fake-secret", security_token = "fake-st" },
     }
+  end
+
+  it("reports an OBS error without a body", function()
+    local server = start{ mode = "fixed", status = 403 }
+    local client = new_client(server)
+    local result = upload_result(server)
     local meta, err = client:upload(result, { body = "data", path_style = true })
     client:close()
     assert.is_nil(meta)
@@ -381,15 +387,10 @@ describe("hostile servers", function()
   end)
 
   it("counts the bytes sent when OBS answers early", function()
-    -- The server reads at most 1 MiB of a body, then answers 200.
+    -- The server reads at most 1 MiB of a body, then sends its 200.
     local server = start{ mode = "fixed", status = 200 }
     local client = new_client(server)
-    local result = {
-      server_end_point = "127.0.0.1:" .. server.port,
-      bucket_name = "bucket",
-      object_path = "app-file/x/setup.exe",
-      credential = { access = "FAKEACCESS", secret = "fake-secret", security_token = "fake-st" },
-    }
+    local result = upload_result(server)
     local body = ("b"):rep(64 * 1024 * 1024)
 
     local meta, err = client:upload(result, { body = body, path_style = true })

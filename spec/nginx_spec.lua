@@ -299,15 +299,21 @@ describe("nginx integration", function()
     end
   end)
 
+  -- Starts nginx with `conf`, a form of examples/nginx/nginx.conf, and
+  -- the environment that the example handler reads.
+  local function start_example(conf)
+    return start_nginx(conf, {
+      APPCENTER_ENDPOINT = emu.url,
+      APPCENTER_PROJECT_ID = emu.project_id,
+      APPCENTER_TOKEN_FILE = token_dir .. "/token",
+    })
+  end
+
   describe("with examples/nginx/nginx.conf", function()
     local nginx
 
     setup(function()
-      nginx = start_nginx(read_file(ROOT .. "/examples/nginx/nginx.conf"), {
-        APPCENTER_ENDPOINT = emu.url,
-        APPCENTER_PROJECT_ID = emu.project_id,
-        APPCENTER_TOKEN_FILE = token_dir .. "/token",
-      })
+      nginx = start_example(read_file(ROOT .. "/examples/nginx/nginx.conf"))
     end)
 
     teardown(function()
@@ -355,12 +361,7 @@ describe("nginx integration", function()
     end)
 
     it("returns empty action and resource lists as arrays", function()
-      emu:fault{ status = 200, body = cjson.encode{
-        server_end_point = "localhost:1", bucket_name = "b", object_path = "o",
-        policy = { version = "1.1", statement = { effect = "Allow",
-          action = {}, resource = {} } },
-        credential = { access = "A", secret = "S", security_token = "T" },
-      } }
+      emu:fault{ status = 200, body = emulator.EMPTY_LISTS_BODY }
 
       local status, body = nginx:get("/credential?file_name=empty.bin")
 
@@ -369,7 +370,7 @@ describe("nginx integration", function()
       assert.is_truthy(body:find('"resource":[]', 1, true), body)
     end)
 
-    it("says when there are too many query arguments", function()
+    it("rejects too many query arguments", function()
       local args = {}
       for i = 1, 100 do
         args[i] = "a" .. i .. "=1"
@@ -546,11 +547,7 @@ describe("nginx integration", function()
       local conf, removed = read_file(ROOT .. "/examples/nginx/nginx.conf")
         :gsub("\nthread_pool appcenter threads=%d+;", "\n")
       assert.are.equal(1, removed)
-      nginx = start_nginx(conf, {
-        APPCENTER_ENDPOINT = emu.url,
-        APPCENTER_PROJECT_ID = emu.project_id,
-        APPCENTER_TOKEN_FILE = token_dir .. "/token",
-      })
+      nginx = start_example(conf)
     end)
 
     teardown(function()
@@ -795,7 +792,7 @@ http {
       assert.are.equal("appcenter.client (closed)", lines[3])
     end)
 
-    it("says the VM pool is smaller than prepare_thread_vms asked", function()
+    it("names a VM pool smaller than requested", function()
       local status, body = nginx:get("/prepare-too-many")
       assert.are.equal(200, status)
       assert.is_truthy(body:find("raised: appcenter: ngx.run_worker_thread "
@@ -1054,9 +1051,8 @@ http {
 
       assert.are.equal(200, status)
       assert.are.equal("killed: 1\n", body)
-      -- nginx ends the request once its last light thread ends. The
-      -- keeper sees the dead caller within its 1 s sleep; before, it kept
-      -- the request open for good.
+      -- nginx ends the request once its last light thread ends, and the
+      -- keeper checks for a dead caller after each 1 s sleep.
       assert.is_true(seconds < 2.5, ("took %.3f s"):format(seconds))
     end)
 

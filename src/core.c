@@ -299,9 +299,9 @@ static void set_secrets(const char **list, const char *token,
 }
 
 
-/* Rejects an ak that would break the Authorization header, whose
- * fields it separates with ", ": white space, commas and control
- * characters, which no access key ID contains. */
+/* Rejects an ak with white space, a comma or a control character. No
+ * access key ID contains them, and they would break the fields of the
+ * Authorization header, which ", " separates. */
 static int check_ak(const char *ak, size_t len, char *msg) {
   size_t i;
 
@@ -820,10 +820,7 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
   ac_response r;
   curl_off_t total_us = 0;
 
-  /* An error status whose body is over max_body_bytes is still that
-   * HTTP error. */
-  int body_cut = rc == CURLE_WRITE_ERROR && t->body_too_large
-                 && status >= 300;
+  int body_cut = ac_transport_error_body_cut(t, rc, status);
 
   if (rc != CURLE_OK && !body_cut)
     return push_transfer_error(L, c, t, rc, status);

@@ -55,7 +55,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
   size_t len = size * n;
 
   if (t->body.len + len > t->max_body_bytes) {
-    /* Kept for an upload, whose OBS error code may sit in the start. */
+    /* An upload's OBS error code may be in the part that fits. */
     ac_buf_add(&t->body, data, t->max_body_bytes - t->body.len);
     t->body_too_large = 1;
     return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
@@ -143,6 +143,12 @@ const char *ac_transport_default_proxy(void) {
     if ((value = getenv(*name)) != NULL && *value != '\0')
       return NULL;
   return "";
+}
+
+
+int ac_transport_error_body_cut(const ac_transport *t, CURLcode rc,
+                                long status) {
+  return rc == CURLE_WRITE_ERROR && t->body_too_large && status >= 300;
 }
 
 

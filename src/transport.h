@@ -70,8 +70,14 @@ void ac_transport_free(ac_transport *t);
  * that libcurl stops looking them up on every transfer. */
 const char *ac_transport_default_proxy(void);
 
-/* Makes t connect directly, whatever the proxy option and variables
- * say. */
+/* Returns whether a transfer that ended with rc and status is an error
+ * response whose body was over max_body_bytes, so that only its start
+ * is in t->body. Such a response is still the server's error. */
+int ac_transport_error_body_cut(const ac_transport *t, CURLcode rc,
+                                long status);
+
+/* Makes t connect directly, ignoring the proxy option and the proxy
+ * variables. */
 void ac_transport_go_direct(ac_transport *t);
 
 /* Undoes ac_transport_go_direct: t uses the proxy that o sets up. */

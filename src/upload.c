@@ -569,7 +569,8 @@ static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
     lua_pushstring(L, t->request_id);
     lua_setfield(L, -2, "request_id");
   }
-  /* What was sent: a server may answer before it read the whole body. */
+  /* The bytes sent, because a server may respond before it reads the
+   * whole body. */
   curl_easy_getinfo(t->curl, CURLINFO_SIZE_UPLOAD_T, &sent);
   lua_pushinteger(L, (lua_Integer)sent);
   lua_setfield(L, -2, "bytes");
@@ -734,9 +735,7 @@ int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
     ac_push_error(L, &e);
     return 2;
   }
-  /* An error status whose body is over max_body_bytes is still OBS's
-   * error. */
-  if (rc == CURLE_WRITE_ERROR && t->body_too_large && status >= 300)
+  if (ac_transport_error_body_cut(t, rc, status))
     rc = CURLE_OK;
   if (rc != CURLE_OK)
     return ac_client_push_outcome(L, c, t, rc, status);

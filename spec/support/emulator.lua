@@ -74,6 +74,13 @@ local function flag_value(args, flag)
   return nil
 end
 
+--- A create-credential body whose statement has empty action and resource
+-- lists, which lua-cjson decodes to empty tables like empty objects.
+emulator.EMPTY_LISTS_BODY = '{"server_end_point": "localhost:1", '
+  .. '"bucket_name": "b", "object_path": "o", "policy": {"version": "1.1", '
+  .. '"statement": {"effect": "Allow", "action": [], "resource": []}}, '
+  .. '"credential": {"access": "A", "secret": "S", "security_token": "T"}}'
+
 --- Starts an emulator and returns its handle once it printed its ready line.
 -- opts (all optional): tls_cert and tls_key (PEM files, serve HTTPS), args (extra
 -- command-line arguments), max_seconds (lifetime, default 900), python (default "python3").
