@@ -93,6 +93,10 @@ describe("appcenter.core async", function()
     assert.is_not_nil(client:start("timed.bin", record, { timeout_ms = 5000 }))
     local ok, message = pcall(client.start, client, "bad.bin", record,
       { timeout_ms = "soon" })
+    local zero_ok, zero_message = pcall(client.start, client, "zero.bin",
+      record, { timeout_ms = 0 })
+    local key_ok, key_message = pcall(client.start, client, "key.bin",
+      record, { 5000 })
     for _ = 1, 100 do
       if client:pending() == 0 then
         break
@@ -102,8 +106,14 @@ describe("appcenter.core async", function()
 
     assert.same({ "ok", "ok" }, outcomes)
     assert.is_false(ok)
+    assert.equals("start: option 'timeout_ms' must be a number, got string",
+      message)
+    assert.is_false(zero_ok)
     assert.matches("(timeout_ms must be a number from 1 to 86400000)",
-      message, 1, true)
+      zero_message, 1, true)
+    assert.is_false(key_ok)
+    assert.equals("start: option names must be strings, got the number "
+      .. "key 1; pass options as name = value", key_message)
   end)
 
   it("raises when an option's __index closes the client", function()

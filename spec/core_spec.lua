@@ -378,6 +378,21 @@ describe("appcenter.core", function()
       end, "appcenter.core.new: unknown option 'timout_ms'")
     end)
 
+    it("raises on a positional option", function()
+      local cases = {
+        { { "http://127.0.0.1:1" }, "the number key 1" },
+        { { [2.5] = "x" }, "the number key 2.5" },
+        { { [false] = "x" }, "the boolean key false" },
+        { { [{}] = "x" }, "a table key" },
+      }
+      for _, case in ipairs(cases) do
+        assert.has_error(function()
+          core.new(options(case[1]))
+        end, "appcenter.core.new: option names must be strings, got "
+          .. case[2] .. "; pass options as name = value")
+      end
+    end)
+
     it("raises on a file_name that is not a string", function()
       local client = new_client()
       assert.has_error(function()

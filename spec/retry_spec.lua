@@ -868,6 +868,21 @@ describe("retry", function()
         .. " (did you mean 'retry.budget.capacity'?)")
     end)
 
+    it("positional option raises", function()
+      assert.has_error(function()
+        new_client(nil, { "http://127.0.0.1:1" })
+      end, "appcenter.new: option names must be strings, got the number key "
+        .. "1; pass options as name = value")
+      assert.has_error(function()
+        new_client{ [true] = 2 }
+      end, "appcenter.new: option names must be strings, got the boolean key "
+        .. "true in retry; pass options as name = value")
+      assert.has_error(function()
+        new_client{ budget = { [{}] = 1 } }
+      end, "appcenter.new: option names must be strings, got a table key in "
+        .. "retry.budget; pass options as name = value")
+    end)
+
     it("one-shot name raises in new", function()
       assert.has_error(function()
         new_client(nil, { file_name = "replay.bin" })

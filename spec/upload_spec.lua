@@ -1132,7 +1132,8 @@ describe("upload", function()
         { { body = 5 }, "create_and_upload: option 'body' must be a string, got number" },
         { { body = "x", progress = true },
           "create_and_upload: option 'progress' must be a function, got boolean" },
-        { { body = "x", [1] = "x" }, "create_and_upload: unknown option '1'" },
+        { { body = "x", [1] = "x" }, "create_and_upload: option names must be "
+          .. "strings, got the number key 1; pass options as name = value" },
       }
       local client = new_wrapper_client()
       for _, case in ipairs(cases) do

@@ -83,6 +83,26 @@ static const ac_option call_options[] = {
 };
 
 
+/* Raises for the key below the value on top of the stack, which is not
+ * a string: a positional argument such as {"http://127.0.0.1"}. */
+static void raise_key_not_name(lua_State *L, const char *fname) {
+  const char *type = luaL_typename(L, -2);
+  const char *key_text = NULL;
+
+  if (lua_type(L, -2) == LUA_TNUMBER) {
+    lua_pushvalue(L, -2);
+    key_text = lua_tostring(L, -1);
+  } else if (lua_type(L, -2) == LUA_TBOOLEAN) {
+    key_text = lua_toboolean(L, -2) ? "true" : "false";
+  }
+  if (key_text != NULL)
+    luaL_error(L, "%s: option names must be strings, got the %s key %s; "
+               "pass options as name = value", fname, type, key_text);
+  luaL_error(L, "%s: option names must be strings, got a %s key; pass "
+             "options as name = value", fname, type);
+}
+
+
 void ac_check_options(lua_State *L, int idx, const ac_option *list,
                       const char *fname, int allow_file_name) {
   const ac_option *o;
@@ -96,10 +116,11 @@ void ac_check_options(lua_State *L, int idx, const ac_option *list,
     for (o = list; key != NULL && o->name != NULL; o++)
       if (strcmp(o->name, key) == 0)
         break;
-    if (key == NULL || o->name == NULL
+    if (key == NULL)
+      raise_key_not_name(L, fname);
+    if (o->name == NULL
         || (!allow_file_name && strcmp(key, "file_name") == 0))
-      luaL_error(L, "%s: unknown option '%s'", fname,
-                 key ? key : luaL_typename(L, -2));
+      luaL_error(L, "%s: unknown option '%s'", fname, key);
     if (lua_type(L, -1) != o->type)
       luaL_error(L, "%s: option '%s' must be a %s, got %s", fname, key,
                  lua_typename(L, o->type), luaL_typename(L, -1));

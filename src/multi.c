@@ -312,6 +312,11 @@ static ac_client *check_open(lua_State *L) {
 }
 
 
+static const ac_option start_options[] = {
+  {"timeout_ms", LUA_TNUMBER},
+  {NULL, 0}
+};
+
 /* Reads the optional {timeout_ms = n} table at idx; 0 when absent. */
 static long call_timeout(lua_State *L, int idx) {
   lua_Number v;
@@ -319,15 +324,7 @@ static long call_timeout(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx))
     return 0;
   luaL_checktype(L, idx, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    if (lua_type(L, -2) != LUA_TSTRING
-        || strcmp(lua_tostring(L, -2), "timeout_ms") != 0)
-      luaL_error(L, "start: unknown option '%s'",
-                 lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2)
-                                                : luaL_typename(L, -2));
-    lua_pop(L, 1);
-  }
+  ac_check_options(L, idx, start_options, "start", 0);
   lua_getfield(L, idx, "timeout_ms");
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);

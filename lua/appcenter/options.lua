@@ -131,8 +131,16 @@ local function suggest_name(name, types)
 end
 
 local function unknown_name_message(path, name, types)
+  if type(name) ~= "string" then
+    local where = path == "" and "" or " in " .. path:sub(1, -2)
+    local key_text = (type(name) == "number" or type(name) == "boolean")
+      and ("the %s key %s"):format(type(name), tostring(name))
+      or ("a %s key"):format(type(name))
+    return ("option names must be strings, got %s%s; pass options as "
+      .. "name = value"):format(key_text, where)
+  end
   local message = ("unknown option '%s%s'"):format(path, tostring(name))
-  local suggestion = type(name) == "string" and suggest_name(name, types)
+  local suggestion = suggest_name(name, types)
   if suggestion then
     message = message .. (" (did you mean '%s%s'?)"):format(path, suggestion)
   end
