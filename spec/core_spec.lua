@@ -686,6 +686,19 @@ describe("appcenter.core", function()
       assert.same({}, result.policy.statement.action)
     end)
 
+    it("names an empty statement", function()
+      for _, empty in ipairs({ "[]", "{}" }) do
+        local body = valid_body()
+        body.policy.statement = "EMPTY"
+        local json = cjson.encode(body):gsub('"EMPTY"', empty)
+        local result, err = shaped(json)
+        assert.is_nil(result)
+        assert.equals("invalid_response", err.kind)
+        assert.equals("invalid response: policy.statement is empty, expected "
+          .. "an object with effect, action and resource", err.message)
+      end
+    end)
+
     it("returns a list of statements as a list", function()
       local body = valid_body()
       local one = body.policy.statement

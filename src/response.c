@@ -318,6 +318,26 @@ static int is_statement_list(lua_State *L, int idx) {
 }
 
 
+static int is_empty_table(lua_State *L, int idx) {
+  lua_pushnil(L);
+  if (lua_next(L, idx) == 0)
+    return 1;
+  lua_pop(L, 2);
+  return 0;
+}
+
+
+/* lua-cjson decodes [] and {} to the same empty table, so the message
+ * covers both. */
+static void fail_empty_statement(shape *s) {
+  if (s->failed)
+    return;
+  s->failed = 1;
+  snprintf(s->msg, sizeof s->msg, "invalid response: policy.statement is "
+           "empty, expected an object with effect, action and resource");
+}
+
+
 /* Checks the value on top of the stack, obj[f->name]. A JSON null that
  * f allows is cleared in obj. */
 static void shape_field(shape *s, int obj, const char *path,
@@ -344,7 +364,9 @@ static void shape_field(shape *s, int obj, const char *path,
       shape_fail(s, path, f->name, "an array of strings", top);
     return;
   case AC_FIELD_STATEMENT:
-    if (lua_istable(L, top) && is_statement_list(L, top))
+    if (lua_istable(L, top) && is_empty_table(L, top))
+      fail_empty_statement(s);
+    else if (lua_istable(L, top) && is_statement_list(L, top))
       shape_statements(s, top);
     else if (lua_istable(L, top))
       shape_object(s, top, "policy.statement", statement_fields);
