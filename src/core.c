@@ -766,6 +766,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
             || strstr(text, "unexpected eof") != NULL
             || strstr(text, "Connection reset") != NULL
             || strstr(text, "Broken pipe") != NULL);
+    /* libcurl 8.3 and later, and Debian's 7.88.1, report response
+     * headers over their 300 KiB limit with this text and
+     * CURLE_RECV_ERROR, as if the connection broke. The same server
+     * would send them again. */
+    int headers_too_large = rc == CURLE_RECV_ERROR
+        && strstr(text, "Too large response headers") != NULL;
 
     proxy_label(c, t, proxy, sizeof proxy);
 
@@ -811,6 +817,9 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     else if (rc == CURLE_PARTIAL_FILE)
       hint = " (the server closed the connection before the whole body "
              "arrived)";
+    else if (headers_too_large)
+      hint = " (the server, or a proxy between, sent more header bytes "
+             "than libcurl accepts; check the endpoint)";
     else if (rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR)
       hint = " (the connection broke during the request; a retry may "
              "succeed)";
@@ -822,10 +831,11 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     while (text_len > 0 && text[text_len - 1] == ' ')
       text_len--;
     snprintf(message, sizeof message, "%.*s%s", (int)text_len, text, hint);
-    e.kind = handshake_dropped ? AC_KIND_NETWORK : curl_kind(rc);
+    e.kind = handshake_dropped ? AC_KIND_NETWORK
+           : headers_too_large ? AC_KIND_INVALID_RESPONSE : curl_kind(rc);
     /* The same URL would be malformed again. */
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0
-               && rc != CURLE_URL_MALFORMAT;
+               && !headers_too_large && rc != CURLE_URL_MALFORMAT;
   }
   e.message = message;
   e.request_id = t->request_id;
