@@ -540,6 +540,48 @@ describe("nginx integration", function()
     end)
   end)
 
+  describe("with the example and APPCENTER_TIMEOUT_MS", function()
+    local nginx
+
+    setup(function()
+      nginx = start_nginx(read_file(ROOT .. "/examples/nginx/nginx.conf"), {
+        APPCENTER_ENDPOINT = emu.url,
+        APPCENTER_PROJECT_ID = emu.project_id,
+        APPCENTER_TOKEN_FILE = token_dir .. "/token",
+        APPCENTER_TIMEOUT_MS = "300",
+      })
+    end)
+
+    teardown(function()
+      if nginx then
+        nginx:stop()
+      end
+    end)
+
+    before_each(function()
+      emu:reset()
+    end)
+
+    it("returns 504 when every attempt times out", function()
+      emu:fault({ delay_ms = 1000, times = 3 })
+      local status, body = nginx:get("/credential?file_name=slow.bin")
+
+      assert.are.equal(504, status, body)
+      local answer = cjson.decode(body)
+      assert.are.equal("timeout", answer.error_code)
+      assert.is_truthy(answer.error_msg:find("after 300 milliseconds", 1, true),
+        answer.error_msg)
+      assert.are.equal(3, emu:stats().requests)
+    end)
+
+    it("succeeds within the timeout", function()
+      local status, body = nginx:get("/credential?file_name=fast.bin")
+
+      assert.are.equal(200, status, body)
+      assert.are.equal("string", type(cjson.decode(body).bucket_name))
+    end)
+  end)
+
   describe("with the example without its thread_pool line", function()
     local nginx
 

@@ -9,6 +9,8 @@
 --   APPCENTER_TOKEN_FILE                     a file that contains the token,
 --   or APPCENTER_TOKEN                       or the token itself,
 --   or APPCENTER_AK and APPCENTER_SK         or an access key pair
+--   APPCENTER_TIMEOUT_MS                     optional: each attempt's
+--                                            timeout, 30000 by default
 --
 -- The token file is read once per worker, when the first request arrives;
 -- reload nginx after rotating it.
@@ -59,6 +61,15 @@ local function options_from_environment()
       end,
     },
   }
+
+  local timeout = os.getenv("APPCENTER_TIMEOUT_MS")
+  if timeout then
+    opts.timeout_ms = tonumber(timeout)
+    if not opts.timeout_ms then
+      return nil, ("APPCENTER_TIMEOUT_MS must be a number of "
+        .. "milliseconds, got '%s'"):format(timeout)
+    end
+  end
 
   local token_file = os.getenv("APPCENTER_TOKEN_FILE")
   if token_file then
@@ -183,7 +194,8 @@ function handler.handle()
     end
     -- The kind, such as "timeout", where App Center sent no error code.
     local code = err.kind == "http" and err.code or err.kind
-    return send_error(502, code, err.message, err.request_id)
+    local status = err.kind == "timeout" and 504 or 502
+    return send_error(status, code, err.message, err.request_id)
   end
   return send_json(200, result)
 end
