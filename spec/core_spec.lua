@@ -45,6 +45,17 @@ describe("appcenter.core", function()
     return cjson.encode({ error_code = code, error_msg = message })
   end
 
+  local function valid_body()
+    return {
+      server_end_point = "obs.example", bucket_name = "b",
+      object_path = "app-file/a.txt",
+      policy = { version = "1.1", statement = {
+        effect = "Allow", action = { "obs:object:PutObject" },
+        resource = { "obs:*:*:object:b/app-file/a.txt" } } },
+      credential = { access = "A", secret = "S", security_token = "T" },
+    }
+  end
+
   describe("result", function()
     local result, meta
 
@@ -424,6 +435,108 @@ describe("appcenter.core", function()
     end)
   end)
 
+  -- The module decodes every response with the cjson decode function it
+  -- keeps in the registry. Wrapping that function runs Lua code at the
+  -- point where a finalizer may run: while the result is built from the
+  -- client's memory.
+  describe("while the result is built", function()
+    local DECODE_KEY = "appcenter.core.json_decode"
+    local registry = debug.getregistry()
+    local decode
+
+    before_each(function()
+      decode = registry[DECODE_KEY]
+      assert.is_function(decode)
+    end)
+
+    after_each(function()
+      registry[DECODE_KEY] = decode
+    end)
+
+    local function during_decode(fn)
+      registry[DECODE_KEY] = function(text)
+        registry[DECODE_KEY] = decode
+        fn()
+        return decode(text)
+      end
+    end
+
+    it("keeps a result when close runs", function()
+      local client = new_client()
+      during_decode(function()
+        client:close()
+      end)
+      emu:fault({ status = 200, headers = { ["X-Request-Id"] = "req-kept" },
+        body = cjson.encode(valid_body()) })
+
+      local result, meta = client:create_credential("a.txt")
+      assert.is_table(result)
+      assert.equals("S", result.credential.secret)
+      assert.equals("req-kept", meta.request_id)
+      assert.equals("appcenter.core.client (closed)", tostring(client))
+      assert.has_error(function()
+        client:create_credential("b.txt")
+      end, "appcenter.core: the client is closed")
+    end)
+
+    it("redacts an error when close runs", function()
+      local client = new_client()
+      during_decode(function()
+        client:close()
+      end)
+      emu:fault({ status = 400, headers = { ["X-Request-Id"] = "req-error" },
+        body = error_body("WKS.0400", "bad token " .. emu.token) })
+
+      local result, err = client:create_credential("a.txt")
+      assert.is_nil(result)
+      assert.equals("http", err.kind)
+      assert.equals("bad token ***", err.message)
+      assert.equals("req-error", err.request_id)
+    end)
+
+    it("raises on a call of the same client", function()
+      local client = new_client()
+      local ok, message
+      during_decode(function()
+        ok, message = pcall(client.create_credential, client, "b.txt")
+      end)
+
+      local result = client:create_credential("a.txt")
+      assert.is_table(result)
+      assert.is_false(ok)
+      assert.equals("appcenter.core: create_credential called while the "
+        .. "same client builds a result, e.g. from a finalizer; use "
+        .. "another client", message)
+      assert.equals(1, emu:stats().requests)
+      client:close()
+    end)
+
+    it("redacts a polled error when close runs", function()
+      local client = new_client()
+      local outcome
+      during_decode(function()
+        client:close()
+      end)
+      emu:fault({ status = 400, headers = { ["X-Request-Id"] = "req-polled" },
+        body = error_body("WKS.0400", "bad token " .. emu.token) })
+
+      client:start("a.txt", function(result, err)
+        outcome = { result = result, err = err }
+      end)
+      for _ = 1, 100 do
+        if outcome then
+          break
+        end
+        client:poll(50)
+      end
+      assert.is_table(outcome)
+      assert.is_nil(outcome.result)
+      assert.equals("bad token ***", outcome.err.message)
+      assert.equals("req-polled", outcome.err.request_id)
+      assert.equals(0, client:pending())
+    end)
+  end)
+
   describe("HTTP errors", function()
     local statuses = {
       { 400, "WKS.0400", false },
@@ -560,17 +673,6 @@ describe("appcenter.core", function()
     local function shaped(body)
       emu:fault({ status = 200, body = body })
       return new_client():create_credential("a.txt")
-    end
-
-    local function valid_body()
-      return {
-        server_end_point = "obs.example", bucket_name = "b",
-        object_path = "app-file/a.txt",
-        policy = { version = "1.1", statement = {
-          effect = "Allow", action = { "obs:object:PutObject" },
-          resource = { "obs:*:*:object:b/app-file/a.txt" } } },
-        credential = { access = "A", secret = "S", security_token = "T" },
-      }
     end
 
     it("rejects an empty 200 body", function()

@@ -85,6 +85,10 @@ typedef struct ac_client {
   int in_progress_callback;    /* set while one of them runs */
   int open;
   int closing;                 /* close() is calling back the requests */
+  int holds;                   /* > 0 while C code builds a result from
+                                * the client's memory and Lua code (a
+                                * finalizer) may run */
+  int release_deferred;        /* close() ran during a hold */
 } ac_client;
 
 /* An option name and the Lua type its value must have. */
@@ -110,6 +114,12 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 
 /* Clears and frees the lines of call; the nodes need no freeing. */
 void ac_call_headers_free(ac_call_headers *call);
+
+/* Marks that the caller reads the client's memory while it calls Lua,
+ * so close() from a finalizer defers freeing the client until the last
+ * ac_client_unhold. */
+void ac_client_hold(ac_client *c);
+void ac_client_unhold(ac_client *c);
 
 /* Pushes `result, meta` or `nil, err` for a finished transfer. */
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,

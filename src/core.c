@@ -846,8 +846,21 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
 }
 
 
-int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
-                           CURLcode rc, long status) {
+void ac_client_hold(ac_client *c) {
+  c->holds++;
+}
+
+
+void ac_client_unhold(ac_client *c) {
+  if (--c->holds == 0 && c->release_deferred)
+    client_release(c);
+}
+
+
+/* Builds the outcome from the body, request id and secrets in client
+ * memory. Building allocates, so a finalizer may close the client. */
+static int push_outcome(lua_State *L, ac_client *c, ac_transport *t,
+                        CURLcode rc, long status) {
   ac_response r;
   curl_off_t total_us = 0;
 
@@ -869,6 +882,17 @@ int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
   r.elapsed_ms = (double)total_us / 1000.0;
   r.secrets = c->secrets;
   return ac_push_response(L, &r);
+}
+
+
+int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
+                           CURLcode rc, long status) {
+  int n;
+
+  ac_client_hold(c);
+  n = push_outcome(L, c, t, rc, status);
+  ac_client_unhold(c);
+  return n;
 }
 
 
@@ -898,6 +922,12 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
    * while they were read, may have closed the client. */
   if (!c->open)
     return luaL_error(L, "appcenter.core: the client is closed");
+  /* The next transfer would replace the body and request id that the
+   * running call reads. */
+  if (c->holds > 0)
+    return luaL_error(L, "appcenter.core: create_credential called while "
+                      "the same client builds a result, e.g. from a "
+                      "finalizer; use another client");
   switch (ac_client_prepare(c, file_name, len, &c->body, &c->call_headers,
                             &headers, msg)) {
   case -1:
@@ -996,7 +1026,10 @@ static int l_client_close(lua_State *L) {
     failed = ac_multi_close(L, 1, c);
     c->closing = 0;
   }
-  client_release(c);
+  if (c->holds > 0)
+    c->release_deferred = 1;
+  else
+    client_release(c);
   return failed ? lua_error(L) : 0;
 }
 

@@ -708,8 +708,8 @@ void ac_upload_final_progress(ac_upload *call, CURLcode rc, long status) {
 }
 
 
-int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
-                           ac_transport *t, CURLcode rc, long status) {
+static int push_outcome(lua_State *L, ac_client *c, ac_upload *call,
+                        ac_transport *t, CURLcode rc, long status) {
   ac_error_info e = {0};
 
   if (rc == CURLE_ABORTED_BY_CALLBACK
@@ -745,6 +745,19 @@ int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
   }
   push_meta(L, t, call, status);
   return 1;
+}
+
+
+int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
+                           ac_transport *t, CURLcode rc, long status) {
+  int n;
+
+  /* OBS's error body and the secrets that errors are redacted of are
+   * client memory, which a finalizer's close() must not free. */
+  ac_client_hold(c);
+  n = push_outcome(L, c, call, t, rc, status);
+  ac_client_unhold(c);
+  return n;
 }
 
 
@@ -820,11 +833,16 @@ static int l_upload(lua_State *L) {
   if (!c->open)
     return luaL_error(L, "appcenter.core: the client is closed");
   /* A second transfer would reconfigure the handle of the running one,
-   * which then reads its body from the wrong source. */
+   * which then reads its body from the wrong source, or replace the
+   * response that a finished one builds its result from. */
   if (c->uploading)
     return luaL_error(L, "appcenter.core: upload called during an upload "
                       "of the same client, e.g. from its progress "
                       "callback; use another client");
+  if (c->holds > 0)
+    return luaL_error(L, "appcenter.core: upload called while the same "
+                      "client builds a result, e.g. from a finalizer; use "
+                      "another client");
   if (lua_isnoneornil(L, 3)) {
     lua_settop(L, 2);
     lua_newtable(L);
