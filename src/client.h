@@ -85,6 +85,7 @@ typedef struct ac_client {
   int in_progress_callback;    /* set while one of them runs */
   int open;
   int closing;                 /* close() is calling back the requests */
+  ac_socket_list opened_sockets; /* what the handles have open, for fork() */
   int holds;                   /* > 0 while C code builds a result from
                                 * the client's memory and Lua code (a
                                 * finalizer) may run */
@@ -140,6 +141,13 @@ void ac_multi_add_methods(lua_State *L);
  * of the first callback error is returned, or 0. Without L they are only
  * freed, as in __gc. */
 int ac_multi_close(lua_State *L, int idx, ac_client *c);
+
+/* In a child process that fork() made after the client opened
+ * connections, cuts the client off from them and ends each request in
+ * flight with a cancelled error, because the parent process receives
+ * its response. The client userdata is at idx. Raises the first error
+ * that a callback raised. */
+void ac_multi_after_fork(lua_State *L, int idx, ac_client *c);
 
 /* Makes t, a transport of credential requests, connect directly when
  * the endpoint is a loopback host. A proxy would carry the request,

@@ -203,6 +203,8 @@ static void free_secret(char *s) {
 
 
 static void client_release(ac_client *c) {
+  /* Before libcurl closes connections that a parent process may use. */
+  ac_socket_list_after_fork(&c->opened_sockets);
   ac_multi_close(NULL, 0, c);
   ac_transport_free(&c->transport);
   ac_transport_free(&c->upload);
@@ -221,6 +223,7 @@ static void client_release(ac_client *c) {
   ac_buf_free(&c->body);
   ac_buf_free(&c->authorization);
   ac_call_headers_free(&c->call_headers);
+  ac_socket_list_free(&c->opened_sockets);
   memset(c, 0, sizeof *c);
 }
 
@@ -491,8 +494,10 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   t->ca_file = c->ca_file;
   t->proxy = c->proxy ? c->proxy : ac_transport_default_proxy();
   t->user_agent = c->user_agent;
+  t->sockets = &c->opened_sockets;
   if (ac_transport_init(&c->transport, t, msg) != 0)
     return -1;
+  c->opened_sockets.fork_generation = ac_fork_generation();
   ac_client_go_direct(c, &c->transport);
   return 0;
 }
@@ -928,6 +933,7 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
     return luaL_error(L, "appcenter.core: create_credential called while "
                       "the same client builds a result, e.g. from a "
                       "finalizer; use another client");
+  ac_multi_after_fork(L, 1, c);
   switch (ac_client_prepare(c, file_name, len, &c->body, &c->call_headers,
                             &headers, msg)) {
   case -1:
@@ -1017,6 +1023,7 @@ static int l_client_close(lua_State *L) {
    * releases the client, so that call has nothing to do. */
   if (c->closing)
     return 0;
+  ac_socket_list_after_fork(&c->opened_sockets);
   lua_settop(L, 1);
   if (c->open) {
     /* Closed first, so that a callback cannot start new requests while

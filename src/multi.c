@@ -73,6 +73,9 @@ static void detach(ac_request *r, int state) {
   ac_client *c = r->client;
 
   if (c != NULL) {
+    /* Removing a transfer can close its connection, which must not
+     * send a TLS close alert on a parent process's connection. */
+    ac_socket_list_after_fork(&c->opened_sockets);
     curl_multi_remove_handle(c->multi, r->transport.curl);
     if (r->prev != NULL)
       r->prev->next = r->next;
@@ -274,6 +277,24 @@ static int drain(lua_State *L, int client_idx, ac_client *c, int *saved) {
 }
 
 
+void ac_multi_after_fork(lua_State *L, int idx, ac_client *c) {
+  int saved = 0;
+
+  if (!ac_socket_list_after_fork(&c->opened_sockets))
+    return;
+  while (c->requests != NULL) {
+    if (complete(L, idx, c->requests, CURLE_OK, "the process forked "
+                 "while the request was in flight, and the parent "
+                 "process receives its response", NULL) != 0)
+      keep_first_error(L, &saved);
+  }
+  if (saved != 0) {
+    lua_pushvalue(L, saved);
+    lua_error(L);
+  }
+}
+
+
 int ac_multi_close(lua_State *L, int idx, ac_client *c) {
   int saved = 0;
 
@@ -308,6 +329,7 @@ static ac_client *check_open(lua_State *L) {
 
   if (!c->open)
     luaL_error(L, "appcenter.core: the client is closed");
+  ac_multi_after_fork(L, 1, c);
   return c;
 }
 

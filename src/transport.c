@@ -8,11 +8,14 @@
  */
 #include "transport.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "request.h"
 
@@ -25,9 +28,20 @@ static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_status = CURLE_FAILED_INIT;
 static char curl_version_text[32];
 
+/* Incremented in every child that fork() creates. A child starts with
+ * one thread, so the handler runs alone. */
+static volatile unsigned fork_generation;
+
+static void count_fork(void) {
+  fork_generation++;
+}
+
+
 /* curl_version_info rewrites static buffers on every call in libcurl
- * 7.88, so it runs once here and the version is kept. */
+ * 7.88, so it runs once here and the version is kept. glibc removes the
+ * fork handler when the module is unloaded. */
 static void global_init(void) {
+  pthread_atfork(NULL, NULL, count_fork);
   global_status = curl_global_init(CURL_GLOBAL_DEFAULT);
   snprintf(curl_version_text, sizeof curl_version_text, "%s",
            curl_version_info(CURLVERSION_NOW)->version);
@@ -43,6 +57,104 @@ const char *ac_curl_version(void) {
 CURLcode ac_transport_global_init(void) {
   pthread_once(&global_once, global_init);
   return global_status;
+}
+
+
+unsigned ac_fork_generation(void) {
+  return fork_generation;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Sockets, recorded for fork()
+ * ------------------------------------------------------------------- */
+
+#ifndef SOCK_CLOEXEC
+#define SOCK_CLOEXEC 0
+#endif
+
+/* Makes fd close-on-exec where SOCK_CLOEXEC did not already. */
+static void set_cloexec(int fd) {
+  if (SOCK_CLOEXEC == 0 && fd >= 0)
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+
+/* libcurl's socket creation, with close-on-exec added and the socket
+ * recorded in the client's list. */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose,
+                                 struct curl_sockaddr *address) {
+  ac_socket_list *list = ud;
+  curl_socket_t fd;
+
+  (void)purpose;
+  if (list->count == list->cap) {
+    size_t cap = list->cap ? list->cap * 2 : 8;
+    curl_socket_t *fds = realloc(list->fds, cap * sizeof *fds);
+
+    if (fds == NULL)
+      return CURL_SOCKET_BAD;
+    list->fds = fds;
+    list->cap = cap;
+  }
+  fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
+              address->protocol);
+  if (fd != CURL_SOCKET_BAD) {
+    set_cloexec(fd);
+    list->fds[list->count++] = fd;
+  }
+  return fd;
+}
+
+
+static int close_socket(void *ud, curl_socket_t fd) {
+  ac_socket_list *list = ud;
+  size_t i;
+
+  for (i = 0; i < list->count; i++) {
+    if (list->fds[i] == fd) {
+      list->fds[i] = list->fds[--list->count];
+      break;
+    }
+  }
+  return close(fd);
+}
+
+
+int ac_socket_list_after_fork(ac_socket_list *list) {
+  unsigned generation = fork_generation;
+  int pair[2];
+  size_t i;
+
+  if (list->fork_generation == generation)
+    return 0;
+  list->fork_generation = generation;
+  if (list->count == 0)
+    return 1;
+  /* A stream whose peer is closed reads as end of file and fails
+   * writes with EPIPE, which libcurl sends with MSG_NOSIGNAL. Each
+   * descriptor number stays taken until libcurl closes it, so nothing
+   * else opened meanwhile can get it. */
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0)
+    close(pair[1]);
+  else
+    pair[0] = open("/dev/null", O_RDWR);
+  /* NOTE: with no descriptor left for either, the child keeps the
+   * inherited connections. */
+  for (i = 0; pair[0] >= 0 && i < list->count; i++) {
+    if (dup2(pair[0], list->fds[i]) >= 0)
+      fcntl(list->fds[i], F_SETFD, FD_CLOEXEC);
+  }
+  if (pair[0] >= 0)
+    close(pair[0]);
+  return 1;
+}
+
+
+void ac_socket_list_free(ac_socket_list *list) {
+  free(list->fds);
+  list->fds = NULL;
+  list->count = list->cap = 0;
 }
 
 
@@ -221,6 +333,12 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   SET(CURLOPT_USERAGENT, o->user_agent);
   SET(CURLOPT_ACCEPT_ENCODING, NULL);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
+  if (o->sockets != NULL) {
+    SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    SET(CURLOPT_OPENSOCKETDATA, o->sockets);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    SET(CURLOPT_CLOSESOCKETDATA, o->sockets);
+  }
   if (o->ca_file != NULL) {
     SET(CURLOPT_CAINFO, o->ca_file);
   } else if (o->verify_tls && has_default_ca_file(c)) {

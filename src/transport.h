@@ -27,6 +27,15 @@
 #define AC_REQUEST_ID_SIZE 128
 #define AC_RETRY_AFTER_SIZE 64
 
+/* The sockets that a client's handles have open, so that a child
+ * process can cut itself off from the connections it inherited. */
+typedef struct ac_socket_list {
+  curl_socket_t *fds;
+  size_t count;
+  size_t cap;
+  unsigned fork_generation; /* ac_fork_generation() when last checked */
+} ac_socket_list;
+
 typedef struct ac_transport_opts {
   long timeout_ms;
   long connect_timeout_ms;
@@ -36,6 +45,7 @@ typedef struct ac_transport_opts {
                              * variables on every transfer */
   const char *user_agent;
   size_t max_body_bytes;
+  ac_socket_list *sockets;  /* records every socket the handles open */
 } ac_transport_opts;
 
 typedef struct ac_transport {
@@ -56,6 +66,20 @@ typedef struct ac_transport {
 /* Initialises libcurl for the process; safe to call from many threads
  * and Lua states. Returns CURLE_OK or libcurl's failure code. */
 CURLcode ac_transport_global_init(void);
+
+/* Returns how many times this process was forked off as a child since
+ * ac_transport_global_init: 0 in the process that first called it. */
+unsigned ac_fork_generation(void);
+
+/* In a child process forked after the sockets in list were opened,
+ * points each of them at a closed stream, so that libcurl neither reads
+ * the parent's responses from them nor writes to them (a TLS close
+ * alert included). libcurl then finds those connections dead and opens
+ * new ones. Returns 1 when it found a fork, else 0. */
+int ac_socket_list_after_fork(ac_socket_list *list);
+
+/* Frees the list; its sockets must be closed already. */
+void ac_socket_list_free(ac_socket_list *list);
 
 /* Returns libcurl's version string, read once per process. */
 const char *ac_curl_version(void);
