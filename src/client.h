@@ -72,6 +72,9 @@ typedef struct ac_client {
   CURLM *multi;                /* created by the first start() */
   ac_request *requests;        /* in flight, doubly linked */
   int request_count;
+  int finished_count;          /* requests whose transfer ended and whose
+                                * callback has not run yet, as after a
+                                * memory error in poll() */
   long max_connections;
   int polling;                 /* set while poll() runs callbacks */
   ac_socket *sockets;          /* what libcurl waits for, per socket */
@@ -116,11 +119,12 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 /* Clears and frees the lines of call; the nodes need no freeing. */
 void ac_call_headers_free(ac_call_headers *call);
 
-/* Marks that the caller reads the client's memory while it calls Lua,
- * so close() from a finalizer defers freeing the client until the last
- * ac_client_unhold. */
-void ac_client_hold(ac_client *c);
-void ac_client_unhold(ac_client *c);
+/* Calls build(L) in protected mode with args as a light userdata.
+ * Meanwhile close() defers freeing c, because build reads c's memory
+ * and its allocations can run a finalizer that closes c. Raises what
+ * build raised, else returns the number of values build returned. */
+int ac_client_build(lua_State *L, ac_client *c, lua_CFunction build,
+                    void *args);
 
 /* Pushes `result, meta` or `nil, err` for a finished transfer. */
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,

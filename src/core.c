@@ -851,12 +851,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
 }
 
 
-void ac_client_hold(ac_client *c) {
+static void hold(ac_client *c) {
   c->holds++;
 }
 
 
-void ac_client_unhold(ac_client *c) {
+static void unhold(ac_client *c) {
   if (--c->holds == 0 && c->release_deferred)
     client_release(c);
 }
@@ -890,14 +890,45 @@ static int push_outcome(lua_State *L, ac_client *c, ac_transport *t,
 }
 
 
+int ac_client_build(lua_State *L, ac_client *c, lua_CFunction build,
+                    void *args) {
+  int top = lua_gettop(L), status;
+
+  lua_pushcfunction(L, build);
+  lua_pushlightuserdata(L, args);
+  hold(c);
+  status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  unhold(c);
+  if (status != 0)
+    lua_error(L);
+  return lua_gettop(L) - top;
+}
+
+
+typedef struct outcome_args {
+  ac_client *c;
+  ac_transport *t;
+  CURLcode rc;
+  long status;
+} outcome_args;
+
+static int build_outcome(lua_State *L) {
+  outcome_args *a = lua_touserdata(L, 1);
+
+  lua_pop(L, 1);
+  return push_outcome(L, a->c, a->t, a->rc, a->status);
+}
+
+
 int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
                            CURLcode rc, long status) {
-  int n;
+  outcome_args a;
 
-  ac_client_hold(c);
-  n = push_outcome(L, c, t, rc, status);
-  ac_client_unhold(c);
-  return n;
+  a.c = c;
+  a.t = t;
+  a.rc = rc;
+  a.status = status;
+  return ac_client_build(L, c, build_outcome, &a);
 }
 
 
@@ -1008,11 +1039,25 @@ static int l_create_credential(lua_State *L) {
 }
 
 
+/* Calls back the requests of the client at 1 with a cancelled error, in
+ * protected mode; returns the first callback error, or nil. */
+static int close_requests(lua_State *L) {
+  ac_client *c = lua_touserdata(L, 1);
+  int saved = ac_multi_close(L, 1, c);
+
+  if (saved != 0)
+    lua_pushvalue(L, saved);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+
 /* Closes the client. Requests in flight get their callbacks called with
  * a cancelled error; __gc frees them without calling back. */
 static int l_client_close(lua_State *L) {
   ac_client *c = check_client(L, 1);
-  int failed = 0;
+  int status, failed = 0;
 
   if (c->uploading)
     return luaL_error(L, "appcenter.core: close called from an upload's "
@@ -1025,13 +1070,19 @@ static int l_client_close(lua_State *L) {
     return 0;
   ac_socket_list_after_fork(&c->opened_sockets);
   lua_settop(L, 1);
-  if (c->open) {
-    /* Closed first, so that a callback cannot start new requests while
-     * close() cancels the others. */
-    c->open = 0;
+  /* Closed first, so that a callback cannot start new requests while
+   * close() cancels the others. A memory error leaves the requests that
+   * were not called back yet to the next close(). */
+  c->open = 0;
+  if (c->requests != NULL) {
     c->closing = 1;
-    failed = ac_multi_close(L, 1, c);
+    lua_pushcfunction(L, close_requests);
+    lua_pushvalue(L, 1);
+    status = lua_pcall(L, 1, 1, 0);
     c->closing = 0;
+    if (status != 0)
+      return lua_error(L);
+    failed = !lua_isnil(L, -1);
   }
   if (c->holds > 0)
     c->release_deferred = 1;

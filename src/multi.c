@@ -52,6 +52,9 @@ struct ac_request {
   ac_request *prev;
   ac_request *next;
   int state;
+  int finished;                /* ended, but the callback has not run */
+  CURLcode result;             /* the transfer's result, once finished */
+  const char *cancel_reason;   /* set when it ended by cancel or close */
 };
 
 
@@ -73,6 +76,9 @@ static void detach(ac_request *r, int state) {
   ac_client *c = r->client;
 
   if (c != NULL) {
+    if (r->finished)
+      c->finished_count--;
+    r->finished = 0;
     /* Removing a transfer can close its connection, which must not
      * send a TLS close alert on a parent process's connection. */
     ac_socket_list_after_fork(&c->opened_sockets);
@@ -88,6 +94,31 @@ static void detach(ac_request *r, int state) {
   r->client = NULL;
   r->prev = r->next = NULL;
   r->state = state;
+}
+
+
+/* Adds r to the front of c's list of requests in flight. */
+static void link_request(ac_client *c, ac_request *r) {
+  r->client = c;
+  r->state = AC_REQ_RUNNING;
+  r->next = c->requests;
+  if (c->requests != NULL)
+    c->requests->prev = r;
+  c->requests = r;
+  c->request_count++;
+}
+
+
+/* Returns r, which detach took out of c's list, to the list as a request
+ * whose callback is due: with the transfer's result rc, or with
+ * cancel_reason when it was cancelled. */
+static void relink_finished(ac_client *c, ac_request *r, CURLcode rc,
+                            const char *cancel_reason) {
+  link_request(c, r);
+  r->finished = 1;
+  r->result = rc;
+  r->cancel_reason = cancel_reason;
+  c->finished_count++;
 }
 
 
@@ -208,33 +239,99 @@ static int finish_progress(lua_State *L, ac_client *c, ac_request *r,
 }
 
 
+static int do_nothing(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+
+typedef struct completion {
+  ac_client *client;
+  ac_request *request;
+  CURLcode rc;
+  long status;
+  const char *cancel_reason;
+} completion;
+
+/* Pushes the outcome that the callback of a->request receives. */
+static int push_completion(lua_State *L) {
+  completion *a = lua_touserdata(L, 1);
+
+  lua_pop(L, 1);
+  if (a->cancel_reason != NULL) {
+    push_cancelled(L, a->cancel_reason);
+    return 2;
+  }
+  if (a->request->upload != NULL)
+    return ac_upload_push_outcome(L, a->client, a->request->upload,
+                                  &a->request->transport, a->rc,
+                                  a->status);
+  return ac_client_push_outcome(L, a->client, &a->request->transport, a->rc,
+                                a->status);
+}
+
+
+/* Makes room for calling a callback with n arguments: stack space and,
+ * in Lua 5.4, a CallInfo, which the empty call allocates and leaves
+ * cached, because nothing in between allocates. A Lua function's frame
+ * is at most 255 slots. Returns 0, or -1 when memory ran out. */
+static int reserve_call(lua_State *L, int n) {
+  if (!lua_checkstack(L, 256 + n))
+    return -1;
+  lua_pushcfunction(L, do_nothing);
+  return lua_pcall(L, 0, 0, 0) == 0 ? 0 : -1;
+}
+
+
 /* Finishes r and calls its callback in protected mode. With cancel_reason
  * the outcome is a cancelled error, else the transfer's result, and
  * *progress_error is set as finish_progress returns it. Returns 0, or -1
- * with the callback's error on the stack. */
+ * with the callback's error on the stack.
+ *
+ * r leaves the client's list first, so that a finalizer run while the
+ * outcome is built, which may close the client or cancel requests, does
+ * not finish it twice. When memory runs out before the callback can be
+ * called, r goes back to the list as finished, for a later poll, cancel
+ * or close to call back, and the memory error is raised. */
 static int complete(lua_State *L, int client_idx, ac_request *r,
                     CURLcode rc, const char *cancel_reason,
                     int *progress_error) {
-  ac_client *c = r->client;
-  long status = 0;
-  int req_idx, n = 2;
+  completion a;
+  int top, failed, n;
 
-  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &status);
+  a.client = r->client;
+  a.request = r;
+  a.rc = rc;
+  a.status = 0;
+  a.cancel_reason = cancel_reason;
+  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &a.status);
   if (cancel_reason == NULL)
-    *progress_error = finish_progress(L, c, r, rc, status);
-  take_request(L, client_idx, r);
-  req_idx = lua_gettop(L);
+    *progress_error = finish_progress(L, a.client, r, rc, a.status);
   detach(r, cancel_reason ? AC_REQ_CANCELLED : AC_REQ_DONE);
 
-  take_callback(L, req_idx);
-  if (cancel_reason != NULL)
-    push_cancelled(L, cancel_reason);
-  else if (r->upload != NULL)
-    n = ac_upload_push_outcome(L, c, r->upload, &r->transport, rc, status);
-  else
-    ac_client_push_outcome(L, c, &r->transport, rc, status);
+  top = lua_gettop(L);
+  lua_pushcfunction(L, push_completion);
+  lua_pushlightuserdata(L, &a);
+  failed = lua_pcall(L, 1, LUA_MULTRET, 0) != 0;
+  n = lua_gettop(L) - top;
+  if (failed || reserve_call(L, n) != 0) {
+    /* A client that close() is closing still has its multi handle, and
+     * the next close() calls r back. NOTE: when a finalizer closed the
+     * client meanwhile, which releases it, r ends without a callback. */
+    if (a.client->multi != NULL)
+      relink_finished(a.client, r, rc, cancel_reason);
+    if (failed)
+      return lua_error(L);
+    lua_settop(L, top);
+    return luaL_error(L, "not enough memory");
+  }
+
+  /* Nothing below allocates, so nothing raises. */
+  take_request(L, client_idx, r);
+  take_callback(L, lua_gettop(L));
+  lua_insert(L, -(n + 2));     /* callback, outcome..., request */
   free_transfer(r);
-  lua_remove(L, req_idx);
+  lua_pop(L, 1);
 
   return lua_pcall(L, n, 0, 0) == 0 ? 0 : -1;
 }
@@ -250,28 +347,51 @@ static void keep_first_error(lua_State *L, int *saved) {
 }
 
 
-/* Runs the callbacks of finished transfers; returns how many. */
+/* Calls back r, whose transfer has finished, and counts it in *done. */
+static void deliver(lua_State *L, int client_idx, ac_request *r, int *saved,
+                    int *done) {
+  int progress_error = 0, failed;
+
+  failed = complete(L, client_idx, r, r->result, r->cancel_reason,
+                    &progress_error);
+  /* The progress callback's error came first; it stays where it is on
+   * the stack. */
+  if (progress_error != 0 && *saved == 0)
+    *saved = progress_error;
+  if (failed)
+    keep_first_error(L, saved);
+  (*done)++;
+}
+
+
+/* Runs the callbacks of finished transfers; returns how many. Transfers
+ * that an earlier poll() could not call back, because a memory error
+ * ended it, come first. */
 static int drain(lua_State *L, int client_idx, ac_client *c, int *saved) {
   CURLMsg *msg;
+  ac_request *r;
   int left, done = 0;
 
+  /* From the head each time, because a callback may cancel any other
+   * request. */
+  while (c->open && c->finished_count > 0) {
+    for (r = c->requests; r != NULL && !r->finished; r = r->next)
+      ;
+    if (r == NULL)
+      break;
+    deliver(L, client_idx, r, saved, &done);
+  }
   while (c->open && c->multi != NULL
          && (msg = curl_multi_info_read(c->multi, &left)) != NULL) {
-    ac_request *r = NULL;
-    int progress_error = 0, failed;
-
     if (msg->msg != CURLMSG_DONE)
       continue;
+    r = NULL;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-    failed = complete(L, client_idx, r, msg->data.result, NULL,
-                      &progress_error);
-    /* The progress callback's error came first; it stays where it is
-     * on the stack. */
-    if (progress_error != 0 && *saved == 0)
-      *saved = progress_error;
-    if (failed)
-      keep_first_error(L, saved);
-    done++;
+    r->finished = 1;
+    r->result = msg->data.result;
+    r->cancel_reason = NULL;
+    c->finished_count++;
+    deliver(L, client_idx, r, saved, &done);
   }
   return done;
 }
@@ -423,16 +543,10 @@ static void launch(lua_State *L, ac_client *c, ac_request *r) {
     lua_pop(L, 1);
     luaL_error(L, "appcenter.core: curl_multi_add_handle failed");
   }
-  r->client = c;
-  r->state = AC_REQ_RUNNING;
   /* It waits for a connection, unless one of the busy ones finished
    * and was not polled yet. */
   r->transport.queued = c->request_count >= c->max_connections;
-  r->next = c->requests;
-  if (c->requests != NULL)
-    c->requests->prev = r;
-  c->requests = r;
-  c->request_count++;
+  link_request(c, r);
 }
 
 
@@ -667,26 +781,22 @@ static void unbind_progress(ac_client *c, int *saved) {
 }
 
 
-static int l_poll(lua_State *L) {
-  ac_client *c = check_open(L);
-  /* A number, not an integer, so that Lua 5.4 accepts what LuaJIT
-   * accepts. */
-  lua_Number timeout_ms = luaL_optnumber(L, 2, 0);
-  double deadline = now_ms() + (double)timeout_ms;
+/* The body of poll() for the client at 1 and the deadline at 2, in
+ * protected mode: returns the first callback error or nil, then the
+ * number of callbacks run. */
+static int poll_protected(lua_State *L) {
+  ac_client *c = lua_touserdata(L, 1);
+  double deadline = lua_tonumber(L, 2);
   int done = 0, saved = 0;
 
-  luaL_argcheck(L, timeout_ms >= 0 && timeout_ms <= 86400000, 2,
-                "timeout_ms must be from 0 to 86400000");
-  if (c->polling)
-    return luaL_error(L, "appcenter.core: poll called from a request "
-                      "callback");
   lua_settop(L, 1);
   bind_progress(L, c);
-
-  c->polling = 1;
   while (c->open && c->request_count > 0) {
     double left = deadline - now_ms();
 
+    done += drain(L, 1, c, &saved);
+    if (done > 0)
+      break;
     c->progress_state = L;
     service_sockets(c, left >= 1 ? (long)left : 0);
     c->progress_state = NULL;
@@ -694,14 +804,48 @@ static int l_poll(lua_State *L) {
     if (done > 0 || now_ms() >= deadline)
       break;
   }
-  c->polling = 0;
   unbind_progress(c, &saved);
 
-  if (saved != 0) {
+  if (saved != 0)
     lua_pushvalue(L, saved);
+  else
+    lua_pushnil(L);
+  lua_pushinteger(L, done);
+  return 2;
+}
+
+
+static int l_poll(lua_State *L) {
+  ac_client *c = check_open(L);
+  /* A number, not an integer, so that Lua 5.4 accepts what LuaJIT
+   * accepts. */
+  lua_Number timeout_ms = luaL_optnumber(L, 2, 0);
+  int status, unused = 0;
+
+  luaL_argcheck(L, timeout_ms >= 0 && timeout_ms <= 86400000, 2,
+                "timeout_ms must be from 0 to 86400000");
+  if (c->polling)
+    return luaL_error(L, "appcenter.core: poll called from a request "
+                      "callback");
+  lua_settop(L, 1);
+  lua_pushcfunction(L, poll_protected);
+  lua_pushvalue(L, 1);
+  lua_pushnumber(L, now_ms() + (double)timeout_ms);
+
+  /* Cleared however the body ends, so that a memory error raised in it
+   * does not leave the client refusing every later poll(). */
+  c->polling = 1;
+  status = lua_pcall(L, 2, 2, 0);
+  c->polling = 0;
+  c->progress_state = NULL;
+  if (status != 0) {
+    unbind_progress(c, &unused);
     return lua_error(L);
   }
-  lua_pushinteger(L, done);
+  if (!lua_isnil(L, -2)) {
+    lua_pop(L, 1);
+    return lua_error(L);
+  }
   return 1;
 }
 

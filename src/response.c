@@ -55,11 +55,17 @@ void ac_response_init(lua_State *L) {
 
 
 /* Decodes s and pushes the value; on failure pushes cjson's message and
- * returns -1. */
+ * returns -1. A memory error says nothing about the body, so it is
+ * raised again, as every other allocation of the call raises it. */
 static int decode_json(lua_State *L, const char *s, size_t len) {
+  int status;
+
   lua_getfield(L, LUA_REGISTRYINDEX, AC_DECODE_KEY);
   lua_pushlstring(L, s ? s : "", len);
-  return lua_pcall(L, 1, 1, 0) == 0 ? 0 : -1;
+  status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_ERRMEM)
+    lua_error(L);
+  return status == 0 ? 0 : -1;
 }
 
 

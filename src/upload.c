@@ -748,16 +748,34 @@ static int push_outcome(lua_State *L, ac_client *c, ac_upload *call,
 }
 
 
+typedef struct outcome_args {
+  ac_client *c;
+  ac_upload *call;
+  ac_transport *t;
+  CURLcode rc;
+  long status;
+} outcome_args;
+
+static int build_outcome(lua_State *L) {
+  outcome_args *a = lua_touserdata(L, 1);
+
+  lua_pop(L, 1);
+  return push_outcome(L, a->c, a->call, a->t, a->rc, a->status);
+}
+
+
 int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
                            ac_transport *t, CURLcode rc, long status) {
-  int n;
+  outcome_args a;
 
   /* OBS's error body and the secrets that errors are redacted of are
    * client memory, which a finalizer's close() must not free. */
-  ac_client_hold(c);
-  n = push_outcome(L, c, call, t, rc, status);
-  ac_client_unhold(c);
-  return n;
+  a.c = c;
+  a.call = call;
+  a.t = t;
+  a.rc = rc;
+  a.status = status;
+  return ac_client_build(L, c, build_outcome, &a);
 }
 
 
