@@ -55,8 +55,8 @@ void ac_response_init(lua_State *L) {
 
 
 /* Decodes s and pushes the value; on failure pushes cjson's message and
- * returns -1. A memory error says nothing about the body, so it is
- * raised again, as every other allocation of the call raises it. */
+ * returns -1. A memory error is no fault of the body, so it is raised
+ * again, as every other allocation of the call raises it. */
 static int decode_json(lua_State *L, const char *s, size_t len) {
   int status;
 
@@ -717,7 +717,7 @@ static void push_unshaped(lua_State *L, const ac_response *r, int idx,
   cut_and_redact(found, 200, secrets);
   if (code[0] != '\0' || found[0] != '\0')
     snprintf(message, sizeof message, "%.200s (the body is an error: "
-             "%s%s%s)", s->msg, code, code[0] && found[0] ? ": " : "",
+             "%.64s%s%.200s)", s->msg, code, code[0] && found[0] ? ": " : "",
              found);
   else
     snprintf(message, sizeof message, "%s", s->msg);

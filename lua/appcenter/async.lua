@@ -64,6 +64,12 @@ local function state_of(client)
       -- on_retry included, is deciding what follows.
       between_attempts = {},
       in_flight = 0,      -- started requests whose callback has not run
+      -- Set of requests whose core attempt runs, or ended without
+      -- on_attempt_done having handled its outcome yet.
+      running = {},
+      -- Requests of `running` whose attempt ended but whose outcome a
+      -- memory error kept on_attempt_done from handling.
+      unhandled = 0,
       completed = 0,      -- callbacks run since the current poll began
       sequence = 0,       -- orders retries that are due at the same time
       polling = false,
@@ -131,9 +137,23 @@ function async.closed_error(client, last_err)
     last_err)
 end
 
+-- Marks the outcome of the request's attempt as handled: it no longer
+-- needs on_attempt_done.
+local function settle(request)
+  local state = request.async_state
+  if request.attempt_ended then
+    request.attempt_ended = false
+    request.ended_result = false
+    request.ended_info = false
+    state.unhandled = state.unhandled - 1
+  end
+  state.running[request] = nil
+end
+
 -- Ends a request and calls its callback. A callback error is recorded for
 -- the enclosing poll, cancel or close to raise.
 local function finish(request, result, info)
+  settle(request)
   local state = request.async_state
   if result == nil and info.kind == "cancelled" then
     request.stage = "cancelled"
@@ -157,6 +177,7 @@ local function finish(request, result, info)
 end
 
 local function schedule_retry(request, err, delay_ms)
+  settle(request)
   local state = request.async_state
   state.sequence = state.sequence + 1
   request.stage = "waiting"
@@ -191,6 +212,7 @@ local function on_attempt_done(request, result, info)
   end
 
   if request.stage == "cancelled" then
+    settle(request)
     if delay_ms then
       call:drop_retry()
     end
@@ -214,29 +236,93 @@ end
 
 -- Starts one attempt of an upload on the core client, which reopens
 -- opts.path. The core callback receives `meta` alone, and the retry
--- policy expects `result, meta`.
+-- policy expects `result, meta`, which launch's callback passes on.
 local function start_upload_attempt(request, timeout_ms, callback)
   local call_opts = request.call_opts
   call_opts.timeout_ms = timeout_ms or request.timeout_ms
   return request.client.core_client:start_upload(request.result, call_opts,
-    function(meta, err)
-      if meta then
-        callback(meta, meta)
-      else
-        callback(nil, err)
-      end
-    end)
+    callback)
+end
+
+-- Runs on_attempt_done, marking the request as handled meanwhile, so
+-- that close or cancel called from on_retry does not hand the same
+-- outcome to it again.
+local function handle_outcome(request, result, info)
+  request.handling = true
+  local ok, err = pcall(on_attempt_done, request, result, info)
+  request.handling = false
+  if not ok then
+    error(err, 0)
+  end
+end
+
+-- Returns the core request's callback for the current attempt. It
+-- stores the outcome before any call, in fields that the request already
+-- has, so that storing it allocates nothing: when a memory error stops
+-- on_attempt_done, a later poll or close hands the outcome to it again.
+local function core_callback(request)
+  local state = request.async_state
+  local meta_only = request.meta_only
+  return function(result, info)
+    if meta_only and result ~= nil then
+      info = result
+    end
+    request.ended_result = result or false
+    request.ended_info = info or false
+    if not request.attempt_ended then
+      request.attempt_ended = true
+      state.unhandled = state.unhandled + 1
+    end
+    handle_outcome(request, result, info)
+  end
+end
+
+-- Clears the handling marks that a memory error left set, which it can
+-- do where calling pcall itself raised. Call it only where no
+-- on_attempt_done runs: on_retry, the only user code that runs while the
+-- mark is set, runs inside poll.
+local function clear_stale_marks(state)
+  if state.unhandled == 0 or state.polling then
+    return
+  end
+  for request in pairs(state.running) do
+    request.handling = false
+  end
+end
+
+-- Hands the outcomes that a memory error kept from on_attempt_done to it
+-- again.
+local function handle_ended_attempts(state)
+  if state.unhandled == 0 then
+    return
+  end
+  local ended = {}
+  for request in pairs(state.running) do
+    if request.attempt_ended and not request.handling then
+      ended[#ended + 1] = request
+    end
+  end
+  for _, request in ipairs(ended) do
+    if request.attempt_ended and not request.handling then
+      handle_outcome(request, request.ended_result or nil,
+        request.ended_info or nil)
+    end
+  end
 end
 
 -- Starts the core request of the current attempt. Returns true, or nil
 -- and an invalid_argument error when appcenter.core rejects the input.
 -- Raises what core_client:start or start_upload raises.
 local function launch(request, timeout_ms)
-  local core_request, err = request.start_attempt(request, timeout_ms,
-    function(result, info)
-      on_attempt_done(request, result, info)
-    end)
-  if not core_request then
+  local state = request.async_state
+  state.running[request] = true
+  local ok, core_request, err = pcall(request.start_attempt, request,
+    timeout_ms, core_callback(request))
+  if not ok or not core_request then
+    state.running[request] = nil
+    if not ok then
+      error(core_request, 0)
+    end
     err.attempts = request.call.attempt
     return nil, err
   end
@@ -362,6 +448,12 @@ function async.start(client, file_name, callback)
     callback = callback,
     call = retry.new_call(client.policy),
     stage = "new",
+    -- Set by the core callback; created here so that it allocates
+    -- nothing there.
+    attempt_ended = false,
+    ended_result = false,
+    ended_info = false,
+    handling = false,
   }, Request))
 end
 
@@ -387,6 +479,12 @@ function async.start_upload(client, result, call_opts, policy, callback)
     callback = callback,
     call = retry.new_call(policy),
     stage = "new",
+    -- Set by the core callback; created here so that it allocates
+    -- nothing there.
+    attempt_ended = false,
+    ended_result = false,
+    ended_info = false,
+    handling = false,
   }, Request))
 end
 
@@ -411,6 +509,7 @@ local function poll_loop(client, state, timeout_ms)
 
   state.completed = 0
   while true do
+    handle_ended_attempts(state)
     start_due_retries(client, state)
     if state.closed or state.completed > 0 then
       break
@@ -469,6 +568,7 @@ function async.poll(client, timeout_ms)
     error("appcenter: poll called from a request callback", 2)
   end
 
+  clear_stale_marks(state)
   state.polling = true
   local ok, count = pcall(run_collecting_errors, state, poll_loop, client,
     state, timeout_ms)
@@ -521,7 +621,9 @@ function async.close(client)
       .. "return false from it to abort the upload, then close", 3)
   end
   state.closed = true
+  clear_stale_marks(state)
   run_collecting_errors(state, function()
+    handle_ended_attempts(state)
     for _, request in ipairs(waiting_requests(state, nil)) do
       if state.waiting[request] then
         state.waiting[request] = nil
@@ -549,6 +651,12 @@ end
 
 local function cancel_request(request)
   local state = request.async_state
+  if request.attempt_ended and not request.handling then
+    -- Its attempt ended, but a memory error kept on_attempt_done from
+    -- handling the outcome.
+    finish(request, nil, cancelled_error(request, "the request was cancelled"))
+    return true
+  end
   if state.between_attempts[request] then
     -- Called while the request's own on_retry runs, after its attempt
     -- ended.
