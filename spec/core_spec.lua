@@ -215,6 +215,8 @@ describe("appcenter.core", function()
       { "longer than 63", { endpoint = "https://" .. ("a"):rep(64) .. ".invalid" } },
       { "'.' or '..' segments", { endpoint = "https://app.example.com/x/.." } },
       { "'.' or '..' segments", { endpoint = "https://app.example.com/./v1" } },
+      { "remove /v1 from the endpoint", { endpoint = "http://127.0.0.1:1/v1/" } },
+      { "remove /v1 from the endpoint", { endpoint = "https://gw.example.com/api/v1" } },
       { "may contain only", { endpoint = "http://%31%32%37.0.0.1:1" } },
       { "http:// or https://", { endpoint = "http:/127.0.0.1:1" } },
       { "token", { token = "abc\r\nX-Evil: 1" } },

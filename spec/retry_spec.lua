@@ -464,6 +464,32 @@ describe("retry", function()
         err.message)
     end)
 
+    it("names the deadline in the last attempt", function()
+      for _, max_attempts in ipairs{ 1, 2 } do
+        emu:reset()
+        emu:fault{ delay_ms = 1500, times = 2 }
+        local client = new_client({ deadline_ms = 300,
+          max_attempts = max_attempts, base_delay_ms = 1, max_delay_ms = 1 },
+          { timeout_ms = 10000, now = core.monotonic, sleep = core.sleep })
+        if max_attempts == 2 then
+          -- The first attempt ends at its own timeout, well before the
+          -- deadline, so the second one is cut to the time left.
+          client = new_client({ deadline_ms = 700, max_attempts = 2,
+            base_delay_ms = 1, max_delay_ms = 1 },
+            { timeout_ms = 500, now = core.monotonic, sleep = core.sleep })
+        end
+
+        local _, err = client:create_credential("replay.bin")
+
+        assert.equal("timeout", err.kind)
+        assert.equal(max_attempts, err.attempts)
+        local tail = max_attempts > 1
+          and (" %(gave up after " .. max_attempts .. " attempts%)$") or "$"
+        assert.matches("%(retry%.deadline_ms cut this attempt's timeout to "
+          .. "the time left%)" .. tail, err.message)
+      end
+    end)
+
     it("says the deadline passed before a 503 arrived", function()
       -- The clock jumps past the deadline while the attempt runs.
       emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }

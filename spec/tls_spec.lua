@@ -177,11 +177,32 @@ describe("TLS", function()
     assert.equals(0, self_signed:stats().requests)
   end)
 
-  it("reports a missing ca_file as a TLS error", function()
-    local result, err = call(good, { ca_file = pki .. "/missing.pem" })
+  it("rejects a missing ca_file in new", function()
+    local path = pki .. "/missing.pem"
+    local client, err = core.new(options(good, { ca_file = path }))
+    assert.is_nil(client)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("invalid ca_file '" .. path .. "': No such file or "
+      .. "directory; pass a readable file of PEM certificates", err.message)
+  end)
+
+  it("rejects a directory as ca_file in new", function()
+    local client, err = core.new(options(good, { ca_file = pki }))
+    assert.is_nil(client)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("invalid ca_file '" .. pki .. "': it is a directory; "
+      .. "pass a file of PEM certificates", err.message)
+  end)
+
+  it("reports a ca_file without certificates as a TLS error", function()
+    local path = pki .. "/empty.pem"
+    local file = assert(io.open(path, "w"))
+    file:close()
+    local result, err = call(good, { ca_file = path })
+    os.remove(path)
     assert.is_nil(result)
-    assert_tls_error(err, "certificate file")
-    assert.matches("ca_file must name a readable file", err.message, 1, true)
+    assert.is_table(err)
+    assert.equals("tls", err.kind)
     assert.equals(0, good:stats().requests)
   end)
 

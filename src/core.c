@@ -10,12 +10,16 @@
  * between OS threads. Retries live in the Lua wrapper, not here.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -453,6 +457,30 @@ static int opt_text(lua_State *L, int opts, const char *name,
 }
 
 
+/* Checks that ca_file opens for reading and is no directory, so that
+ * new() reports a wrong path instead of the first call. O_NONBLOCK keeps
+ * a FIFO from blocking the open. */
+static int check_ca_file(const char *path, char *msg) {
+  struct stat st;
+  int fd = open(path, O_RDONLY | O_NONBLOCK);
+  int is_dir;
+
+  if (fd < 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid ca_file '%.200s': %s; pass a "
+             "readable file of PEM certificates", path, strerror(errno));
+    return -1;
+  }
+  is_dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+  close(fd);
+  if (is_dir) {
+    snprintf(msg, AC_MSG_SIZE, "invalid ca_file '%.200s': it is a "
+             "directory; pass a file of PEM certificates", path);
+    return -1;
+  }
+  return 0;
+}
+
+
 static int configure_transport(lua_State *L, int opts, ac_client *c,
                                char *msg) {
   ac_transport_opts *t = &c->transport_opts;
@@ -460,6 +488,7 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   long max_body;
 
   if (opt_text(L, opts, "ca_file", &ca_file, msg) != 0
+      || (ca_file != NULL && check_ca_file(ca_file, msg) != 0)
       || opt_text(L, opts, "proxy", &proxy, msg) != 0
       || (proxy != NULL && check_proxy(c, proxy, msg) != 0))
     return -1;

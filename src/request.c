@@ -437,6 +437,12 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
   /* Drop trailing slashes so that the route can be appended. */
   while (len > start + host_len && s[len - 1] == '/')
     len--;
+  /* A path is kept as a prefix, for a gateway, but one that ends with
+   * the route's first segment would double it. */
+  if (len >= start + host_len + 3 && memcmp(s + len - 3, "/v1", 3) == 0)
+    return endpoint_error(msg, "the path ends with /v1, and the module "
+                          "appends /v1/{project_id}/app-center/...; "
+                          "remove /v1 from the endpoint", s, len);
 
   out->host = malloc(host_len + 1);
   out->base = malloc(len + (start ? 0 : 8) + 1);

@@ -253,7 +253,19 @@ function Call:complete(result, info)
   if not retry.is_retryable(err) then
     return nil
   end
+
+  local left_ms = time_left_ms(policy, self.deadline)
+  -- A timeout of an attempt cut to the deadline is the deadline only when
+  -- it came at the deadline: connect_timeout_ms may have ended it earlier.
+  -- The core's hint names timeout_ms, which did not end such an attempt.
+  local cut_off = err.kind == "timeout" and self.cut_to_deadline
+    and left_ms < DEADLINE_SLACK_MS
+  local cut_note = "retry.deadline_ms cut this attempt's timeout to the "
+    .. "time left"
   if self.attempt >= policy.max_attempts then
+    if cut_off then
+      err.message = ("%s (%s)"):format(err.message, cut_note)
+    end
     if self.attempt > 1 then
       err.message = ("%s (gave up after %d attempts)"):format(err.message,
         self.attempt)
@@ -262,15 +274,8 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  local left_ms = time_left_ms(policy, self.deadline)
-  -- A timeout of an attempt cut to the deadline is the deadline only when
-  -- it came at the deadline: connect_timeout_ms may have ended it earlier.
-  local cut_off = err.kind == "timeout" and self.cut_to_deadline
-    and left_ms < DEADLINE_SLACK_MS
   if cut_off then
-    -- The core's hint names timeout_ms, which did not end this attempt.
-    reason = "the deadline has passed; retry.deadline_ms cut this "
-      .. "attempt's timeout to the time left"
+    reason = "the deadline has passed; " .. cut_note
   elseif left_ms < 1 then
     reason = "the deadline has passed"
   else
