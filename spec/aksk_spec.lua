@@ -402,6 +402,19 @@ print(description)
       assert.equal(1, emu:stats().requests)
     end)
 
+    it("rejects an override over the endpoint limit", function()
+      local status, stdout = run_lua(region_script("xx-test-1"), {
+        HUAWEICLOUD_SDK_REGION_WORKSPACE_XX_TEST_1 = emu.url .. "/"
+          .. ("a"):rep(3000),
+      })
+
+      assert.equal(2, status)
+      assert.is_not_nil(stdout:find("invalid "
+        .. "HUAWEICLOUD_SDK_REGION_WORKSPACE_XX_TEST_1: it is longer than",
+        1, true), stdout)
+      assert.equal(0, emu:stats().requests)
+    end)
+
     it("empty override is ignored", function()
       local status, stdout = run_lua(region_script("xx-test-1"), {
         HUAWEICLOUD_SDK_REGION_WORKSPACE_XX_TEST_1 = "",

@@ -260,8 +260,24 @@ describe("appcenter.core", function()
 
       assert.is_nil(client)
       assert.equals("invalid_argument", err.kind)
-      assert.matches("invalid region: use only letters", err.message, 1, true)
-      assert.is_nil(err.message:find("\n", 1, true))
+      assert.equals("invalid region: byte 11 is 0x0A, a control or "
+        .. "non-ASCII byte; use only letters, digits and '-', as in "
+        .. '"cn-north-4"', err.message)
+    end)
+
+    it("names the byte of a bad region", function()
+      local cases = {
+        { "cn-north-4 ", "byte 11 is 0x20, a space" },
+        { "cn_north_4", "byte 3 is '_'" },
+      }
+      for _, case in ipairs(cases) do
+        local opts = options{ region = case[1] }
+        opts.endpoint = nil
+        local client, err = core.new(opts)
+        assert.is_nil(client)
+        assert.equals("invalid region: " .. case[2] .. "; use only letters, "
+          .. 'digits and \'-\', as in "cn-north-4"', err.message)
+      end
     end)
 
     it("accepts IPv6 and a port", function()

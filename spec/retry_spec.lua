@@ -874,10 +874,19 @@ describe("retry", function()
         .. " (did you mean 'retry.deadline_ms'?)")
     end)
 
-    it("unknown retry name raises", function()
+    it("unknown retry name lists names", function()
       assert.has_error(function()
         new_client{ timout_ms = 1000 }
-      end, "appcenter.new: unknown option 'retry.timout_ms'")
+      end, "appcenter.new: unknown option 'retry.timout_ms' (valid options: "
+        .. "base_delay_ms, budget, deadline_ms, max_attempts, max_delay_ms, "
+        .. "on_retry, random)")
+    end)
+
+    it("part of a retry name gets hint", function()
+      assert.has_error(function()
+        new_client{ attempts = 5 }
+      end, "appcenter.new: unknown option 'retry.attempts'"
+        .. " (did you mean 'retry.max_attempts'?)")
     end)
 
     it("retry name typo gets hint", function()

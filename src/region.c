@@ -31,10 +31,20 @@ int ac_region_endpoint(const char *region, char *out, size_t cap,
   }
 
   /* The region goes into a variable name, a host name and messages. */
-  if (strspn(region, "abcdefghijklmnopqrstuvwxyz"
-                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != n) {
-    snprintf(msg, AC_MSG_SIZE, "invalid region: use only letters, digits "
-             "and '-', as in \"cn-north-4\"");
+  i = strspn(region, "abcdefghijklmnopqrstuvwxyz"
+                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
+  if (i != n) {
+    unsigned char bad = (unsigned char)region[i];
+
+    if (bad > 0x20 && bad < 0x7F)
+      snprintf(msg, AC_MSG_SIZE, "invalid region: byte %lu is '%c'; use "
+               "only letters, digits and '-', as in \"cn-north-4\"",
+               (unsigned long)i + 1, bad);
+    else
+      snprintf(msg, AC_MSG_SIZE, "invalid region: byte %lu is 0x%02X, %s; "
+               "use only letters, digits and '-', as in \"cn-north-4\"",
+               (unsigned long)i + 1, bad,
+               bad == ' ' ? "a space" : "a control or non-ASCII byte");
     return -1;
   }
 
@@ -47,6 +57,12 @@ int ac_region_endpoint(const char *region, char *out, size_t cap,
   name[prefix + n] = '\0';
   env = getenv(name);
   if (env != NULL && env[0] != '\0') {
+    if (strlen(env) >= cap) {
+      snprintf(msg, AC_MSG_SIZE, "invalid %s: it is longer than %lu "
+               "bytes; set it to the endpoint's base URL", name,
+               (unsigned long)cap - 1);
+      return -1;
+    }
     snprintf(out, cap, "%s", env);
     return 0;
   }

@@ -113,8 +113,24 @@ local function edit_distance(a, b)
   return previous[#b]
 end
 
--- Returns the known name closest to `name` when it is a likely typo, or
--- the name with the unit when only "_ms" is missing.
+-- Returns the one known name that has `name` as a whole part between
+-- underscores, such as max_attempts for "attempts", or nil.
+local function name_with_part(name, types)
+  local found
+  for known in pairs(types) do
+    if ("_" .. known .. "_"):find("_" .. name .. "_", 1, true) then
+      if found then
+        return nil
+      end
+      found = known
+    end
+  end
+  return found
+end
+
+-- Returns the known name closest to `name` when it is a likely typo, the
+-- name with the unit when only "_ms" is missing, or the one name that
+-- contains it as a part.
 local function suggest_name(name, types)
   if types[name .. "_ms"] then
     return name .. "_ms"
@@ -127,7 +143,7 @@ local function suggest_name(name, types)
       best, best_distance = known, distance
     end
   end
-  return best
+  return best or name_with_part(name, types)
 end
 
 local function unknown_name_message(path, name, types)
@@ -142,7 +158,18 @@ local function unknown_name_message(path, name, types)
   local message = ("unknown option '%s%s'"):format(path, tostring(name))
   local suggestion = suggest_name(name, types)
   if suggestion then
-    message = message .. (" (did you mean '%s%s'?)"):format(path, suggestion)
+    return message .. (" (did you mean '%s%s'?)"):format(path, suggestion)
+  end
+
+  -- A short list of names is shown whole.
+  local known = {}
+  for known_name in pairs(types) do
+    known[#known + 1] = known_name
+  end
+  if #known <= 10 then
+    table.sort(known)
+    message = message .. (" (valid options: %s)")
+      :format(table.concat(known, ", "))
   end
   return message
 end
@@ -266,9 +293,12 @@ function options.check_upload_values(opts, open_path)
   local timeout_ms = opts.timeout_ms
   if timeout_ms ~= nil
       and not (timeout_ms >= 0 and timeout_ms <= options.MAX_UPLOAD_TIMEOUT_MS) then
+    -- Formatted as the core formats it.
+    local shown = timeout_ms ~= timeout_ms and "nan"
+      or ("%.17g"):format(timeout_ms)
     return ("invalid upload options: timeout_ms must be a number of "
-      .. "milliseconds from 0 (no limit) to %d"):format(
-      options.MAX_UPLOAD_TIMEOUT_MS)
+      .. "milliseconds from 0 (no limit) to %d, got %s"):format(
+      options.MAX_UPLOAD_TIMEOUT_MS, shown)
   end
 
   -- The core opens without blocking, where io.open of a FIFO would wait
