@@ -548,6 +548,17 @@ describe("appcenter-credential", function()
           args[#args + 1] = "--verbose"
           return args
         end, "token", "unknown option --verbose" },
+      { "misspelt option", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--projectid"
+          args[#args + 1] = "x"
+          return args
+        end, "token", "unknown option --projectid (did you mean --project-id?)" },
+      { "option without unit", function()
+          local args = endpoint_args("replay.bin")
+          args[#args + 1] = "--timeout=5"
+          return args
+        end, "token", "unknown option --timeout (did you mean --timeout-ms?)" },
       { "invalid timeout", function()
           local args = endpoint_args("replay.bin")
           args[#args + 1] = "--timeout-ms"
@@ -588,6 +599,16 @@ describe("appcenter-credential", function()
     end
   end)
 
+  it("rejects an empty APPCENTER_TOKEN", function()
+    local status, stdout, stderr = run_tool(endpoint_args("replay.bin"), " ")
+
+    assert.equal(2, status)
+    assert.equal("", stdout)
+    assert.is_not_nil(stderr:find("APPCENTER_TOKEN is set but empty; set it "
+      .. "to the token, or unset it to use an access key", 1, true), stderr)
+    assert.equal(0, emu:stats().requests)
+  end)
+
   it("API error exits 1", function()
     local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
       "wrong-token")
@@ -595,7 +616,7 @@ describe("appcenter-credential", function()
     assert.equal(1, status)
     assert.equal("", stdout)
     assert.equal(1, count_lines(stderr))
-    assert.equal("appcenter-credential: ", stderr:sub(1, 22))
+    assert.equal("appcenter-credential: http APIGW.0307: ", stderr:sub(1, 39))
     assert.is_not_nil(stderr:find("APIGW.0307", 1, true), stderr)
     assert.is_nil(stderr:find("wrong-token", 1, true))
   end)

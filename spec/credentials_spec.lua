@@ -136,6 +136,19 @@ describe("credentials", function()
       assert.equal("fake-token", opts.token)
     end)
 
+    it("rejects white space in a key", function()
+      env.HUAWEICLOUD_SDK_AK = FAKE_AK
+      env.HUAWEICLOUD_SDK_SK = FAKE_SK .. " x"
+
+      local opts, err = credentials.resolve({ project_id = "p" })
+
+      assert.is_nil(opts)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("invalid environment: HUAWEICLOUD_SDK_SK contains white "
+        .. "space; remove it", err.message)
+      assert_no_secret(err, FAKE_SK)
+    end)
+
     it("treats empty variables as unset", function()
       env.HUAWEICLOUD_SDK_AK = ""
       env.HUAWEICLOUD_SDK_SK = ""
@@ -423,6 +436,12 @@ describe("credentials", function()
       { "empty section name", "[ ]\n", 1, "empty section name" },
       { "missing key", "[basic]\n= " .. FAKE_SK .. "\n", 2,
         "missing key before '='" },
+      { "comment after a key", "[basic]\nak = " .. FAKE_AK .. "\nsk = "
+          .. FAKE_SK .. " # the test key\n", 3,
+        "sk contains white space; remove it; the credentials file has no "
+          .. "comments after a value, so put the comment on a line of its own" },
+      { "space inside a key", "[basic]\nak = FAKE AK\nsk = " .. FAKE_SK
+          .. "\n", 2, "ak contains white space; remove it" },
     }
 
     for _, case in ipairs(cases) do

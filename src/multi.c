@@ -826,7 +826,8 @@ static int l_poll(lua_State *L) {
                 "timeout_ms must be from 0 to 86400000");
   if (c->polling)
     return luaL_error(L, "appcenter.core: poll called from a request "
-                      "callback");
+                      "callback; return from the callback instead, and "
+                      "the running poll goes on with the other requests");
   lua_settop(L, 1);
   lua_pushcfunction(L, poll_protected);
   lua_pushvalue(L, 1);

@@ -565,7 +565,9 @@ function async.poll(client, timeout_ms)
   local state = state_of(client)
   check_open(state, 2)
   if state.polling then
-    error("appcenter: poll called from a request callback", 2)
+    error("appcenter: poll called from a request callback; return from "
+      .. "the callback instead, and the running poll goes on with the "
+      .. "other requests", 2)
   end
 
   clear_stale_marks(state)

@@ -334,6 +334,19 @@ local function check_keys(source)
       return message
     end
   end
+
+  -- Access keys are letters and digits. White space in one is most often
+  -- a comment after the value, which the profile format does not have.
+  for _, field in ipairs{ "ak", "sk" } do
+    local value = source[field]
+    if value and value:find("%s") then
+      local comment = value:find("%s[#;]") and "; the credentials file has "
+        .. "no comments after a value, so put the comment on a line of its own"
+        or ""
+      return source.fail(field, ("%s contains white space; remove it%s")
+        :format(source.label(field), comment))
+    end
+  end
   return nil
 end
 
