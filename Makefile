@@ -58,7 +58,13 @@ lua_libs = $(shell pkg-config --libs $(call lua_pc,$(1)) 2>/dev/null)
 
 all: $(MODULES)
 
-# Installs what is missing, once per change of this Makefile.
+# Installs what is missing, once per change of this Makefile. A
+# policy-rc.d that exits 101, put in place only when none exists, keeps
+# the packages' services from starting during the install: nginx-light
+# would otherwise start the system's nginx on port 80, which the tests
+# do not use.
+POLICY_RC = /usr/sbin/policy-rc.d
+
 build/.deps: Makefile
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
@@ -67,9 +73,16 @@ build/.deps: Makefile
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
+	    made_policy=""; \
+	    if [ ! -e $(POLICY_RC) ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC) \
+	        && chmod 755 $(POLICY_RC) && made_policy=1; \
+	    fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
-	      || exit 1; \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    status=$$?; \
+	    if [ -n "$$made_policy" ]; then rm -f $(POLICY_RC); fi; \
+	    [ $$status = 0 ] || exit 1; \
 	  else \
 	    echo "missing Debian packages; run:"; \
 	    echo "  sudo apt-get install$$missing"; exit 1; \

@@ -1,7 +1,8 @@
 -- Summarise busted JSON reports (one file per Lua) and print the totals.
 --
 -- Usage: lua5.4 tools/test-summary.lua build/results-*.json
--- Prints each failure and error with its location, one line per Lua,
+-- Prints each failure and error with its location, each skipped test
+-- with its reason, one line per Lua,
 -- and ends with "N passed, N failed[, N skipped]". Exits with 1 when a
 -- test failed or a report is missing or unreadable.
 
@@ -56,6 +57,11 @@ for _, path in ipairs(arg) do
         print("    " .. where(item) .. ": "
           .. tostring(item.message):gsub("\n", "\n    "))
       end
+    end
+    for _, item in ipairs(report.pendings) do
+      local reason = tostring(item.message or ""):match("^[^:]*:%d+: (.*)$")
+        or tostring(item.message or "")
+      print(("[%s] SKIP: %s (%s)"):format(label, item.name or "?", reason))
     end
     local failed = #report.failures + #report.errors
     print(("[%s] %d passed, %d failed, %d skipped"):format(label,
