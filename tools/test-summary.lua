@@ -1,10 +1,10 @@
 -- Summarise busted JSON reports (one file per Lua) and print the totals.
 --
 -- Usage: lua5.4 tools/test-summary.lua build/results-*.json
--- Prints each failure and error with its location, each skipped test
--- with its reason, one line per Lua,
--- and ends with "N passed, N failed[, N skipped]". Exits with 1 when a
--- test failed or a report is missing or unreadable.
+-- Prints each failure and error with its location and each skipped test
+-- with its reason, then one line per Lua, and ends with "N passed,
+-- N failed[, N skipped]". Exits with 1 when a test failed or a report
+-- is missing or unreadable.
 
 local cjson = require("cjson")
 
