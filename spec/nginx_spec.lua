@@ -904,7 +904,7 @@ http {
 
     init_by_lua_block {
         -- Returns "ok <seconds>" or "error <seconds> <err>" for one call.
-        function timed_call(file_name, deadline_ms)
+        function timed_call(file_name, deadline_ms, timeout_ms)
             local appcenter = require("appcenter")
             local retry = false
             if deadline_ms then
@@ -914,6 +914,7 @@ http {
                 endpoint = os.getenv("APPCENTER_ENDPOINT"),
                 project_id = os.getenv("APPCENTER_PROJECT_ID"),
                 token = os.getenv("APPCENTER_TOKEN"),
+                timeout_ms = timeout_ms,
                 retry = retry,
             }))
             ngx.update_time()
@@ -943,7 +944,8 @@ http {
 
         location = /content {
             content_by_lua_block {
-                ngx.say(timed_call("content.bin", deadline_arg()))
+                ngx.say(timed_call("content.bin", deadline_arg(),
+                    tonumber(ngx.var.arg_timeout_ms)))
             }
         }
 
@@ -1084,6 +1086,29 @@ http {
       assert.is_truthy(body:find("(not retried: the deadline has passed; "
         .. "retry.deadline_ms cut this attempt's timeout to the time left)",
         1, true), body)
+      assert.are.equal(2, emu:stats().requests)
+    end)
+
+    it("names the queue wait that cut an attempt", function()
+      nginx = start(1)
+      emu:config({ delay_ms = 1200 })
+      local finish_hold = start_get("/hold")
+      assert.is_truthy(wait_for(function()
+        return emu:stats().requests > 0
+      end, 5))
+
+      -- timeout_ms fits in the deadline when the call starts, but after
+      -- about 1.2 s in the queue only about 0.8 s are left.
+      local status, body = nginx:get("/content?deadline_ms=2000&timeout_ms=1500")
+      finish_hold()
+
+      assert.are.equal(200, status)
+      local waited = tonumber(body:match("%(the attempt first waited (%d+) "
+        .. 'ms for a thread of nginx thread pool "appcenter", and '
+        .. "retry%.deadline_ms counts that wait%)"))
+      assert.is_truthy(waited, body)
+      assert.is_true(waited >= 1000, body)
+      assert.is_true(waited < 1600, body)
       assert.are.equal(2, emu:stats().requests)
     end)
 

@@ -169,18 +169,23 @@ end
 -- attempt's timeout is timeout_ms cut to the time left before it.
 -- Returns one of
 --   "ok", result, meta
---   "error", err        err without its metatable
+--   "error", err, nil, started, cut
+--                       err without its metatable; the attempt started at
+--                       `started` (core.monotonic), and `cut` is true when
+--                       the deadline cut its timeout
 --   "raised", message   appcenter.core raised, e.g. out of memory
 --   "deadline_passed", started
---                       the attempt started at `started` (core.monotonic)
---                       after the deadline and sent nothing
+--                       the attempt started at `started` after the
+--                       deadline and sent nothing
 function glue.run_in_thread(core_opts, file_name, timeout_ms, deadline)
+  local started = core.monotonic()
+  local cut = false
   if deadline then
-    local started = core.monotonic()
     local left_ms = math.floor((deadline - started) * 1000)
     if left_ms < 1 then
       return "deadline_passed", started
     end
+    cut = timeout_ms == nil or left_ms < timeout_ms
     timeout_ms = math.min(timeout_ms or left_ms, left_ms)
   end
 
@@ -196,7 +201,7 @@ function glue.run_in_thread(core_opts, file_name, timeout_ms, deadline)
     forget_client(key)
     return "raised", tostring(status)
   end
-  return status, first, second
+  return status, first, second, started, cut
 end
 
 
@@ -424,9 +429,9 @@ function ThreadClient:create_credential(file_name, call_opts,
   local running = { true }
   local keeper = start_keeper(running, coroutine.running())
   -- pcall, so that the keeper ends whatever ngx.run_worker_thread does.
-  local called, ok, status, first, second = pcall(ngx.run_worker_thread,
-    self.thread_pool, THREAD_MODULE, THREAD_FUNCTION, self.core_opts,
-    file_name, timeout_ms, deadline)
+  local called, ok, status, first, second, started, cut = pcall(
+    ngx.run_worker_thread, self.thread_pool, THREAD_MODULE, THREAD_FUNCTION,
+    self.core_opts, file_name, timeout_ms, deadline)
   running[1] = false
   if keeper then
     ngx.thread.kill(keeper)
@@ -441,6 +446,14 @@ function ThreadClient:create_credential(file_name, call_opts,
   if status == "ok" then
     return first, second
   elseif status == "error" then
+    if cut and first.kind == "timeout" then
+      -- The core's hint names timeout_ms, but the wait in the queue used
+      -- up the time.
+      first.message = ("%s (the attempt first waited %d ms for a thread of "
+        .. "nginx thread pool %q, and retry.deadline_ms counts that wait)")
+        :format(first.message, math.floor((started - posted) * 1000 + 0.5),
+          self.thread_pool)
+    end
     return nil, restore_error_metatable(first)
   elseif status == "deadline_passed" then
     return nil, queued_past_deadline_error(self.thread_pool, posted, first)
