@@ -95,6 +95,8 @@ describe("appcenter.core async", function()
       { timeout_ms = "soon" })
     local zero_ok, zero_message = pcall(client.start, client, "zero.bin",
       record, { timeout_ms = 0 })
+    local fraction_ok, fraction_message = pcall(client.start, client,
+      "fraction.bin", record, { timeout_ms = 1.9 })
     local key_ok, key_message = pcall(client.start, client, "key.bin",
       record, { 5000 })
     for _ = 1, 100 do
@@ -109,8 +111,11 @@ describe("appcenter.core async", function()
     assert.equals("start: option 'timeout_ms' must be a number, got string",
       message)
     assert.is_false(zero_ok)
-    assert.matches("(timeout_ms must be a number from 1 to 86400000)",
+    assert.matches("(timeout_ms must be a whole number from 1 to 86400000)",
       zero_message, 1, true)
+    assert.is_false(fraction_ok)
+    assert.matches("(timeout_ms must be a whole number from 1 to 86400000)",
+      fraction_message, 1, true)
     assert.is_false(key_ok)
     assert.equals("start: option names must be strings, got the number "
       .. "key 1; pass options as name = value", key_message)

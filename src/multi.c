@@ -29,6 +29,7 @@
  *
  * Caveats: poll() may not be called from a callback.
  */
+#include <math.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -473,9 +474,10 @@ static long call_timeout(lua_State *L, int idx) {
     return 0;
   }
   v = lua_tonumber(L, -1);
+  /* Whole milliseconds, as create_credential takes them. */
   luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER && v >= 1
-                   && v <= 86400000, idx,
-                "timeout_ms must be a number from 1 to 86400000");
+                   && v <= 86400000 && v == floor(v), idx,
+                "timeout_ms must be a whole number from 1 to 86400000");
   lua_pop(L, 1);
   return (long)v;
 }
