@@ -3,6 +3,7 @@
 -- tests are reported as pending. The child writes what it saw to a file
 -- and leaves with _exit, so that it runs none of busted's code.
 
+local appcenter = require("appcenter")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
 
@@ -12,6 +13,9 @@ if has_ffi then
     int fork(void);
     int waitpid(int pid, int *status, int options);
     void _exit(int status);
+    int close(int fd);
+    int open(const char *path, int flags, int mode);
+    long write(int fd, const void *buffer, unsigned long count);
   ]])
 end
 
@@ -85,12 +89,16 @@ describe("fork", function()
     end
   end)
 
-  -- Returns a client of the emulator, or marks the test pending when
-  -- this interpreter cannot fork.
-  local function new_client()
+  -- Marks the test pending when this interpreter cannot fork.
+  local function require_fork()
     if not has_ffi then
       pending("fork() needs LuaJIT's ffi")
     end
+  end
+
+  -- Returns a core client of the emulator; see require_fork.
+  local function new_client()
+    require_fork()
     return assert(core.new(emu:client_options({ timeout_ms = 10000 })))
   end
 
@@ -123,6 +131,151 @@ describe("fork", function()
     assert.equals("closed", child)
     assert.equals("wrong=0 failed=0", parent)
     assert.equals(1, emu:stats().connections)
+    client:close()
+  end)
+
+  -- Polls `client` until `done()` or 100 rounds of 50 ms.
+  local function poll_until(client, done)
+    for _ = 1, 100 do
+      if done() then
+        return
+      end
+      client:poll(50)
+    end
+  end
+
+  it("cancels the other copies after a cancel", function()
+    local client = new_client()
+    emu:config({ delay_ms = 300 })
+    local outcomes = {}
+    local function record(name)
+      return function(result, err)
+        outcomes[name] = result and "result" or err.message
+      end
+    end
+    local first = client:start("first.bin", record("first"))
+    client:start("second.bin", record("second"))
+    client:poll(50)
+
+    local parent, child = fork_run(function()
+      first:cancel()
+      poll_until(client, function()
+        return outcomes.second ~= nil
+      end)
+      return outcomes.first .. " | " .. tostring(outcomes.second)
+    end, function()
+      poll_until(client, function()
+        return outcomes.first and outcomes.second
+      end)
+      return outcomes.first .. " | " .. outcomes.second
+    end)
+
+    assert.equals("result | result", parent)
+    assert.equals("the request was cancelled | the process forked while the "
+      .. "request was in flight, and the parent process receives its "
+      .. "response", child)
+    assert.equals(2, emu:stats().requests)
+    client:close()
+  end)
+
+  it("runs no callback inside start in the child", function()
+    local client = new_client()
+    emu:config({ delay_ms = 300 })
+    local inherited
+    client:start("inherited.bin", function(_, err)
+      inherited = err and err.kind or "result"
+    end)
+    client:poll(50)
+
+    local _, child = fork_run(function()
+      client:start("own.bin", function() end)
+      local after_start = tostring(inherited)
+      poll_until(client, function()
+        return inherited ~= nil
+      end)
+      return after_start .. " then " .. tostring(inherited)
+    end, function()
+      poll_until(client, function()
+        return inherited ~= nil
+      end)
+    end)
+
+    assert.equals("nil then cancelled", child)
+    client:close()
+  end)
+
+  it("leaves a reused descriptor alone", function()
+    local client = new_client()
+    emu:config({ delay_ms = 200 })
+    local done = false
+    client:start("learn-fd.bin", function()
+      done = true
+    end)
+    client:poll(50)
+    local fd = client:sockets()[1].fd
+    poll_until(client, function()
+      return done
+    end)
+    emu:config({ delay_ms = 0 })
+    local path = os.tmpname()
+
+    local _, child = fork_run(function()
+      -- As code that closes every inherited descriptor does.
+      ffi.C.close(fd)
+      local O_WRONLY_CREAT_TRUNC = 0x241
+      local file = ffi.C.open(path, O_WRONLY_CREAT_TRUNC, 420)
+      assert(file == fd, "the file did not get the socket's number")
+      ffi.C.write(file, "one\n", 4)
+      local result = client:create_credential("child.bin")
+      local written = ffi.C.write(file, "two\n", 4)
+      ffi.C.close(file)
+      return ("%s %d"):format(result and "result" or "failed",
+        tonumber(written))
+    end, function() end)
+
+    local file = assert(io.open(path))
+    local text = file:read("*a")
+    file:close()
+    os.remove(path)
+    assert.equals("result 4", child)
+    assert.equals("one\ntwo\n", text)
+    client:close()
+  end)
+
+  it("leaves a wrapper retry to the parent", function()
+    require_fork()
+    local client = assert(appcenter.new(emu:client_options({
+      timeout_ms = 10000, retry = { base_delay_ms = 1, max_delay_ms = 1000 },
+    })))
+    emu:fault({ status = 503, headers = { ["Retry-After"] = "1" }, times = 1 })
+    local outcome
+    local request = client:start("retried.bin", function(result, err)
+      outcome = result and ("result " .. result.object_path)
+        or (err.kind .. ": " .. err.message)
+    end)
+    for _ = 1, 100 do
+      if request:status() == "waiting" then
+        break
+      end
+      client:poll(20)
+    end
+    assert.equals("waiting", request:status())
+
+    local function wait()
+      for _ = 1, 150 do
+        if outcome then
+          break
+        end
+        client:poll(20)
+      end
+      return outcome
+    end
+    local parent, child = fork_run(wait, wait)
+
+    assert.matches("^result .*retried%.bin$", parent)
+    assert.equals("cancelled: the process forked while the request waited "
+      .. "for a retry, and the parent process retries it", child)
+    assert.equals(2, emu:stats().requests)
     client:close()
   end)
 

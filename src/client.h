@@ -147,11 +147,11 @@ void ac_multi_add_methods(lua_State *L);
 int ac_multi_close(lua_State *L, int idx, ac_client *c);
 
 /* In a child process that fork() made after the client opened
- * connections, cuts the client off from them and ends each request in
- * flight with a cancelled error, because the parent process receives
- * its response. The client userdata is at idx. Raises the first error
- * that a callback raised. */
-void ac_multi_after_fork(lua_State *L, int idx, ac_client *c);
+ * connections, cuts the client off from them and marks each request in
+ * flight as ended with a cancelled error, because the parent process
+ * receives its response. The next poll, cancel or close runs their
+ * callbacks. */
+void ac_client_after_fork(ac_client *c);
 
 /* Makes t, a transport of credential requests, connect directly when
  * the endpoint is a loopback host. A proxy would carry the request,

@@ -41,6 +41,28 @@
 #define ac_setuservalue(L, i) ((void)lua_setfenv((L), (i)))
 #endif
 
+/* Pushes the C function f. Lua 5.2 and later push a C function without
+ * an upvalue as a light value. Lua 5.1 and LuaJIT allocate a closure,
+ * which can raise a memory error and run finalizers. So there it is made
+ * once per state and kept in the registry under the address key. Call
+ * it once while the module loads to make it. */
+#if LUA_VERSION_NUM >= 502
+#define ac_push_cfunction(L, key, f) ((void)(key), lua_pushcfunction((L), (f)))
+#else
+static inline void ac_push_cfunction(lua_State *L, void *key,
+                                     lua_CFunction f) {
+  lua_pushlightuserdata(L, key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_isnil(L, -1))
+    return;
+  lua_pop(L, 1);
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+#endif
+
 /* The Lua flavour the module was built for, used in the User-Agent.
  * The Makefile defines AC_LUAJIT for LuaJIT builds. */
 #if defined(AC_LUAJIT)

@@ -208,7 +208,7 @@ static void free_secret(char *s) {
 
 static void client_release(ac_client *c) {
   /* Before libcurl closes connections that a parent process may use. */
-  ac_socket_list_after_fork(&c->opened_sockets);
+  ac_client_after_fork(c);
   ac_multi_close(NULL, 0, c);
   ac_transport_free(&c->transport);
   ac_transport_free(&c->upload);
@@ -919,12 +919,33 @@ static int push_outcome(lua_State *L, ac_client *c, ac_transport *t,
 }
 
 
+typedef struct build_call {
+  lua_CFunction build;
+  void *args;
+} build_call;
+
+static char run_build_key;
+
+/* Calls b->build with b->args in place of b, in protected mode. */
+static int run_build(lua_State *L) {
+  build_call *b = lua_touserdata(L, 1);
+
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, b->args);
+  return b->build(L);
+}
+
+
 int ac_client_build(lua_State *L, ac_client *c, lua_CFunction build,
                     void *args) {
   int top = lua_gettop(L), status;
+  build_call b;
 
-  lua_pushcfunction(L, build);
-  lua_pushlightuserdata(L, args);
+  b.build = build;
+  b.args = args;
+  /* Nothing here allocates, so no finalizer runs before the hold. */
+  ac_push_cfunction(L, &run_build_key, run_build);
+  lua_pushlightuserdata(L, &b);
   hold(c);
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
   unhold(c);
@@ -993,7 +1014,7 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
     return luaL_error(L, "appcenter.core: create_credential called while "
                       "the same client builds a result, e.g. from a "
                       "finalizer; use another client");
-  ac_multi_after_fork(L, 1, c);
+  ac_client_after_fork(c);
   switch (ac_client_prepare(c, file_name, len, &c->body, &c->call_headers,
                             &headers, msg)) {
   case -1:
@@ -1070,6 +1091,8 @@ static int l_create_credential(lua_State *L) {
 
 /* Calls back the requests of the client at 1 with a cancelled error, in
  * protected mode; returns the first callback error, or nil. */
+static char close_requests_key;
+
 static int close_requests(lua_State *L) {
   ac_client *c = lua_touserdata(L, 1);
   int saved = ac_multi_close(L, 1, c);
@@ -1097,7 +1120,7 @@ static int l_client_close(lua_State *L) {
    * releases the client, so that call has nothing to do. */
   if (c->closing)
     return 0;
-  ac_socket_list_after_fork(&c->opened_sockets);
+  ac_client_after_fork(c);
   lua_settop(L, 1);
   /* Closed first, so that a callback cannot start new requests while
    * close() cancels the others. A memory error leaves the requests that
@@ -1105,7 +1128,7 @@ static int l_client_close(lua_State *L) {
   c->open = 0;
   if (c->requests != NULL) {
     c->closing = 1;
-    lua_pushcfunction(L, close_requests);
+    ac_push_cfunction(L, &close_requests_key, close_requests);
     lua_pushvalue(L, 1);
     status = lua_pcall(L, 1, 1, 0);
     c->closing = 0;
@@ -1135,6 +1158,15 @@ static int l_client_tostring(lua_State *L) {
                     c->endpoint.base, c->project_id);
   else
     lua_pushliteral(L, "appcenter.core.client (closed)");
+  return 1;
+}
+
+
+/* core.fork_generation(): a number that changes in each child process
+ * that fork() makes, so that Lua code can tell that it runs in one. */
+static int l_fork_generation(lua_State *L) {
+  ac_transport_global_init();
+  lua_pushinteger(L, (lua_Integer)ac_fork_generation());
   return 1;
 }
 
@@ -1178,6 +1210,7 @@ static const luaL_Reg module_functions[] = {
   {"check_upload_path", ac_l_check_upload_path},
   {"monotonic", l_monotonic},
   {"sleep", l_sleep},
+  {"fork_generation", l_fork_generation},
   {NULL, NULL}
 };
 
@@ -1211,6 +1244,10 @@ int luaopen_appcenter_core(lua_State *L) {
     return luaL_error(L, "appcenter.core: libcurl initialisation failed: "
                       "%s", curl_easy_strerror(rc));
   ac_response_init(L);
+  /* Made now, so that later pushes allocate nothing under Lua 5.1. */
+  ac_push_cfunction(L, &run_build_key, run_build);
+  ac_push_cfunction(L, &close_requests_key, close_requests);
+  lua_pop(L, 2);
   ac_error_register(L);
   register_client_metatable(L);
   ac_multi_register(L);

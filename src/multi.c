@@ -77,12 +77,12 @@ static void detach(ac_request *r, int state) {
   ac_client *c = r->client;
 
   if (c != NULL) {
+    /* Removing a transfer can close its connection, which must not
+     * send a TLS close alert on a parent process's connection. */
+    ac_client_after_fork(c);
     if (r->finished)
       c->finished_count--;
     r->finished = 0;
-    /* Removing a transfer can close its connection, which must not
-     * send a TLS close alert on a parent process's connection. */
-    ac_socket_list_after_fork(&c->opened_sockets);
     curl_multi_remove_handle(c->multi, r->transport.curl);
     if (r->prev != NULL)
       r->prev->next = r->next;
@@ -95,6 +95,27 @@ static void detach(ac_request *r, int state) {
   r->client = NULL;
   r->prev = r->next = NULL;
   r->state = state;
+}
+
+
+void ac_client_after_fork(ac_client *c) {
+  ac_request *r;
+
+  if (!ac_socket_list_after_fork(&c->opened_sockets))
+    return;
+  /* Their callbacks run in the child's next poll, cancel or close, so
+   * that none runs inside start or the blocking calls. */
+  for (r = c->requests; r != NULL; r = r->next) {
+    if (r->finished)
+      continue;
+    curl_multi_remove_handle(c->multi, r->transport.curl);
+    r->finished = 1;
+    r->result = CURLE_OK;
+    r->cancel_reason = "the process forked while the request was in "
+                       "flight, and the parent process receives its "
+                       "response";
+    c->finished_count++;
+  }
 }
 
 
@@ -240,6 +261,8 @@ static int finish_progress(lua_State *L, ac_client *c, ac_request *r,
 }
 
 
+static char do_nothing_key, push_completion_key, poll_protected_key;
+
 static int do_nothing(lua_State *L) {
   (void)L;
   return 0;
@@ -279,7 +302,7 @@ static int push_completion(lua_State *L) {
 static int reserve_call(lua_State *L, int n) {
   if (!lua_checkstack(L, 256 + n))
     return -1;
-  lua_pushcfunction(L, do_nothing);
+  ac_push_cfunction(L, &do_nothing_key, do_nothing);
   return lua_pcall(L, 0, 0, 0) == 0 ? 0 : -1;
 }
 
@@ -311,7 +334,7 @@ static int complete(lua_State *L, int client_idx, ac_request *r,
   detach(r, cancel_reason ? AC_REQ_CANCELLED : AC_REQ_DONE);
 
   top = lua_gettop(L);
-  lua_pushcfunction(L, push_completion);
+  ac_push_cfunction(L, &push_completion_key, push_completion);
   lua_pushlightuserdata(L, &a);
   failed = lua_pcall(L, 1, LUA_MULTRET, 0) != 0;
   n = lua_gettop(L) - top;
@@ -398,24 +421,6 @@ static int drain(lua_State *L, int client_idx, ac_client *c, int *saved) {
 }
 
 
-void ac_multi_after_fork(lua_State *L, int idx, ac_client *c) {
-  int saved = 0;
-
-  if (!ac_socket_list_after_fork(&c->opened_sockets))
-    return;
-  while (c->requests != NULL) {
-    if (complete(L, idx, c->requests, CURLE_OK, "the process forked "
-                 "while the request was in flight, and the parent "
-                 "process receives its response", NULL) != 0)
-      keep_first_error(L, &saved);
-  }
-  if (saved != 0) {
-    lua_pushvalue(L, saved);
-    lua_error(L);
-  }
-}
-
-
 int ac_multi_close(lua_State *L, int idx, ac_client *c) {
   int saved = 0;
 
@@ -450,7 +455,7 @@ static ac_client *check_open(lua_State *L) {
 
   if (!c->open)
     luaL_error(L, "appcenter.core: the client is closed");
-  ac_multi_after_fork(L, 1, c);
+  ac_client_after_fork(c);
   return c;
 }
 
@@ -831,7 +836,7 @@ static int l_poll(lua_State *L) {
                       "callback; return from the callback instead, and "
                       "the running poll goes on with the other requests");
   lua_settop(L, 1);
-  lua_pushcfunction(L, poll_protected);
+  ac_push_cfunction(L, &poll_protected_key, poll_protected);
   lua_pushvalue(L, 1);
   lua_pushnumber(L, now_ms() + (double)timeout_ms);
 
@@ -981,6 +986,11 @@ static const luaL_Reg request_methods[] = {
 
 
 void ac_multi_register(lua_State *L) {
+  /* Made now, so that later pushes allocate nothing under Lua 5.1. */
+  ac_push_cfunction(L, &do_nothing_key, do_nothing);
+  ac_push_cfunction(L, &push_completion_key, push_completion);
+  ac_push_cfunction(L, &poll_protected_key, poll_protected);
+  lua_pop(L, 3);
   if (!luaL_newmetatable(L, AC_REQUEST_MT)) {
     lua_pop(L, 1);
     return;

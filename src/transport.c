@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "request.h"
@@ -85,44 +86,71 @@ static void set_cloexec(int fd) {
 static curl_socket_t open_socket(void *ud, curlsocktype purpose,
                                  struct curl_sockaddr *address) {
   ac_socket_list *list = ud;
+  ac_open_socket *entry;
+  struct stat st;
   curl_socket_t fd;
 
   (void)purpose;
   if (list->count == list->cap) {
     size_t cap = list->cap ? list->cap * 2 : 8;
-    curl_socket_t *fds = realloc(list->fds, cap * sizeof *fds);
+    ac_open_socket *sockets = realloc(list->sockets,
+                                      cap * sizeof *sockets);
 
-    if (fds == NULL)
+    if (sockets == NULL)
       return CURL_SOCKET_BAD;
-    list->fds = fds;
+    list->sockets = sockets;
     list->cap = cap;
   }
   fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
               address->protocol);
-  if (fd != CURL_SOCKET_BAD) {
-    set_cloexec(fd);
-    list->fds[list->count++] = fd;
+  if (fd == CURL_SOCKET_BAD)
+    return fd;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return CURL_SOCKET_BAD;
   }
+  set_cloexec(fd);
+  entry = &list->sockets[list->count++];
+  entry->fd = fd;
+  entry->device = st.st_dev;
+  entry->inode = st.st_ino;
   return fd;
 }
 
 
-static int close_socket(void *ud, curl_socket_t fd) {
-  ac_socket_list *list = ud;
+/* Removes fd from the list; returns whether it was there. */
+static int forget_socket(ac_socket_list *list, curl_socket_t fd) {
   size_t i;
 
   for (i = 0; i < list->count; i++) {
-    if (list->fds[i] == fd) {
-      list->fds[i] = list->fds[--list->count];
-      break;
+    if (list->sockets[i].fd == fd) {
+      list->sockets[i] = list->sockets[--list->count];
+      return 1;
     }
   }
-  return close(fd);
+  return 0;
+}
+
+
+/* Closes only sockets of the list: after a fork, a descriptor that the
+ * child reused for something else is no longer one. */
+static int close_socket(void *ud, curl_socket_t fd) {
+  return forget_socket(ud, fd) ? close(fd) : 0;
+}
+
+
+/* Returns whether entry's descriptor still refers to its socket. */
+static int still_open(const ac_open_socket *entry) {
+  struct stat st;
+
+  return fstat(entry->fd, &st) == 0 && st.st_dev == entry->device
+      && st.st_ino == entry->inode;
 }
 
 
 int ac_socket_list_after_fork(ac_socket_list *list) {
   unsigned generation = fork_generation;
+  struct stat closed_stream;
   int pair[2];
   size_t i;
 
@@ -132,18 +160,35 @@ int ac_socket_list_after_fork(ac_socket_list *list) {
   if (list->count == 0)
     return 1;
   /* A stream whose peer is closed reads as end of file and fails
-   * writes with EPIPE, which libcurl sends with MSG_NOSIGNAL. Each
-   * descriptor number stays taken until libcurl closes it, so nothing
-   * else opened meanwhile can get it. */
+   * writes with EPIPE, which libcurl sends with MSG_NOSIGNAL. */
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0)
     close(pair[1]);
   else
     pair[0] = open("/dev/null", O_RDWR);
-  /* NOTE: with no descriptor left for either, the child keeps the
-   * inherited connections. */
-  for (i = 0; pair[0] >= 0 && i < list->count; i++) {
-    if (dup2(pair[0], list->fds[i]) >= 0)
-      fcntl(list->fds[i], F_SETFD, FD_CLOEXEC);
+  if (pair[0] >= 0 && fstat(pair[0], &closed_stream) != 0) {
+    close(pair[0]);
+    pair[0] = -1;
+  }
+  i = 0;
+  while (i < list->count) {
+    ac_open_socket *entry = &list->sockets[i];
+
+    /* NOTE: when the reused descriptor is a socket, libcurl may still
+     * send a TLS close alert on it as it drops the connection, because
+     * it writes with send(), which fails on other files. */
+    if (!still_open(entry)) {
+      forget_socket(list, entry->fd);
+      continue;
+    }
+    /* NOTE: with no descriptor left for the closed stream, the child
+     * keeps the inherited connections. */
+    if (pair[0] >= 0 && dup2(pair[0], entry->fd) >= 0) {
+      fcntl(entry->fd, F_SETFD, FD_CLOEXEC);
+      /* What the descriptor is now, for a fork of this child. */
+      entry->device = closed_stream.st_dev;
+      entry->inode = closed_stream.st_ino;
+    }
+    i++;
   }
   if (pair[0] >= 0)
     close(pair[0]);
@@ -152,8 +197,8 @@ int ac_socket_list_after_fork(ac_socket_list *list) {
 
 
 void ac_socket_list_free(ac_socket_list *list) {
-  free(list->fds);
-  list->fds = NULL;
+  free(list->sockets);
+  list->sockets = NULL;
   list->count = list->cap = 0;
 }
 

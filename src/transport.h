@@ -5,6 +5,8 @@
 #ifndef AC_TRANSPORT_H
 #define AC_TRANSPORT_H
 
+#include <sys/types.h>
+
 #include <curl/curl.h>
 
 #include "buf.h"
@@ -29,8 +31,14 @@
 
 /* The sockets that a client's handles have open, so that a child
  * process can cut itself off from the connections it inherited. */
+typedef struct ac_open_socket {
+  curl_socket_t fd;
+  dev_t device;             /* device and inode identify the socket, */
+  ino_t inode;              /* so that a reused descriptor is told apart */
+} ac_open_socket;
+
 typedef struct ac_socket_list {
-  curl_socket_t *fds;
+  ac_open_socket *sockets;
   size_t count;
   size_t cap;
   unsigned fork_generation; /* ac_fork_generation() when last checked */
@@ -75,7 +83,9 @@ unsigned ac_fork_generation(void);
  * points each of them at a closed stream, so that libcurl neither reads
  * the parent's responses from them nor writes to them (a TLS close
  * alert included). libcurl then finds those connections dead and opens
- * new ones. Returns 1 when it found a fork, else 0. */
+ * new ones. A descriptor that the child closed and reused for something
+ * else is left alone, and dropped from the list so that libcurl's close
+ * does not close it. Returns 1 when it found a fork, else 0. */
 int ac_socket_list_after_fork(ac_socket_list *list);
 
 /* Frees the list; its sockets must be closed already. */

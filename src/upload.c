@@ -885,7 +885,7 @@ static int l_upload(lua_State *L) {
     ac_upload_free(call);
     return luaL_error(L, "appcenter.core: the client is closed");
   }
-  ac_multi_after_fork(L, 1, c);
+  ac_client_after_fork(c);
 
   if (c->upload.curl == NULL
       && ac_transport_init(&c->upload, &c->transport_opts, msg) != 0)

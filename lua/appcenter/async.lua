@@ -75,6 +75,8 @@ local function state_of(client)
       polling = false,
       closed = false,
       first_error = nil,  -- { value = error } of the first callback error
+      -- core.fork_generation() when the state was made or last checked.
+      fork_generation = core.fork_generation(),
     }
     client.async_state = state
   end
@@ -176,15 +178,18 @@ local function finish(request, result, info)
   end
 end
 
+-- Settles last: until the request is in `waiting`, a failure here
+-- (memory, or a `now` that raises) leaves the outcome to be handled again.
 local function schedule_retry(request, err, delay_ms)
-  settle(request)
   local state = request.async_state
+  local due = request.client.policy.now() + delay_ms / 1000
+  state.waiting[request] = true
   state.sequence = state.sequence + 1
   request.stage = "waiting"
   request.last_err = err
-  request.due = request.client.policy.now() + delay_ms / 1000
+  request.due = due
   request.sequence = state.sequence
-  state.waiting[request] = true
+  settle(request)
 end
 
 -- Handles the outcome of one attempt: schedules the next attempt or ends
@@ -365,6 +370,26 @@ local function waiting_requests(state, now)
   return list
 end
 
+-- In a child process that fork() made, ends the requests that wait for a
+-- retry timer with a cancelled error, because the parent process retries
+-- them. The core ends the child's copies of attempts in flight.
+local function cancel_inherited_retries(state)
+  local generation = core.fork_generation()
+  if generation == state.fork_generation then
+    return
+  end
+  state.fork_generation = generation
+  for _, request in ipairs(waiting_requests(state, nil)) do
+    if state.waiting[request] then
+      state.waiting[request] = nil
+      request.call:drop_retry()
+      finish(request, nil, cancelled_error(request, "the process forked "
+        .. "while the request waited for a retry, and the parent process "
+        .. "retries it"))
+    end
+  end
+end
+
 local function start_due_retries(client, state)
   for _, request in ipairs(waiting_requests(state, client.policy.now())) do
     -- A callback run by an earlier retry in this loop may have cancelled
@@ -454,6 +479,8 @@ function async.start(client, file_name, callback)
     ended_result = false,
     ended_info = false,
     handling = false,
+    due = 0,
+    sequence = 0,
   }, Request))
 end
 
@@ -485,6 +512,8 @@ function async.start_upload(client, result, call_opts, policy, callback)
     ended_result = false,
     ended_info = false,
     handling = false,
+    due = 0,
+    sequence = 0,
   }, Request))
 end
 
@@ -508,6 +537,7 @@ local function poll_loop(client, state, timeout_ms)
   end
 
   state.completed = 0
+  cancel_inherited_retries(state)
   while true do
     handle_ended_attempts(state)
     start_due_retries(client, state)
@@ -625,7 +655,22 @@ function async.close(client)
   state.closed = true
   clear_stale_marks(state)
   run_collecting_errors(state, function()
-    handle_ended_attempts(state)
+    cancel_inherited_retries(state)
+    local handled, handle_err = pcall(handle_ended_attempts, state)
+    if not handled then
+      record_error(state, handle_err)
+    end
+    -- Outcomes that still could not be handled end here.
+    local unhandled = {}
+    for request in pairs(state.running) do
+      if request.attempt_ended and not request.handling then
+        unhandled[#unhandled + 1] = request
+      end
+    end
+    for _, request in ipairs(unhandled) do
+      state.waiting[request] = nil
+      finish(request, nil, cancelled_error(request, "the client was closed"))
+    end
     for _, request in ipairs(waiting_requests(state, nil)) do
       if state.waiting[request] then
         state.waiting[request] = nil
