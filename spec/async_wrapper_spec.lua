@@ -687,6 +687,51 @@ describe("appcenter async wrapper", function()
     end)
   end)
 
+  -- The module decodes each response with a cjson function kept in the
+  -- registry; wrapping it runs Lua code where a finalizer may run while
+  -- poll builds an attempt's outcome.
+  describe("close from a finalizer", function()
+    local DECODE_KEY = "appcenter.core.json_decode"
+    local registry = debug.getregistry()
+    local decode
+
+    before_each(function()
+      decode = registry[DECODE_KEY]
+    end)
+
+    after_each(function()
+      registry[DECODE_KEY] = decode
+    end)
+
+    it("cancels a retry while an outcome is built", function()
+      local client = fake_client{ random = constant(0) }
+      registry[DECODE_KEY] = function(text)
+        registry[DECODE_KEY] = decode
+        client:close()
+        return decode(text)
+      end
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local calls, outcome = 0, nil
+      client:start("a.bin", function(result, err)
+        calls = calls + 1
+        outcome = result or err
+      end)
+
+      for _ = 1, 100 do
+        if calls > 0 then
+          break
+        end
+        pcall(client.poll, client, 20)
+      end
+
+      assert.equals(1, calls)
+      assert.equals("cancelled", outcome.kind)
+      assert.equals("the client was closed", outcome.message)
+      assert.equals(0, client:pending())
+      assert.equals(1, requests())
+    end)
+  end)
+
   describe("close", function()
     it("cancels running and waiting requests", function()
       -- Delays come from faults, which the emulator takes when a request

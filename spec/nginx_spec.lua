@@ -1109,6 +1109,7 @@ http {
       assert.is_truthy(waited, body)
       assert.is_true(waited >= 1000, body)
       assert.is_true(waited < 1600, body)
+      assert.is_nil(body:find("the limits are timeout_ms", 1, true), body)
       assert.are.equal(2, emu:stats().requests)
     end)
 

@@ -487,6 +487,8 @@ describe("retry", function()
           and (" %(gave up after " .. max_attempts .. " attempts%)$") or "$"
         assert.matches("%(retry%.deadline_ms cut this attempt's timeout to "
           .. "the time left%)" .. tail, err.message)
+        assert.is_nil(err.message:find("the limits are timeout_ms", 1, true),
+          err.message)
       end
     end)
 

@@ -222,6 +222,11 @@ local function on_attempt_done(request, result, info)
       call:drop_retry()
     end
     return
+  elseif delay_ms and state.closed then
+    -- A finalizer closed the client while this outcome was on its way,
+    -- so close could not end the request.
+    call:drop_retry()
+    finish(request, nil, cancelled_error(request, "the client was closed"))
   elseif delay_ms then
     schedule_retry(request, info, delay_ms)
   else
@@ -344,7 +349,10 @@ local function start_retry(request)
   end
 
   local launched, started, err = pcall(launch, request, timeout_ms)
-  if not launched then
+  if not launched and request.async_state.closed then
+    -- A finalizer closed the client while the attempt started.
+    finish(request, nil, cancelled_error(request, "the client was closed"))
+  elseif not launched then
     record_error(request.async_state, started)
     finish(request, nil, request.last_err)
   elseif not started then

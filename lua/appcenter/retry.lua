@@ -163,6 +163,11 @@ end
 -- the attempt's timeout and libcurl's timer.
 local DEADLINE_SLACK_MS = 10
 
+-- The hint that appcenter.core adds to a timeout's message, as a pattern.
+-- It is dropped where the deadline, not timeout_ms, ended the attempt.
+local CORE_TIMEOUT_HINT =
+  " %(the limits are timeout_ms and connect_timeout_ms%)"
+
 local function time_left_ms(policy, deadline)
   if not deadline then
     return math.huge
@@ -262,6 +267,9 @@ function Call:complete(result, info)
     and left_ms < DEADLINE_SLACK_MS
   local cut_note = "retry.deadline_ms cut this attempt's timeout to the "
     .. "time left"
+  if cut_off then
+    err.message = err.message:gsub(CORE_TIMEOUT_HINT, "", 1)
+  end
   if self.attempt >= policy.max_attempts then
     if cut_off then
       err.message = ("%s (%s)"):format(err.message, cut_note)
