@@ -156,8 +156,13 @@ install: all
 	  install -m 644 lua/appcenter/*.lua \
 	    $(DESTDIR)$(PREFIX)/share/lua/$$abi/appcenter/; \
 	done
-	install -d $(DESTDIR)$(BINDIR)
-	install -m 755 tools/appcenter-credential $(DESTDIR)$(BINDIR)/
+	@case " $(LUAS) " in \
+	*" lua5.4 "*) \
+	  install -d $(DESTDIR)$(BINDIR) && \
+	  install -m 755 tools/appcenter-credential $(DESTDIR)$(BINDIR)/ ;; \
+	*) echo "not installing appcenter-credential: it runs on Lua 5.4;" \
+	     "add lua5.4 to LUAS" ;; \
+	esac
 
 uninstall:
 	@for abi in 5.1 5.3 5.4; do \

@@ -540,6 +540,35 @@ describe("nginx integration", function()
     end)
   end)
 
+  describe("with the example and no credentials", function()
+    local nginx
+
+    setup(function()
+      nginx = start_nginx(read_file(ROOT .. "/examples/nginx/nginx.conf"), {
+        APPCENTER_ENDPOINT = emu.url,
+        APPCENTER_PROJECT_ID = emu.project_id,
+      })
+    end)
+
+    teardown(function()
+      if nginx then
+        nginx:stop()
+      end
+    end)
+
+    it("names the handler's own variables", function()
+      local status, body = nginx:get("/credential?file_name=a.bin")
+
+      assert.are.equal(500, status, body)
+      assert.are.equal("setup_failed", cjson.decode(body).error_code)
+      local log = nginx:error_log()
+      assert.is_truthy(log:find("missing credentials: set "
+        .. "APPCENTER_TOKEN_FILE, APPCENTER_TOKEN, or APPCENTER_AK and "
+        .. "APPCENTER_SK in the environment of nginx", 1, true), log)
+      assert.is_nil(log:find("HUAWEICLOUD_SDK", 1, true), log)
+    end)
+  end)
+
   describe("with the example and APPCENTER_TIMEOUT_MS", function()
     local nginx
 

@@ -80,9 +80,15 @@ local function options_from_environment()
     opts.token = token
   elseif os.getenv("APPCENTER_TOKEN") then
     opts.token = os.getenv("APPCENTER_TOKEN")
-  else
+  elseif os.getenv("APPCENTER_AK") or os.getenv("APPCENTER_SK") then
     opts.ak = os.getenv("APPCENTER_AK")
     opts.sk = os.getenv("APPCENTER_SK")
+  else
+    -- appcenter.new would look further, in HUAWEICLOUD_SDK_* variables
+    -- and a profile file, and name those; this handler uses neither.
+    return nil, "missing credentials: set APPCENTER_TOKEN_FILE, "
+      .. "APPCENTER_TOKEN, or APPCENTER_AK and APPCENTER_SK in the "
+      .. "environment of nginx (nginx.conf keeps them with env lines)"
   end
   return opts
 end
