@@ -332,6 +332,43 @@ describe("nginx integration", function()
       assert.are.equal("pong\n", body)
     end)
 
+    -- Runs curl with `args` and returns the status, the content type and
+    -- the body.
+    local function curl(args)
+      local pipe = assert(io.popen("curl --silent --max-time 20 --write-out "
+        .. "'\n%{http_code} %{content_type}' " .. args))
+      local output = pipe:read("*a")
+      pipe:close()
+      local body, status, content_type = output:match("^(.*)\n(%d+) (%S*)$")
+      return tonumber(status), content_type, body
+    end
+
+    it("answers a too long URI in JSON", function()
+      local status, content_type, body = curl(shell_quote(nginx.base_url
+        .. "/credential?file_name=" .. ("a"):rep(9000)))
+
+      assert.are.equal(414, status, body)
+      assert.are.equal("application/json", content_type)
+      assert.are.equal("uri_too_long", cjson.decode(body).error_code)
+      assert.are.equal(0, emu:stats().requests)
+    end)
+
+    it("answers a too large body in JSON", function()
+      local path = os.tmpname()
+      local file = assert(io.open(path, "wb"))
+      file:write(("x"):rep(2 * 1024 * 1024))
+      file:close()
+      local status, content_type, body = curl("--data-binary @"
+        .. shell_quote(path) .. " "
+        .. shell_quote(nginx.base_url .. "/credential?file_name=a.bin"))
+      os.remove(path)
+
+      assert.are.equal(413, status, body)
+      assert.are.equal("application/json", content_type)
+      assert.are.equal("request_too_large", cjson.decode(body).error_code)
+      assert.are.equal(0, emu:stats().requests)
+    end)
+
     it("returns a credential as JSON", function()
       local status, body = nginx:get("/credential?file_name=replay-0042.bin")
       assert.are.equal(200, status, body .. nginx:error_log())
