@@ -119,16 +119,31 @@ int ac_client_prepare(ac_client *c, const char *file_name, size_t len,
 /* Clears and frees the lines of call; the nodes need no freeing. */
 void ac_call_headers_free(ac_call_headers *call);
 
-/* Calls build(L) in protected mode with args as a light userdata.
- * Meanwhile close() defers freeing c, because build reads c's memory
- * and its allocations can run a finalizer that closes c. Raises what
- * build raised, else returns the number of values build returned. */
-int ac_client_build(lua_State *L, ac_client *c, lua_CFunction build,
-                    void *args);
+struct ac_upload;
 
-/* Pushes `result, meta` or `nil, err` for a finished transfer. */
-int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
-                           CURLcode rc, long status);
+/* A finished transfer of a client, or a cancelled request. */
+typedef struct ac_outcome {
+  ac_client *client;
+  ac_transport *transport;
+  struct ac_upload *upload;    /* NULL for a credential request */
+  CURLcode rc;
+  long status;
+  const char *cancel_reason;   /* set: a cancelled error with this text */
+} ac_outcome;
+
+/* Pushes what the caller or callback receives for o: `result, meta`, an
+ * upload's `meta`, or `nil, err`. It runs in protected mode, and close()
+ * defers freeing the client meanwhile, because building reads the
+ * client's memory and its allocations can run a finalizer that closes
+ * the client. Returns the number of values pushed, or -1 with the error
+ * on the stack. */
+int ac_push_outcome(lua_State *L, ac_outcome *o);
+
+/* Pushes `result, meta` or `nil, err` for a credential transfer, without
+ * ac_push_outcome's protection; upload.c reports transfer errors with
+ * it. */
+int ac_client_push_result(lua_State *L, ac_client *c, ac_transport *t,
+                          CURLcode rc, long status);
 
 /* upload.c: client:upload; upload.h has what multi.c shares. */
 void ac_upload_add_methods(lua_State *L);

@@ -31,6 +31,7 @@
 #include "response.h"
 #include "sign.h"
 #include "transport.h"
+#include "upload.h"
 
 #define AC_VERSION "0.1.0"
 
@@ -891,10 +892,8 @@ static void unhold(ac_client *c) {
 }
 
 
-/* Builds the outcome from the body, request id and secrets in client
- * memory. Building allocates, so a finalizer may close the client. */
-static int push_outcome(lua_State *L, ac_client *c, ac_transport *t,
-                        CURLcode rc, long status) {
+int ac_client_push_result(lua_State *L, ac_client *c, ac_transport *t,
+                          CURLcode rc, long status) {
   ac_response r;
   curl_off_t total_us = 0;
 
@@ -919,66 +918,40 @@ static int push_outcome(lua_State *L, ac_client *c, ac_transport *t,
 }
 
 
-typedef struct build_call {
-  lua_CFunction build;
-  void *args;
-} build_call;
+static char build_outcome_key;
 
-static char run_build_key;
-
-/* Calls b->build with b->args in place of b, in protected mode. */
-static int run_build(lua_State *L) {
-  build_call *b = lua_touserdata(L, 1);
-
-  lua_pop(L, 1);
-  lua_pushlightuserdata(L, b->args);
-  return b->build(L);
-}
-
-
-int ac_client_build(lua_State *L, ac_client *c, lua_CFunction build,
-                    void *args) {
-  int top = lua_gettop(L), status;
-  build_call b;
-
-  b.build = build;
-  b.args = args;
-  /* Nothing here allocates, so no finalizer runs before the hold. */
-  ac_push_cfunction(L, &run_build_key, run_build);
-  lua_pushlightuserdata(L, &b);
-  hold(c);
-  status = lua_pcall(L, 1, LUA_MULTRET, 0);
-  unhold(c);
-  if (status != 0)
-    lua_error(L);
-  return lua_gettop(L) - top;
-}
-
-
-typedef struct outcome_args {
-  ac_client *c;
-  ac_transport *t;
-  CURLcode rc;
-  long status;
-} outcome_args;
-
+/* The protected part of ac_push_outcome. */
 static int build_outcome(lua_State *L) {
-  outcome_args *a = lua_touserdata(L, 1);
+  ac_outcome *o = lua_touserdata(L, 1);
 
   lua_pop(L, 1);
-  return push_outcome(L, a->c, a->t, a->rc, a->status);
+  if (o->cancel_reason != NULL) {
+    ac_error_info e = {0};
+
+    e.kind = AC_KIND_CANCELLED;
+    e.message = o->cancel_reason;
+    lua_pushnil(L);
+    ac_push_error(L, &e);
+    return 2;
+  }
+  if (o->upload != NULL)
+    return ac_upload_push_result(L, o->client, o->upload, o->transport,
+                                 o->rc, o->status);
+  return ac_client_push_result(L, o->client, o->transport, o->rc,
+                               o->status);
 }
 
 
-int ac_client_push_outcome(lua_State *L, ac_client *c, ac_transport *t,
-                           CURLcode rc, long status) {
-  outcome_args a;
+int ac_push_outcome(lua_State *L, ac_outcome *o) {
+  int top = lua_gettop(L), status;
 
-  a.c = c;
-  a.t = t;
-  a.rc = rc;
-  a.status = status;
-  return ac_client_build(L, c, build_outcome, &a);
+  /* Nothing here allocates, so no finalizer runs before the hold. */
+  ac_push_cfunction(L, &build_outcome_key, build_outcome);
+  lua_pushlightuserdata(L, o);
+  hold(o->client);
+  status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  unhold(o->client);
+  return status == 0 ? lua_gettop(L) - top : -1;
 }
 
 
@@ -1001,8 +974,10 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
                    size_t len, long timeout_ms) {
   struct curl_slist *headers;
   char msg[AC_MSG_SIZE];
+  ac_outcome outcome;
   long status = 0;
   CURLcode rc;
+  int n;
 
   /* An __index metamethod of the call options, or a finalizer that ran
    * while they were read, may have closed the client. */
@@ -1025,7 +1000,14 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
 
   rc = ac_transport_post(&c->transport, c->url.data, headers, c->body.data,
                          c->body.len, timeout_ms, &status);
-  return ac_client_push_outcome(L, c, &c->transport, rc, status);
+  outcome.client = c;
+  outcome.transport = &c->transport;
+  outcome.upload = NULL;
+  outcome.rc = rc;
+  outcome.status = status;
+  outcome.cancel_reason = NULL;
+  n = ac_push_outcome(L, &outcome);
+  return n < 0 ? lua_error(L) : n;
 }
 
 
@@ -1245,7 +1227,7 @@ int luaopen_appcenter_core(lua_State *L) {
                       "%s", curl_easy_strerror(rc));
   ac_response_init(L);
   /* Made now, so that later pushes allocate nothing under Lua 5.1. */
-  ac_push_cfunction(L, &run_build_key, run_build);
+  ac_push_cfunction(L, &build_outcome_key, build_outcome);
   ac_push_cfunction(L, &close_requests_key, close_requests);
   lua_pop(L, 2);
   ac_error_register(L);

@@ -236,16 +236,6 @@ static void take_callback(lua_State *L, int req_idx) {
 }
 
 
-static void push_cancelled(lua_State *L, const char *message) {
-  ac_error_info e = {0};
-
-  e.kind = AC_KIND_CANCELLED;
-  e.message = message;
-  lua_pushnil(L);
-  ac_push_error(L, &e);
-}
-
-
 /* Runs the last progress call of an upload that poll() finished, and
  * returns the stack index of the first error its progress callback
  * raised, or 0. */
@@ -261,37 +251,11 @@ static int finish_progress(lua_State *L, ac_client *c, ac_request *r,
 }
 
 
-static char do_nothing_key, push_completion_key, poll_protected_key;
+static char do_nothing_key, poll_protected_key;
 
 static int do_nothing(lua_State *L) {
   (void)L;
   return 0;
-}
-
-
-typedef struct completion {
-  ac_client *client;
-  ac_request *request;
-  CURLcode rc;
-  long status;
-  const char *cancel_reason;
-} completion;
-
-/* Pushes the outcome that the callback of a->request receives. */
-static int push_completion(lua_State *L) {
-  completion *a = lua_touserdata(L, 1);
-
-  lua_pop(L, 1);
-  if (a->cancel_reason != NULL) {
-    push_cancelled(L, a->cancel_reason);
-    return 2;
-  }
-  if (a->request->upload != NULL)
-    return ac_upload_push_outcome(L, a->client, a->request->upload,
-                                  &a->request->transport, a->rc,
-                                  a->status);
-  return ac_client_push_outcome(L, a->client, &a->request->transport, a->rc,
-                                a->status);
 }
 
 
@@ -320,31 +284,29 @@ static int reserve_call(lua_State *L, int n) {
 static int complete(lua_State *L, int client_idx, ac_request *r,
                     CURLcode rc, const char *cancel_reason,
                     int *progress_error) {
-  completion a;
-  int top, failed, n;
+  ac_outcome o;
+  int top, n;
 
-  a.client = r->client;
-  a.request = r;
-  a.rc = rc;
-  a.status = 0;
-  a.cancel_reason = cancel_reason;
-  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &a.status);
+  o.client = r->client;
+  o.transport = &r->transport;
+  o.upload = r->upload;
+  o.rc = rc;
+  o.status = 0;
+  o.cancel_reason = cancel_reason;
+  curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &o.status);
   if (cancel_reason == NULL)
-    *progress_error = finish_progress(L, a.client, r, rc, a.status);
+    *progress_error = finish_progress(L, o.client, r, rc, o.status);
   detach(r, cancel_reason ? AC_REQ_CANCELLED : AC_REQ_DONE);
 
   top = lua_gettop(L);
-  ac_push_cfunction(L, &push_completion_key, push_completion);
-  lua_pushlightuserdata(L, &a);
-  failed = lua_pcall(L, 1, LUA_MULTRET, 0) != 0;
-  n = lua_gettop(L) - top;
-  if (failed || reserve_call(L, n) != 0) {
+  n = ac_push_outcome(L, &o);
+  if (n < 0 || reserve_call(L, n) != 0) {
     /* A client that close() is closing still has its multi handle, and
      * the next close() calls r back. NOTE: when a finalizer closed the
      * client meanwhile, which releases it, r ends without a callback. */
-    if (a.client->multi != NULL)
-      relink_finished(a.client, r, rc, cancel_reason);
-    if (failed)
+    if (o.client->multi != NULL)
+      relink_finished(o.client, r, rc, cancel_reason);
+    if (n < 0)
       return lua_error(L);
     lua_settop(L, top);
     return luaL_error(L, "not enough memory");
@@ -988,9 +950,8 @@ static const luaL_Reg request_methods[] = {
 void ac_multi_register(lua_State *L) {
   /* Made now, so that later pushes allocate nothing under Lua 5.1. */
   ac_push_cfunction(L, &do_nothing_key, do_nothing);
-  ac_push_cfunction(L, &push_completion_key, push_completion);
   ac_push_cfunction(L, &poll_protected_key, poll_protected);
-  lua_pop(L, 3);
+  lua_pop(L, 2);
   if (!luaL_newmetatable(L, AC_REQUEST_MT)) {
     lua_pop(L, 1);
     return;

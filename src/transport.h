@@ -33,8 +33,8 @@
  * process can cut itself off from the connections it inherited. */
 typedef struct ac_open_socket {
   curl_socket_t fd;
-  dev_t device;             /* device and inode identify the socket, */
-  ino_t inode;              /* so that a reused descriptor is told apart */
+  dev_t device;             /* device and inode identify the socket, so */
+  ino_t inode;              /* a reused descriptor number is detected */
 } ac_open_socket;
 
 typedef struct ac_socket_list {

@@ -715,8 +715,8 @@ void ac_upload_final_progress(ac_upload *call, CURLcode rc, long status) {
 }
 
 
-static int push_outcome(lua_State *L, ac_client *c, ac_upload *call,
-                        ac_transport *t, CURLcode rc, long status) {
+int ac_upload_push_result(lua_State *L, ac_client *c, ac_upload *call,
+                          ac_transport *t, CURLcode rc, long status) {
   ac_error_info e = {0};
 
   if (rc == CURLE_ABORTED_BY_CALLBACK
@@ -745,44 +745,13 @@ static int push_outcome(lua_State *L, ac_client *c, ac_upload *call,
   if (ac_transport_error_body_cut(t, rc, status))
     rc = CURLE_OK;
   if (rc != CURLE_OK)
-    return ac_client_push_outcome(L, c, t, rc, status);
+    return ac_client_push_result(L, c, t, rc, status);
   if (status < 200 || status > 299) {
     push_obs_error(L, t, call, status);
     return 2;
   }
   push_meta(L, t, call, status);
   return 1;
-}
-
-
-typedef struct outcome_args {
-  ac_client *c;
-  ac_upload *call;
-  ac_transport *t;
-  CURLcode rc;
-  long status;
-} outcome_args;
-
-static int build_outcome(lua_State *L) {
-  outcome_args *a = lua_touserdata(L, 1);
-
-  lua_pop(L, 1);
-  return push_outcome(L, a->c, a->call, a->t, a->rc, a->status);
-}
-
-
-int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *call,
-                           ac_transport *t, CURLcode rc, long status) {
-  outcome_args a;
-
-  /* OBS's error body and the secrets that errors are redacted of are
-   * client memory, which a finalizer's close() must not free. */
-  a.c = c;
-  a.call = call;
-  a.t = t;
-  a.rc = rc;
-  a.status = status;
-  return ac_client_build(L, c, build_outcome, &a);
 }
 
 
@@ -801,11 +770,13 @@ void ac_upload_free(ac_upload *call) {
  * ------------------------------------------------------------------- */
 
 /* Sends the request on the client's upload handle and pushes the
- * outcome. Returns the number of values pushed, or -2 with the progress
- * callback's error on the stack. */
+ * outcome. Returns the number of values pushed, or -2 with an error on
+ * the stack: the progress callback's, or a memory error. */
 static int send_upload(lua_State *L, ac_client *c, upload_call *call) {
+  ac_outcome outcome;
   long status = 0;
   CURLcode rc;
+  int n;
 
   ac_upload_setup(c, call, &c->upload);
   call->progress.L = L;
@@ -823,7 +794,16 @@ static int send_upload(lua_State *L, ac_client *c, upload_call *call) {
     lua_pushvalue(L, call->progress.error_at);
     return -2;
   }
-  return ac_upload_push_outcome(L, c, call, &c->upload, rc, status);
+  /* OBS's error body and the secrets that errors are redacted of are
+   * client memory, which a finalizer's close() must not free. */
+  outcome.client = c;
+  outcome.transport = &c->upload;
+  outcome.upload = call;
+  outcome.rc = rc;
+  outcome.status = status;
+  outcome.cancel_reason = NULL;
+  n = ac_push_outcome(L, &outcome);
+  return n < 0 ? -2 : n;
 }
 
 

@@ -75,9 +75,9 @@ void ac_upload_final_progress(ac_upload *u, CURLcode rc, long status);
  * returns the number of values pushed. An abort by the progress
  * callback is a `cancelled` error. A file that shrank or could not be
  * read during the transfer is an `invalid_argument` error with
- * retryable false. */
-int ac_upload_push_outcome(lua_State *L, ac_client *c, ac_upload *u,
-                           ac_transport *t, CURLcode rc, long status);
+ * retryable false. It is not protected: see ac_push_outcome. */
+int ac_upload_push_result(lua_State *L, ac_client *c, ac_upload *u,
+                          ac_transport *t, CURLcode rc, long status);
 
 /* Closes the file and frees the URL and the headers; safe to repeat. */
 void ac_upload_free(ac_upload *u);
