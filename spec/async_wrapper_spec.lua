@@ -8,6 +8,7 @@
 
 local appcenter = require("appcenter")
 local core = require("appcenter.core")
+local decode_hook = require("spec.support.decode_hook")
 local emulator = require("spec.support.emulator")
 
 local UNAVAILABLE = '{"error_code":"WKS.0503","error_msg":"unavailable"}'
@@ -687,29 +688,18 @@ describe("appcenter async wrapper", function()
     end)
   end)
 
-  -- The module decodes each response with a cjson function kept in the
-  -- registry; wrapping it runs Lua code where a finalizer may run while
-  -- poll builds an attempt's outcome.
+  -- A close where a finalizer may run: while poll builds an attempt's
+  -- outcome.
   describe("close from a finalizer", function()
-    local DECODE_KEY = "appcenter.core.json_decode"
-    local registry = debug.getregistry()
-    local decode
-
-    before_each(function()
-      decode = registry[DECODE_KEY]
-    end)
-
     after_each(function()
-      registry[DECODE_KEY] = decode
+      decode_hook.remove()
     end)
 
     it("cancels a retry while an outcome is built", function()
       local client = fake_client{ random = constant(0) }
-      registry[DECODE_KEY] = function(text)
-        registry[DECODE_KEY] = decode
+      decode_hook.before_next_decode(function()
         client:close()
-        return decode(text)
-      end
+      end)
       emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
       local calls, outcome = 0, nil
       client:start("a.bin", function(result, err)

@@ -522,6 +522,19 @@ describe("appcenter-credential", function()
   end)
 
   describe("usage error", function()
+    -- Returns a function that makes endpoint_args("replay.bin") with the
+    -- words `...` added.
+    local function args_with(...)
+      local extra = { ... }
+      return function()
+        local args = endpoint_args("replay.bin")
+        for _, word in ipairs(extra) do
+          args[#args + 1] = word
+        end
+        return args
+      end
+    end
+
     local cases = {
       { "missing credentials", endpoint_args, nil,
         "missing credentials: set APPCENTER_TOKEN or pass --token-file PATH,"
@@ -540,44 +553,21 @@ describe("appcenter-credential", function()
           return { "--endpoint", emu.url, "replay.bin" }
         end, "token", "missing project_id: pass --project-id ID or set"
           .. " APPCENTER_PROJECT_ID, or set HUAWEICLOUD_SDK_PROJECT_ID" },
-      { "value for a flag", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--help=x"
-          return args
-        end, "token", "option --help takes no value" },
-      { "unknown option", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--verbose"
-          return args
-        end, "token", "unknown option --verbose" },
-      { "misspelt option", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--projectid"
-          args[#args + 1] = "x"
-          return args
-        end, "token", "unknown option --projectid (did you mean --project-id?)" },
-      { "option without unit", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--timeout=5"
-          return args
-        end, "token", "unknown option --timeout (did you mean --timeout-ms?)" },
-      { "invalid timeout", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--timeout-ms"
-          args[#args + 1] = "soon"
-          return args
-        end, "token", "invalid --timeout-ms 'soon'" },
-      { "missing option value", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--ca-file"
-          return args
-        end, "token", "option --ca-file requires a value" },
-      { "unreadable token file", function()
-          local args = endpoint_args("replay.bin")
-          args[#args + 1] = "--token-file"
-          args[#args + 1] = "/nonexistent/token"
-          return args
-        end, nil, "cannot read token file" },
+      { "value for a flag", args_with("--help=x"), "token",
+        "option --help takes no value" },
+      { "unknown option", args_with("--verbose"), "token",
+        "unknown option --verbose" },
+      { "misspelt option", args_with("--projectid", "x"), "token",
+        "unknown option --projectid (did you mean --project-id?)" },
+      { "option without unit", args_with("--timeout=5"), "token",
+        "unknown option --timeout (did you mean --timeout-ms?)" },
+      { "invalid timeout", args_with("--timeout-ms", "soon"), "token",
+        "invalid --timeout-ms 'soon'" },
+      { "missing option value", args_with("--ca-file"), "token",
+        "option --ca-file requires a value" },
+      { "unreadable token file",
+        args_with("--token-file", "/nonexistent/token"), nil,
+        "cannot read token file" },
       { "invalid endpoint", function()
           return { "--endpoint", "ftp://127.0.0.1", "--project-id",
             emu.project_id, "replay.bin" }

@@ -4,6 +4,8 @@
 local core = require("appcenter.core")
 local cjson = require("cjson")
 local emulator = require("spec.support.emulator")
+local decode_hook = require("spec.support.decode_hook")
+local poll = require("spec.support.poll")
 local subprocess = require("spec.support.subprocess")
 
 local FORBIDDEN = { ":", "^", ";", "|", "~", "`", "{", "}", "[", "]", "<", ">" }
@@ -453,31 +455,14 @@ describe("appcenter.core", function()
     end)
   end)
 
-  -- The module decodes every response with the cjson decode function it
-  -- keeps in the registry. Wrapping that function runs Lua code at the
-  -- point where a finalizer may run: while the result is built from the
-  -- client's memory.
+  -- Closes or calls a client where a finalizer may run: while the
+  -- result is built from the client's memory.
   describe("while the result is built", function()
-    local DECODE_KEY = "appcenter.core.json_decode"
-    local registry = debug.getregistry()
-    local decode
-
-    before_each(function()
-      decode = registry[DECODE_KEY]
-      assert.is_function(decode)
-    end)
-
     after_each(function()
-      registry[DECODE_KEY] = decode
+      decode_hook.remove()
     end)
 
-    local function during_decode(fn)
-      registry[DECODE_KEY] = function(text)
-        registry[DECODE_KEY] = decode
-        fn()
-        return decode(text)
-      end
-    end
+    local during_decode = decode_hook.before_next_decode
 
     it("keeps a result when close runs", function()
       local client = new_client()
@@ -541,12 +526,9 @@ describe("appcenter.core", function()
       client:start("a.txt", function(result, err)
         outcome = { result = result, err = err }
       end)
-      for _ = 1, 100 do
-        if outcome then
-          break
-        end
-        client:poll(50)
-      end
+      poll.until_done(client, function()
+        return outcome
+      end)
       assert.is_table(outcome)
       assert.is_nil(outcome.result)
       assert.equals("bad token ***", outcome.err.message)

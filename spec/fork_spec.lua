@@ -46,12 +46,12 @@ local function fork_run(child_fn, parent_fn)
   return parent_result, child_text
 end
 
--- Makes `count` calls named after `who` and returns how many results were
--- for another name, as "wrong=N failed=N".
-local function own_results(client, who, count)
+-- Makes `count` calls for files named after `process` and returns how
+-- many results were for another name, as "wrong=N failed=N".
+local function own_results(client, process, count)
   local wrong, failed = 0, 0
   for i = 1, count do
-    local name = ("%s-%d.bin"):format(who, i)
+    local name = ("%s-%d.bin"):format(process, i)
     local result = client:create_credential(name)
     if not result then
       failed = failed + 1
@@ -134,14 +134,15 @@ describe("fork", function()
     client:close()
   end)
 
-  -- Polls `client` until `done()` or 100 rounds of 50 ms.
-  local function poll_until(client, done)
-    for _ = 1, 100 do
-      if done() then
-        return
-      end
-      client:poll(50)
+  local poll_until = require("spec.support.poll").until_done
+
+  -- Returns a text for a callback's arguments: "result PATH" or
+  -- "KIND: MESSAGE".
+  local function outcome_text(result, err)
+    if result then
+      return "result " .. result.object_path
     end
+    return err.kind .. ": " .. err.message
   end
 
   it("cancels the other copies after a cancel", function()
@@ -249,25 +250,18 @@ describe("fork", function()
     })))
     emu:fault({ status = 503, headers = { ["Retry-After"] = "1" }, times = 1 })
     local outcome
-    local request = client:start("retried.bin", function(result, err)
-      outcome = result and ("result " .. result.object_path)
-        or (err.kind .. ": " .. err.message)
+    local request = client:start("retried.bin", function(...)
+      outcome = outcome_text(...)
     end)
-    for _ = 1, 100 do
-      if request:status() == "waiting" then
-        break
-      end
-      client:poll(20)
-    end
+    poll_until(client, function()
+      return request:status() == "waiting"
+    end)
     assert.equals("waiting", request:status())
 
     local function wait()
-      for _ = 1, 150 do
-        if outcome then
-          break
-        end
-        client:poll(20)
-      end
+      poll_until(client, function()
+        return outcome
+      end)
       return outcome
     end
     local parent, child = fork_run(wait, wait)
@@ -283,19 +277,15 @@ describe("fork", function()
     local client = new_client()
     emu:config({ delay_ms = 300 })
     local outcome
-    client:start("in-flight.bin", function(result, err)
-      outcome = result and ("result " .. result.object_path)
-        or (err.kind .. ": " .. err.message)
+    client:start("in-flight.bin", function(...)
+      outcome = outcome_text(...)
     end)
     client:poll(50)
 
     local function wait()
-      for _ = 1, 100 do
-        if outcome then
-          break
-        end
-        client:poll(50)
-      end
+      poll_until(client, function()
+        return outcome
+      end)
       return outcome
     end
     local parent, child = fork_run(wait, wait)

@@ -48,14 +48,7 @@ local function timed_call(client)
   return result, err, seconds
 end
 
-local function wait_for(client, done)
-  for _ = 1, 200 do
-    if done() then
-      return
-    end
-    client:poll(50)
-  end
-end
+local wait_for = require("spec.support.poll").until_done
 
 describe("redirects", function()
   local emu, target

@@ -299,32 +299,52 @@ describe("nginx integration", function()
     end
   end)
 
-  -- Starts nginx with `conf`, a form of examples/nginx/nginx.conf, and
-  -- the environment that the example handler reads.
-  local function start_example(conf)
-    return start_nginx(conf, {
-      APPCENTER_ENDPOINT = emu.url,
-      APPCENTER_PROJECT_ID = emu.project_id,
-      APPCENTER_TOKEN_FILE = token_dir .. "/token",
-    })
-  end
+  local EXAMPLE_CONF = read_file(ROOT .. "/examples/nginx/nginx.conf")
 
-  describe("with examples/nginx/nginx.conf", function()
-    local nginx
-
+  -- Declares, in the calling describe, one nginx that runs `conf` (a form
+  -- of examples/nginx/nginx.conf) with the environment that the example
+  -- handler reads, changed by `env` (false removes a variable). It starts
+  -- before the describe's tests and stops after them. Returns a stand-in
+  -- whose fields and methods are those of the running server.
+  local function example_server(conf, env)
+    local server
     setup(function()
-      nginx = start_example(read_file(ROOT .. "/examples/nginx/nginx.conf"))
+      local variables = {
+        APPCENTER_ENDPOINT = emu.url,
+        APPCENTER_PROJECT_ID = emu.project_id,
+        APPCENTER_TOKEN_FILE = token_dir .. "/token",
+      }
+      for name, value in pairs(env or {}) do
+        variables[name] = value or nil
+      end
+      server = start_nginx(conf, variables)
     end)
 
     teardown(function()
-      if nginx then
-        nginx:stop()
+      if server then
+        server:stop()
       end
     end)
 
     before_each(function()
       emu:reset()
     end)
+
+    return setmetatable({}, {
+      __index = function(_, key)
+        local value = server[key]
+        if type(value) ~= "function" then
+          return value
+        end
+        return function(_, ...)
+          return value(server, ...)
+        end
+      end,
+    })
+  end
+
+  describe("with examples/nginx/nginx.conf", function()
+    local nginx = example_server(EXAMPLE_CONF)
 
     it("serves /ping without Lua", function()
       local status, body = nginx:get("/ping")
@@ -578,20 +598,7 @@ describe("nginx integration", function()
   end)
 
   describe("with the example and no credentials", function()
-    local nginx
-
-    setup(function()
-      nginx = start_nginx(read_file(ROOT .. "/examples/nginx/nginx.conf"), {
-        APPCENTER_ENDPOINT = emu.url,
-        APPCENTER_PROJECT_ID = emu.project_id,
-      })
-    end)
-
-    teardown(function()
-      if nginx then
-        nginx:stop()
-      end
-    end)
+    local nginx = example_server(EXAMPLE_CONF, { APPCENTER_TOKEN_FILE = false })
 
     it("names the handler's own variables", function()
       local status, body = nginx:get("/credential?file_name=a.bin")
@@ -607,26 +614,7 @@ describe("nginx integration", function()
   end)
 
   describe("with the example and APPCENTER_TIMEOUT_MS", function()
-    local nginx
-
-    setup(function()
-      nginx = start_nginx(read_file(ROOT .. "/examples/nginx/nginx.conf"), {
-        APPCENTER_ENDPOINT = emu.url,
-        APPCENTER_PROJECT_ID = emu.project_id,
-        APPCENTER_TOKEN_FILE = token_dir .. "/token",
-        APPCENTER_TIMEOUT_MS = "300",
-      })
-    end)
-
-    teardown(function()
-      if nginx then
-        nginx:stop()
-      end
-    end)
-
-    before_each(function()
-      emu:reset()
-    end)
+    local nginx = example_server(EXAMPLE_CONF, { APPCENTER_TIMEOUT_MS = "300" })
 
     it("returns 504 when every attempt times out", function()
       emu:fault({ delay_ms = 1000, times = 3 })
@@ -651,24 +639,10 @@ describe("nginx integration", function()
   end)
 
   describe("with the example without its thread_pool line", function()
-    local nginx
-
-    setup(function()
-      local conf, removed = read_file(ROOT .. "/examples/nginx/nginx.conf")
-        :gsub("\nthread_pool appcenter threads=%d+;", "\n")
-      assert.are.equal(1, removed)
-      nginx = start_example(conf)
-    end)
-
-    teardown(function()
-      if nginx then
-        nginx:stop()
-      end
-    end)
-
-    before_each(function()
-      emu:reset()
-    end)
+    local conf, removed = EXAMPLE_CONF:gsub(
+      "\nthread_pool appcenter threads=%d+;", "\n")
+    assert.are.equal(1, removed)
+    local nginx = example_server(conf)
 
     it("answers JSON when the call raises", function()
       local status, body = nginx:get("/credential?file_name=replay-0042.bin")
@@ -1097,13 +1071,21 @@ http {
       emu:reset()
     end)
 
-    it("sends nothing after the deadline passed in the queue", function()
+    -- Starts nginx with one pool thread and occupies it with /hold, a call
+    -- that the emulator answers after `delay_ms`. Returns the function
+    -- that waits for /hold.
+    local function hold_the_thread(delay_ms)
       nginx = start(1)
-      emu:config({ delay_ms = 1000 })
+      emu:config({ delay_ms = delay_ms })
       local finish_hold = start_get("/hold")
       assert.is_truthy(wait_for(function()
         return emu:stats().requests > 0
       end, 5))
+      return finish_hold
+    end
+
+    it("sends nothing after the deadline passed in the queue", function()
+      local finish_hold = hold_the_thread(1000)
 
       local status, body = nginx:get("/content?deadline_ms=300")
       local hold_status, hold_body = finish_hold()
@@ -1130,12 +1112,7 @@ http {
     end)
 
     it("cuts a late attempt's timeout to the deadline", function()
-      nginx = start(1)
-      emu:config({ delay_ms = 1000 })
-      local finish_hold = start_get("/hold")
-      assert.is_truthy(wait_for(function()
-        return emu:stats().requests > 0
-      end, 5))
+      local finish_hold = hold_the_thread(1000)
 
       -- The attempt starts after about 1 s in the queue with about 0.5 s
       -- left. With the full 1.5 s as its timeout it would get the
@@ -1156,12 +1133,7 @@ http {
     end)
 
     it("names the queue wait that cut an attempt", function()
-      nginx = start(1)
-      emu:config({ delay_ms = 1200 })
-      local finish_hold = start_get("/hold")
-      assert.is_truthy(wait_for(function()
-        return emu:stats().requests > 0
-      end, 5))
+      local finish_hold = hold_the_thread(1200)
 
       -- timeout_ms fits in the deadline when the call starts, but after
       -- about 1.2 s in the queue only about 0.8 s are left.

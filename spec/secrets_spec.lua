@@ -8,6 +8,7 @@ local cjson = require("cjson")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
 local hostile = require("spec.support.hostile")
+local poll = require("spec.support.poll")
 
 local TOKEN = "fake-TOKEN-secret-a7c4e1f09b"
 local AK = "FAKEAKSECRETSSPEC001"
@@ -329,12 +330,9 @@ describe("secrets", function()
         client:start("setup.exe", function(result, err)
           outcome = { result = result, err = err }
         end)
-        for _ = 1, 100 do
-          if outcome then
-            break
-          end
-          client:poll(50)
-        end
+        poll.until_done(client, function()
+          return outcome
+        end)
         assert.is_table(outcome, "no callback for fault " .. index)
         assert_clean_error(outcome.result, outcome.err, "async fault " .. index)
       end

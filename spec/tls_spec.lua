@@ -4,6 +4,7 @@
 local appcenter = require("appcenter")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
+local poll = require("spec.support.poll")
 
 local function shell_quote(value)
   return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
@@ -220,12 +221,9 @@ describe("TLS", function()
     client:start("setup.exe", function(result, err)
       outcome = { result = result, err = err }
     end)
-    for _ = 1, 100 do
-      if outcome then
-        break
-      end
-      client:poll(100)
-    end
+    poll.until_done(client, function()
+      return outcome
+    end, 100, 100)
     client:close()
     assert.is_table(outcome)
     assert.is_nil(outcome.result)

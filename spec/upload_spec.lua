@@ -1038,9 +1038,9 @@ describe("upload", function()
 
     -- Upload options with a bad value, and appcenter.core's message for each.
     local function timeout_message(value)
-      local shown = value ~= value and "nan" or ("%.17g"):format(value)
+      local value_text = value ~= value and "nan" or ("%.17g"):format(value)
       return "invalid upload options: timeout_ms must be a number of "
-        .. "milliseconds from 0 (no limit) to 86400000, got " .. shown
+        .. "milliseconds from 0 (no limit) to 86400000, got " .. value_text
     end
 
     local function invalid_value_cases()

@@ -17,15 +17,20 @@
 --   * the client still works, or every call raises "the client is
 --     closed".
 --
--- MODE is "sticky" (every allocation from the k-th on fails),
--- "once" (the k-th and Lua's retry after its emergency collection
--- fail, which raises one memory error, and later ones succeed) or
--- "gc" (only the k-th fails, so Lua collects garbage and retries,
--- and no error may reach the caller). ENTRY and MODE may be "all".
+-- MODE is one of:
+--
+--   sticky  every allocation from the k-th on fails;
+--   once    the k-th allocation and Lua's retry after its emergency
+--           collection fail, which raises one memory error, and later
+--           allocations succeed;
+--   gc      only the k-th allocation fails, so Lua collects garbage and
+--           retries, and no error may reach the caller.
+--
+-- ENTRY and MODE may be "all".
 --
 -- The script starts tools/emulator.py on 127.0.0.1 and stops it at the
--- end. Each finding is printed with the smallest k that shows it; the
--- script raises at the end when there was one, so the host exits 1.
+-- end. Each finding is printed with the smallest k that shows it. When
+-- there was one, the script raises at the end, so the host exits 1.
 
 package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
 
@@ -188,9 +193,9 @@ end
 -- Checks after a run, with the allocator disarmed
 -- ---------------------------------------------------------------------
 
--- Checks that a core client works: a blocking request, and a
--- non-blocking one that poll() completes. Returns nil, or a problem.
-local function core_client_problem(client)
+-- Checks that a client, core or wrapper, works: a blocking request, and
+-- a non-blocking one that poll() completes. Returns nil, or a problem.
+local function client_problem(client)
   local ok, result, meta = pcall(client.create_credential, client, "after.bin")
   if not ok then
     if is_closed_message(result) then
@@ -219,35 +224,6 @@ local function core_client_problem(client)
   if not is_credential(record.values[1], record.values[2]) then
     return "a request started after the run ended with "
       .. describe(record.values[2])
-  end
-  return nil
-end
-
-local function wrapper_client_problem(client)
-  local ok, result, meta = pcall(client.create_credential, client, "after.bin")
-  if not ok then
-    if is_closed_message(result) then
-      return nil
-    end
-    return "create_credential after the run raised " .. describe(result)
-  end
-  if not is_credential(result, meta) then
-    return "create_credential after the run returned " .. describe(meta)
-  end
-
-  local record = new_record()
-  local started, request = pcall(client.start, client, "after-async.bin",
-    record.callback)
-  if not started then
-    return "start after the run raised " .. describe(request)
-  end
-  local polled, poll_err = pcall(wait_for, client, record)
-  if not polled then
-    return "poll after the run raised " .. describe(poll_err)
-  end
-  if record.calls ~= 1 then
-    return ("a request started after the run got %d callback calls")
-      :format(record.calls)
   end
   return nil
 end
@@ -296,8 +272,8 @@ local function setup_wrapper_client(ctx)
   ctx.client = assert(appcenter.new(wrapper_options()))
 end
 
--- Checks a core client after a run, and drains its requests first.
-local function check_core_client(ctx)
+-- Checks a client after a run, and drains its requests first.
+local function check_client(ctx)
   local problems = {}
   local drained, poll_err = drain(ctx.client)
   if not drained then
@@ -306,20 +282,7 @@ local function check_core_client(ctx)
       poll_err and ("; poll raised " .. describe(poll_err)) or "")
   end
   problems[#problems + 1] = callback_problem(ctx.records or {})
-  problems[#problems + 1] = core_client_problem(ctx.client)
-  return problems
-end
-
-local function check_wrapper_client(ctx)
-  local problems = {}
-  local drained, poll_err = drain(ctx.client)
-  if not drained then
-    problems[#problems + 1] = ("pending() is still %d after %d ms of "
-      .. "polling%s"):format(ctx.client:pending(), POLL_STEP_MS * POLL_ROUNDS,
-      poll_err and ("; poll raised " .. describe(poll_err)) or "")
-  end
-  problems[#problems + 1] = callback_problem(ctx.records or {})
-  problems[#problems + 1] = wrapper_client_problem(ctx.client)
+  problems[#problems + 1] = client_problem(ctx.client)
   return problems
 end
 
@@ -390,7 +353,7 @@ entry("core.new", {
   check = function(_, client)
     local problems = {}
     if type(client) == "userdata" then
-      problems[#problems + 1] = core_client_problem(client)
+      problems[#problems + 1] = client_problem(client)
       client:close()
     end
     return problems
@@ -436,56 +399,66 @@ entry("core.check_upload_path", {
   end,
 })
 
+-- Returns a run function that starts a request with start(ctx) and
+-- polls until its callback runs, returning the callback's arguments.
+local function start_and_poll(start)
+  return function(ctx)
+    local _, err, record = start(ctx)
+    if not record.started then
+      return nil, err
+    end
+    return poll_for(ctx, record)
+  end
+end
+
+local CLIENT_KINDS = {
+  { prefix = "core client", setup = setup_core_client },
+  { prefix = "appcenter client", setup = setup_wrapper_client },
+}
+
 for _, reuse in ipairs({ false, true }) do
   local suffix = reuse and "/reused" or "/fresh"
 
-  entry("core client:create_credential" .. suffix, {
-    reuse = reuse,
-    setup = setup_core_client,
-    run = function(ctx)
-      return ctx.client:create_credential("oom.bin")
-    end,
-    valid = is_credential,
-    check = check_core_client,
-  })
+  -- The entry points that the core and the wrapper client share.
+  for _, kind in ipairs(CLIENT_KINDS) do
+    entry(kind.prefix .. ":create_credential" .. suffix, {
+      reuse = reuse,
+      setup = kind.setup,
+      run = function(ctx)
+        return ctx.client:create_credential("oom.bin")
+      end,
+      valid = is_credential,
+      check = check_client,
+    })
 
-  entry("core client:start+poll" .. suffix, {
-    reuse = reuse,
-    setup = setup_core_client,
-    run = function(ctx)
-      local _, err, record = start_credential(ctx, "oom-async.bin")
-      if not record.started then
-        return nil, err
-      end
-      return poll_for(ctx, record)
-    end,
-    valid = is_credential,
-    check = check_core_client,
-  })
+    entry(kind.prefix .. ":start+poll" .. suffix, {
+      reuse = reuse,
+      setup = kind.setup,
+      run = start_and_poll(function(ctx)
+        return start_credential(ctx, "oom-async.bin")
+      end),
+      valid = is_credential,
+      check = check_client,
+    })
 
-  entry("core client:upload" .. suffix, {
-    reuse = reuse,
-    setup = setup_core_client,
-    run = function(ctx)
-      return ctx.client:upload(credential, { path = upload_path })
-    end,
-    valid = is_upload_meta,
-    check = check_core_client,
-  })
+    entry(kind.prefix .. ":upload" .. suffix, {
+      reuse = reuse,
+      setup = kind.setup,
+      run = function(ctx)
+        return ctx.client:upload(credential, { path = upload_path })
+      end,
+      valid = is_upload_meta,
+      check = check_client,
+    })
 
-  entry("core client:start_upload+poll" .. suffix, {
-    reuse = reuse,
-    setup = setup_core_client,
-    run = function(ctx)
-      local _, err, record = start_upload(ctx)
-      if not record.started then
-        return nil, err
-      end
-      return poll_for(ctx, record)
-    end,
-    valid = is_upload_meta,
-    check = check_core_client,
-  })
+    entry(kind.prefix .. ":start_upload+poll" .. suffix, {
+      reuse = reuse,
+      setup = kind.setup,
+      run = start_and_poll(start_upload),
+      valid = is_upload_meta,
+      check = check_client,
+    })
+  end
 
   entry("core request:cancel" .. suffix, {
     reuse = reuse,
@@ -499,7 +472,7 @@ for _, reuse in ipairs({ false, true }) do
     valid = function(cancelled)
       return cancelled == true
     end,
-    check = check_core_client,
+    check = check_client,
   })
 
   entry("core client:upload+progress" .. suffix, {
@@ -512,21 +485,17 @@ for _, reuse in ipairs({ false, true }) do
       })
     end,
     valid = is_upload_meta,
-    check = check_core_client,
+    check = check_client,
   })
 
   entry("core client:start_upload+progress+poll" .. suffix, {
     reuse = reuse,
     setup = setup_core_client,
-    run = function(ctx)
-      local _, err, record = start_upload(ctx, record_progress)
-      if not record.started then
-        return nil, err
-      end
-      return poll_for(ctx, record)
-    end,
+    run = start_and_poll(function(ctx)
+      return start_upload(ctx, record_progress)
+    end),
     valid = is_upload_meta,
-    check = check_core_client,
+    check = check_client,
   })
 
   -- A 503 with a JSON error body: the error table must name the body's
@@ -540,27 +509,7 @@ for _, reuse in ipairs({ false, true }) do
       return ctx.client:create_credential("oom.bin")
     end,
     valid = is_queued_http_error,
-    check = check_core_client,
-  })
-
-  entry("appcenter client:create_credential" .. suffix, {
-    reuse = reuse,
-    setup = setup_wrapper_client,
-    run = function(ctx)
-      return ctx.client:create_credential("oom.bin")
-    end,
-    valid = is_credential,
-    check = check_wrapper_client,
-  })
-
-  entry("appcenter client:upload" .. suffix, {
-    reuse = reuse,
-    setup = setup_wrapper_client,
-    run = function(ctx)
-      return ctx.client:upload(credential, { path = upload_path })
-    end,
-    valid = is_upload_meta,
-    check = check_wrapper_client,
+    check = check_client,
   })
 
   entry("appcenter client:create_and_upload" .. suffix, {
@@ -570,35 +519,7 @@ for _, reuse in ipairs({ false, true }) do
       return ctx.client:create_and_upload("oom-both.bin", { path = upload_path })
     end,
     valid = is_upload_meta,
-    check = check_wrapper_client,
-  })
-
-  entry("appcenter client:start_upload+poll" .. suffix, {
-    reuse = reuse,
-    setup = setup_wrapper_client,
-    run = function(ctx)
-      local _, err, record = start_upload(ctx)
-      if not record.started then
-        return nil, err
-      end
-      return poll_for(ctx, record)
-    end,
-    valid = is_upload_meta,
-    check = check_wrapper_client,
-  })
-
-  entry("appcenter client:start+poll" .. suffix, {
-    reuse = reuse,
-    setup = setup_wrapper_client,
-    run = function(ctx)
-      local _, err, record = start_credential(ctx, "oom-async.bin")
-      if not record.started then
-        return nil, err
-      end
-      return poll_for(ctx, record)
-    end,
-    valid = is_credential,
-    check = check_wrapper_client,
+    check = check_client,
   })
 end
 
@@ -614,7 +535,7 @@ entry("core client:create_credential/aksk", {
     return ctx.client:create_credential("oom.bin")
   end,
   valid = is_credential,
-  check = check_core_client,
+  check = check_client,
 })
 
 -- Checks a client after a close() that ran under failure: a second
@@ -645,35 +566,22 @@ local function check_closed_client(ctx)
 end
 
 -- close() with a credential request and an upload in flight.
-entry("core client:close", {
-  setup = setup_core_client,
-  prepare = function(ctx)
-    assert(start_credential(ctx, "oom-close-1.bin"))
-    assert(start_upload(ctx))
-  end,
-  run = function(ctx)
-    return ctx.client:close()
-  end,
-  valid = function(...)
-    return select("#", ...) == 0
-  end,
-  check = check_closed_client,
-})
-
-entry("appcenter client:close", {
-  setup = setup_wrapper_client,
-  prepare = function(ctx)
-    assert(start_credential(ctx, "oom-close-1.bin"))
-    assert(start_upload(ctx))
-  end,
-  run = function(ctx)
-    return ctx.client:close()
-  end,
-  valid = function(...)
-    return select("#", ...) == 0
-  end,
-  check = check_closed_client,
-})
+for _, kind in ipairs(CLIENT_KINDS) do
+  entry(kind.prefix .. ":close", {
+    setup = kind.setup,
+    prepare = function(ctx)
+      assert(start_credential(ctx, "oom-close-1.bin"))
+      assert(start_upload(ctx))
+    end,
+    run = function(ctx)
+      return ctx.client:close()
+    end,
+    valid = function(...)
+      return select("#", ...) == 0
+    end,
+    check = check_closed_client,
+  })
+end
 
 entry("appcenter.new", {
   run = function()
@@ -685,7 +593,7 @@ entry("appcenter.new", {
   check = function(_, client)
     local problems = {}
     if type(client) == "table" and client.core_client then
-      problems[#problems + 1] = wrapper_client_problem(client)
+      problems[#problems + 1] = client_problem(client)
       client:close()
     end
     return problems
@@ -742,8 +650,8 @@ local function close_context(ctx)
   end
 end
 
--- Runs one entry point in one mode; returns the runs made and the k at
--- which a run failed no allocation (nil when K_LAST came first).
+-- Runs one entry point in one mode. Returns the number of runs, and the
+-- k at which a run failed no allocation, or nil when K_LAST came first.
 local function run_entry(spec, mode)
   local burst = MODES[mode]
   local shared

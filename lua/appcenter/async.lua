@@ -300,19 +300,25 @@ local function clear_stale_marks(state)
   end
 end
 
+-- Returns the requests whose attempt ended but whose outcome a memory
+-- error kept from on_attempt_done, and that no on_attempt_done handles.
+local function unhandled_requests(state)
+  local list = {}
+  for request in pairs(state.running) do
+    if request.attempt_ended and not request.handling then
+      list[#list + 1] = request
+    end
+  end
+  return list
+end
+
 -- Hands the outcomes that a memory error kept from on_attempt_done to it
 -- again.
 local function handle_ended_attempts(state)
   if state.unhandled == 0 then
     return
   end
-  local ended = {}
-  for request in pairs(state.running) do
-    if request.attempt_ended and not request.handling then
-      ended[#ended + 1] = request
-    end
-  end
-  for _, request in ipairs(ended) do
+  for _, request in ipairs(unhandled_requests(state)) do
     if request.attempt_ended and not request.handling then
       handle_outcome(request, request.ended_result or nil,
         request.ended_info or nil)
@@ -669,13 +675,7 @@ function async.close(client)
       record_error(state, handle_err)
     end
     -- Outcomes that still could not be handled end here.
-    local unhandled = {}
-    for request in pairs(state.running) do
-      if request.attempt_ended and not request.handling then
-        unhandled[#unhandled + 1] = request
-      end
-    end
-    for _, request in ipairs(unhandled) do
+    for _, request in ipairs(unhandled_requests(state)) do
       state.waiting[request] = nil
       finish(request, nil, cancelled_error(request, "the client was closed"))
     end

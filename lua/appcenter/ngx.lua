@@ -31,6 +31,7 @@
 -- timeout_ms.
 
 local core = require("appcenter.core")
+local retry = require("appcenter.retry")
 
 local glue = {}
 
@@ -449,8 +450,7 @@ function ThreadClient:create_credential(file_name, call_opts,
     if cut and first.kind == "timeout" then
       -- The core's hint names timeout_ms, but the wait in the queue used
       -- up the time.
-      local message = first.message:gsub(" %(the limits are timeout_ms and "
-        .. "connect_timeout_ms%)", "", 1)
+      local message = retry.drop_timeout_hint(first.message)
       first.message = ("%s (the attempt first waited %d ms for a thread of "
         .. "nginx thread pool %q, and retry.deadline_ms counts that wait)")
         :format(message, math.floor((started - posted) * 1000 + 0.5),

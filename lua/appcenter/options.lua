@@ -294,11 +294,11 @@ function options.check_upload_values(opts, open_path)
   if timeout_ms ~= nil
       and not (timeout_ms >= 0 and timeout_ms <= options.MAX_UPLOAD_TIMEOUT_MS) then
     -- Formatted as the core formats it.
-    local shown = timeout_ms ~= timeout_ms and "nan"
+    local value_text = timeout_ms ~= timeout_ms and "nan"
       or ("%.17g"):format(timeout_ms)
     return ("invalid upload options: timeout_ms must be a number of "
       .. "milliseconds from 0 (no limit) to %d, got %s"):format(
-      options.MAX_UPLOAD_TIMEOUT_MS, shown)
+      options.MAX_UPLOAD_TIMEOUT_MS, value_text)
   end
 
   -- The core opens without blocking, where io.open of a FIFO would wait

@@ -164,9 +164,14 @@ end
 local DEADLINE_SLACK_MS = 10
 
 -- The hint that appcenter.core adds to a timeout's message, as a pattern.
--- It is dropped where the deadline, not timeout_ms, ended the attempt.
 local CORE_TIMEOUT_HINT =
   " %(the limits are timeout_ms and connect_timeout_ms%)"
+
+-- Returns `message`, a timeout's message, without the core's hint that
+-- names timeout_ms, for an attempt that the deadline ended instead.
+function retry.drop_timeout_hint(message)
+  return (message:gsub(CORE_TIMEOUT_HINT, "", 1))
+end
 
 local function time_left_ms(policy, deadline)
   if not deadline then
@@ -268,7 +273,7 @@ function Call:complete(result, info)
   local cut_note = "retry.deadline_ms cut this attempt's timeout to the "
     .. "time left"
   if cut_off then
-    err.message = err.message:gsub(CORE_TIMEOUT_HINT, "", 1)
+    err.message = retry.drop_timeout_hint(err.message)
   end
   if self.attempt >= policy.max_attempts then
     if cut_off then
