@@ -52,6 +52,15 @@ LUA_PATH_DEV = lua/?.lua;lua/?/init.lua;;
 
 SANITIZE_CFLAGS = -O1 -g -fno-omit-frame-pointer \
                   -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# intercept_tls_get_addr=0: the libasan of GCC 12 reads a dynamic TLS
+# block whose address is 16 modulo 4096 as a glibc 2.19 TLS header, and
+# LeakSanitizer's tracer then crashes with signal 11 at exit. Where that
+# block lands depends on the run, so without this the leak check fails
+# now and then after every test has passed.
+SANITIZE_ASAN_OPTIONS = detect_leaks=1:exitcode=23:intercept_tls_get_addr=0
+SANITIZE_ENV = ASAN_OPTIONS=$(SANITIZE_ASAN_OPTIONS) \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 lua_libs = $(shell pkg-config --libs $(call lua_pc,$(1)) 2>/dev/null)
 
 .PHONY: all deps test demo memcheck sanitize install uninstall clean
@@ -126,9 +135,7 @@ sanitize: $(MODULES) \
 	@rm -f build/results-*.json
 	@status=0; for l in $(LUAS); do \
 	  echo "== busted under $$l with AddressSanitizer and UBSan"; \
-	  $(TEST_ENV) ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(TEST_ENV) $(SANITIZE_ENV) \
 	  APPCENTER_TEST_LUA="env ASAN_OPTIONS=detect_leaks=0 $(CURDIR)/build/sanitize-$$l/host" \
 	  LUA_PATH='$(LUA_PATH_DEV)' LUA_CPATH="build/sanitize-$$l/?.so;;" \
 	    build/sanitize-$$l/host $(BUSTED) -o json \
@@ -269,9 +276,6 @@ soak: all
 # with AddressSanitizer, UBSan and LeakSanitizer (about 30 s). Any
 # finding or sanitizer report fails the run. OOM_ARGS passes ENTRY,
 # MODE, K_FIRST and K_LAST to the script (see its header).
-# intercept_tls_get_addr=0: the libasan of GCC 12 reads a dynamic TLS
-# block whose address is 16 modulo 4096 as a glibc 2.19 TLS header, and
-# LeakSanitizer's tracer then crashes with signal 11 at exit.
 # fast_unwind_on_malloc=0 gives whole leak stacks through cjson.so,
 # which has no frame pointers.
 OOM_ARGS ?=
@@ -282,10 +286,8 @@ build/sanitize-lua5.4/oom: tests/oom.c build/.deps
 	  $(call lua_cflags,lua5.4) -o $@ $< $(call lua_libs,lua5.4) -lm
 
 oom: build/sanitize-lua5.4/appcenter/core.so build/sanitize-lua5.4/oom
-	$(TEST_ENV) \
-	  ASAN_OPTIONS=detect_leaks=1:exitcode=23:intercept_tls_get_addr=0:fast_unwind_on_malloc=0 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(TEST_ENV) $(SANITIZE_ENV) \
+	  ASAN_OPTIONS=$(SANITIZE_ASAN_OPTIONS):fast_unwind_on_malloc=0 \
 	  LUA_CPATH='build/sanitize-lua5.4/?.so;;' \
 	    build/sanitize-lua5.4/oom tests/oom.lua $(OOM_ARGS)
 
