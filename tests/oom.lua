@@ -14,6 +14,8 @@
 --     for bad input, the network and the server;
 --   * every request that start() or start_upload() returned gets exactly
 --     one callback call, and pending() drops to 0 by itself;
+--   * a wrapper client whose pending() is 0 keeps no request in its
+--     internal sets;
 --   * the client still works, or every call raises "the client is
 --     closed".
 --
@@ -272,6 +274,27 @@ local function setup_wrapper_client(ctx)
   ctx.client = assert(appcenter.new(wrapper_options()))
 end
 
+-- The sets in which the wrapper's non-blocking state keeps requests,
+-- which must be empty once pending() is 0. A request left in one stays
+-- in memory for the client's life.
+local KEPT_REQUEST_SETS = { "waiting", "between_attempts", "running" }
+
+-- Returns a problem when a drained wrapper client still keeps a request.
+-- Reads the wrapper's internal state (appcenter/async.lua).
+local function kept_request_problem(client)
+  if type(client) ~= "table" or type(client.async_state) ~= "table" then
+    return nil
+  end
+  local state = client.async_state
+  for _, name in ipairs(KEPT_REQUEST_SETS) do
+    if next(state[name]) ~= nil then
+      return ("pending() is 0 but the wrapper's %s set keeps a request")
+        :format(name)
+    end
+  end
+  return nil
+end
+
 -- Checks a client after a run, and drains its requests first.
 local function check_client(ctx)
   local problems = {}
@@ -283,6 +306,9 @@ local function check_client(ctx)
   end
   problems[#problems + 1] = callback_problem(ctx.records or {})
   problems[#problems + 1] = client_problem(ctx.client)
+  if drained then
+    problems[#problems + 1] = kept_request_problem(ctx.client)
+  end
   return problems
 end
 

@@ -331,9 +331,12 @@ end
 -- Raises what core_client:start or start_upload raises.
 local function launch(request, timeout_ms)
   local state = request.async_state
+  -- Made before the request enters the running set, so that a memory
+  -- error here leaves nothing in the set.
+  local callback = core_callback(request)
   state.running[request] = true
   local ok, core_request, err = pcall(request.start_attempt, request,
-    timeout_ms, core_callback(request))
+    timeout_ms, callback)
   if not ok or not core_request then
     state.running[request] = nil
     if not ok then
