@@ -262,6 +262,70 @@ describe("async upload", function()
     client:close()
   end)
 
+  -- The error message reads opts.path after start_upload has returned,
+  -- so the request keeps that string alive. Here nothing else refers to
+  -- it, and strings of its length are allocated after a collection, where
+  -- a freed path would be reused.
+  it("keeps the path for a later error", function()
+    local path = make_file("kept.bin", ("k"):rep(1024 * 1024))
+    local alias = path:gsub("/([^/]+)$", "/./%1")
+    local client = assert(core.new(emu:client_options{ timeout_ms = 3000 }))
+    local result = credential(client, "kept.bin")
+    local outcome
+    assert(client:start_upload(result, { path = alias }, function(...)
+      outcome = { ... }
+    end))
+    local expected = 'file "' .. alias .. '" ended after'
+    local alias_length = #alias
+    alias = nil
+    write_file(path, "tiny")
+    collectgarbage()
+    collectgarbage()
+    local fill = {}
+    for i = 1, 2000 do
+      fill[i] = ("z"):rep(alias_length - 4) .. ("%04d"):format(i)
+    end
+    drive(client)
+
+    assert.is_table(outcome, "the callback did not run")
+    assert.is_nil(outcome[1])
+    assert.matches(expected, outcome[2].message, 1, true)
+    assert.equals(2000, #fill)
+    client:close()
+  end)
+
+  -- start_upload reads the secret to sign and again to keep it for the
+  -- request. The collector stays stopped, so only start_upload itself
+  -- can close the file.
+  it("rejects a credential that changes between reads", function()
+    local path = make_file("changing.bin", "changing")
+    local client = new_client()
+    local result = credential(client, "changing.bin")
+    local fields = result.credential
+    local reads = 0
+    result.credential = setmetatable({}, { __index = function(_, key)
+      if key == "secret" then
+        reads = reads + 1
+        return fields.secret .. reads
+      end
+      return fields[key]
+    end })
+    collectgarbage("stop")
+    local ok, request, err = pcall(client.start_upload, client, result,
+      { path = path }, function() end)
+    local open_count = open_fd_count(path)
+    collectgarbage("restart")
+
+    assert.is_true(ok, tostring(request))
+    assert.is_nil(request)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("invalid result or upload options: the tables return "
+      .. "other strings on a second read; pass plain tables", err.message)
+    assert.equals(0, open_count)
+    assert.equals(0, client:pending())
+    client:close()
+  end)
+
   it("reports monotonic progress ending at total", function()
     local path = make_big_file("progress.bin", 16)
     local total = 16 * 1024 * 1024

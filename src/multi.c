@@ -582,13 +582,14 @@ static int anchor_string(lua_State *L, int t_idx, const char *sub,
 
 
 /* Sets the uservalue of the upload request at req_idx, with the Lua
- * values that its upload points into. Returns 0, or -1 when the result
- * or the options return other values on a second read, as a table with
- * an __index metamethod may. */
+ * values that its upload points into after start_upload returns: the
+ * body, the path for error messages and the secrets to redact. Returns
+ * 0, or -1 when the result or the options return other values on a
+ * second read, as a table with an __index metamethod may. */
 static int anchor_upload(lua_State *L, int req_idx, const ac_upload *u) {
   int same;
 
-  lua_createtable(L, 6, 0);
+  lua_createtable(L, 7, 0);
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, 4);
@@ -599,6 +600,8 @@ static int anchor_upload(lua_State *L, int req_idx, const ac_upload *u) {
   }
   same = (u->src.data == NULL
           || anchor_string(L, 3, NULL, "body", u->src.data, 4))
+      && (u->path == NULL
+          || anchor_string(L, 3, NULL, "path", u->path, 7))
       && anchor_string(L, 2, "credential", "secret", u->req.secret, 5)
       && anchor_string(L, 2, "credential", "security_token",
                        u->req.security_token, 6);
@@ -630,10 +633,12 @@ static int l_start_upload(lua_State *L) {
   case -2:
     return luaL_error(L, "appcenter.core: %s", msg);
   }
-  if (anchor_upload(L, 5, r->upload) != 0)
+  if (anchor_upload(L, 5, r->upload) != 0) {
+    ac_upload_free(r->upload);  /* closes the file now, not at __gc */
     return ac_return_invalid(L, "invalid result or upload options: the "
                              "tables return other strings on a second "
                              "read; pass plain tables");
+  }
   lua_settop(L, 5);
   check_still_open(L, c, r);
   r->upload->progress.fn = 0;  /* poll() binds it to its own stack */
