@@ -296,6 +296,21 @@ describe("upload", function()
         emu:object(result.bucket_name, result.object_path).content_type)
     end)
 
+    -- A server strips the white space around a header value before it
+    -- checks the signature, so the signature covers the value without it.
+    it("signs header values as the server reads them", function()
+      local client = new_core_client()
+      for _, content_type in ipairs({ "text/plain ", " text/plain", "\ttext/plain\t" }) do
+        local result = credential(client, "spaced.txt")
+        result.credential.security_token = " " .. result.credential.security_token .. "\t"
+        local meta, err = client:upload(result, { body = "x", content_type = content_type })
+
+        assert.is_table(meta, ("%q: %s"):format(content_type, tostring(err)))
+        assert.equals("text/plain",
+          emu:object(result.bucket_name, result.object_path).content_type)
+      end
+    end)
+
     it("guesses the content type from path, then key", function()
       local client = new_core_client()
       local cases = {
@@ -1063,6 +1078,8 @@ describe("upload", function()
           "invalid upload option content_type: line break at byte 11; remove line breaks (a trailing newline from a file is a common cause)" },
         { { body = "x", content_type = "text/plain\0" },
           "invalid upload option content_type: NUL byte at byte 11; remove NUL bytes" },
+        { { body = "x", content_type = " \t " },
+          "invalid upload option content_type: it contains only white space; pass a media type such as text/plain, or leave content_type out" },
       }
     end
 

@@ -71,22 +71,43 @@ int ac_obs_url(const ac_obs_request *r, ac_buf *url) {
 }
 
 
+size_t ac_obs_header_value(const char *s, const char **start) {
+  size_t n;
+
+  while (*s == ' ' || *s == '\t')
+    s++;
+  n = strlen(s);
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+    n--;
+  *start = s;
+  return n;
+}
+
+
 int ac_obs_string_to_sign(const ac_obs_request *r, ac_buf *out) {
+  const char *value;
+  size_t n;
+
   ac_buf_reset(out);
   ac_buf_adds(out, "PUT\n");
   ac_buf_adds(out, r->content_md5);
   ac_buf_addc(out, '\n');
-  ac_buf_adds(out, r->content_type);
+  n = ac_obs_header_value(r->content_type, &value);
+  ac_buf_add(out, value, n);
   ac_buf_addc(out, '\n');
   ac_buf_addc(out, '\n');  /* Date is empty because x-obs-date is sent */
 
-  /* x-obs-* headers sorted by name: date before security-token. */
+  /* x-obs-* headers sorted by name: date before security-token. A blank
+   * token is not sent, so it is not signed either. */
   ac_buf_adds(out, "x-obs-date:");
   ac_buf_adds(out, r->date);
   ac_buf_addc(out, '\n');
-  ac_buf_adds(out, "x-obs-security-token:");
-  ac_buf_adds(out, r->security_token);
-  ac_buf_addc(out, '\n');
+  n = ac_obs_header_value(r->security_token, &value);
+  if (n > 0) {
+    ac_buf_adds(out, "x-obs-security-token:");
+    ac_buf_add(out, value, n);
+    ac_buf_addc(out, '\n');
+  }
 
   ac_buf_addc(out, '/');
   ac_buf_adds(out, r->bucket);
@@ -115,7 +136,7 @@ int ac_obs_authorization(const ac_obs_request *r, ac_buf *out) {
     ac_buf_adds(out, (const char *)encoded);
     rc = out->failed ? -1 : 0;
   }
-  ac_buf_free(&to_sign);
+  ac_buf_clear_free(&to_sign);  /* it contains the security token */
   return rc;
 }
 

@@ -25,12 +25,12 @@ typedef struct ac_obs_request {
   const char *bucket;
   const char *key;             /* object key, not encoded */
   int path_style;
-  const char *content_type;    /* "" when not sent */
+  const char *content_type;    /* not sent when empty or blank */
   const char *content_md5;     /* "" when not sent */
   const char *date;            /* x-obs-date value */
   const char *access;
   const char *secret;
-  const char *security_token;
+  const char *security_token;  /* not sent when empty or blank */
 } ac_obs_request;
 
 typedef struct ac_obs_error {
@@ -44,6 +44,11 @@ void ac_http_date(time_t t, char out[AC_HTTP_DATE_SIZE]);
 
 /* Writes the object URL into url. Returns 0, or -1 out of memory. */
 int ac_obs_url(const ac_obs_request *r, ac_buf *url);
+
+/* Returns the length of the value that a server reads from a header
+ * sent with value s, which leaves out the spaces and tabs around it, and
+ * sets *start to its first byte. The signature covers that value. */
+size_t ac_obs_header_value(const char *s, const char **start);
 
 /* Writes the string to sign (for tests) and the Authorization value.
  * Returns 0, or -1 when memory runs out or libcrypto fails. */

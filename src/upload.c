@@ -279,7 +279,7 @@ static const ac_option upload_options[] = {
 static int read_call(lua_State *L, ac_client *c, upload_call *call,
                      char *msg) {
   ac_obs_request *r = &call->req;
-  const char *body;
+  const char *body, *type_value;
   size_t body_len = 0, type_len = 0, path_len = 0;
   int credential;
 
@@ -340,6 +340,13 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
       && ac_check_header_value("upload option content_type",
                                r->content_type, type_len, msg) != 0)
     return -1;
+  if (r->content_type != NULL
+      && ac_obs_header_value(r->content_type, &type_value) == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid upload option content_type: it "
+             "contains only white space; pass a media type such as "
+             "text/plain, or leave content_type out");
+    return -1;
+  }
   if (r->content_type == NULL)
     r->content_type = ac_obs_content_type(call->path, r->key);
 
@@ -505,13 +512,17 @@ static struct curl_slist *upload_headers(upload_call *call,
   values[4] = auth->data;
   for (i = 0; i < 5; i++) {
     struct curl_slist *grown;
+    const char *value;
+    size_t len = ac_obs_header_value(values[i], &value);
 
-    if (values[i][0] == '\0')
+    /* The signature covers what the server reads, so the value goes
+     * without the white space that it would strip. */
+    if (len == 0)
       continue;
     ac_buf_reset(&line);
     ac_buf_adds(&line, names[i]);
     ac_buf_adds(&line, ": ");
-    ac_buf_adds(&line, values[i]);
+    ac_buf_add(&line, value, len);
     grown = line.failed ? NULL : curl_slist_append(list, line.data);
     if (grown == NULL) {
       ac_free_secret_headers(list);

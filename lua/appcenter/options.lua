@@ -289,6 +289,11 @@ function options.check_upload_values(opts, open_path)
       :format(nul and "NUL byte" or "line break", at, nul and "NUL bytes"
         or "line breaks (a trailing newline from a file is a common cause)")
   end
+  if content_type and not content_type:find("[^ \t]") then
+    return "invalid upload option content_type: it contains only white "
+      .. "space; pass a media type such as text/plain, or leave "
+      .. "content_type out"
+  end
 
   local timeout_ms = opts.timeout_ms
   if timeout_ms ~= nil
