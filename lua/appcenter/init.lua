@@ -174,7 +174,7 @@ local function check_upload_options(client, name, opts, open_path, level)
   local deadline_ms = opts.deadline_ms
   if deadline_ms ~= nil and not (deadline_ms >= 1) then
     error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
-      .. "got %s)"):format(name, tostring(deadline_ms)), level)
+      .. "got %s)"):format(name, options.number_text(deadline_ms)), level)
   end
   if client.core_client.upload == nil then
     error("appcenter: " .. name .. " is not available inside nginx; hand "

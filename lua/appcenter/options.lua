@@ -188,6 +188,15 @@ local function check_type(name, value, expected)
     name, article, expected, actual)
 end
 
+-- Returns a number as messages show it. tostring of NaN gives "-nan"
+-- under Lua 5.4 on glibc and "nan" under LuaJIT, so NaN is always "nan".
+function options.number_text(value)
+  if value ~= value then
+    return "nan"
+  end
+  return tostring(value)
+end
+
 local function check_range(name, value)
   local range = RANGES[name]
   if not range then
@@ -199,11 +208,12 @@ local function check_range(name, value)
   local kind = range.integer and "an integer" or "a number"
   if not finite or value < range.min or (range.integer and not whole) then
     return ("option '%s' must be %s >= %s, got %s"):format(
-      name, kind, tostring(range.min), tostring(value))
+      name, kind, tostring(range.min), options.number_text(value))
   end
   if range.max and value > range.max then
     return ("option '%s' must be %s from %s to %s, got %s"):format(
-      name, kind, tostring(range.min), tostring(range.max), tostring(value))
+      name, kind, tostring(range.min), tostring(range.max),
+      options.number_text(value))
   end
   return nil
 end
