@@ -294,6 +294,26 @@ describe("async upload", function()
     client:close()
   end)
 
+  it("rejects poll from a progress callback", function()
+    local client = new_client()
+    local result = credential(client, "nested-poll.bin")
+    local message, meta
+    assert(client:start_upload(result, {
+      body = "x",
+      progress = function()
+        message = message or select(2, pcall(client.poll, client, 0))
+      end,
+    }, function(...)
+      meta = ...
+    end))
+    drive(client)
+
+    assert.is_table(meta)
+    assert.matches("poll called from a callback that poll runs (a request's "
+      .. "callback or an upload's progress callback)", message, 1, true)
+    client:close()
+  end)
+
   -- start_upload reads the secret to sign and again to keep it for the
   -- request. The collector stays stopped, so only start_upload itself
   -- can close the file.

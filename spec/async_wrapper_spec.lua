@@ -890,7 +890,8 @@ describe("appcenter async wrapper", function()
 
       drive(client)
 
-      assert.equal("appcenter: poll called from a request callback; return "
+      assert.equal("appcenter: poll called from a callback that poll runs "
+        .. "(a request's callback or an upload's progress callback); return "
         .. "from the callback instead, and the running poll goes on with the "
         .. "other requests", message:match("appcenter: .*$"))
     end)

@@ -859,6 +859,35 @@ describe("upload", function()
       client:close()
     end)
 
+    -- The blocking upload's callback polls a non-blocking upload, whose
+    -- own progress callback runs and returns inside it.
+    it("refuses close after a nested progress callback", function()
+      local client = new_wrapper_client()
+      local result = credential(client, "nested.bin")
+      local close_ok, close_message
+      local meta, err = client:upload(result, {
+        body = "outer",
+        progress = function()
+          if close_ok ~= nil then
+            return
+          end
+          assert(client:start_upload(result, { body = "inner",
+            progress = function() end }, function() end))
+          while client:pending() > 0 do
+            client:poll(10)
+          end
+          close_ok, close_message = pcall(client.close, client)
+        end,
+      })
+
+      assert.is_table(meta, tostring(err))
+      assert.is_false(close_ok)
+      assert.matches("close called from an upload's progress callback",
+        close_message, 1, true)
+      assert.is_table(client:create_credential("after.bin"))
+      client:close()
+    end)
+
     it("uploads a file", function()
       local path = make_file("wrapped.bin", ("w"):rep(4096))
       local client = new_wrapper_client()

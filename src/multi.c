@@ -799,8 +799,9 @@ static int l_poll(lua_State *L) {
   luaL_argcheck(L, timeout_ms >= 0 && timeout_ms <= 86400000, 2,
                 "timeout_ms must be from 0 to 86400000");
   if (c->polling)
-    return luaL_error(L, "appcenter.core: poll called from a request "
-                      "callback; return from the callback instead, and "
+    return luaL_error(L, "appcenter.core: poll called from a callback that poll "
+                      "runs (a request's callback or an upload's progress "
+                      "callback); return from the callback instead, and "
                       "the running poll goes on with the other requests");
   lua_settop(L, 1);
   ac_push_cfunction(L, &poll_protected_key, poll_protected);

@@ -612,9 +612,10 @@ function async.poll(client, timeout_ms)
   local state = state_of(client)
   check_open(state, 2)
   if state.polling then
-    error("appcenter: poll called from a request callback; return from "
-      .. "the callback instead, and the running poll goes on with the "
-      .. "other requests", 2)
+    error("appcenter: poll called from a callback that poll runs (a "
+      .. "request's callback or an upload's progress callback); return "
+      .. "from the callback instead, and the running poll goes on with "
+      .. "the other requests", 2)
   end
 
   clear_stale_marks(state)
@@ -852,13 +853,16 @@ function async.await_upload(client, result, call_opts, policy, invalid_err)
 end
 
 -- Returns `progress`, an upload's progress callback, wrapped so that
--- close() of `client` can tell that it runs inside it.
+-- close() of `client` can tell that it runs inside it. A callback may
+-- run another upload's callback through poll, so each restores the mark
+-- that it found.
 function async.mark_progress(client, progress)
   local state = state_of(client)
   return function(sent, total)
+    local outer = state.in_progress_callback
     state.in_progress_callback = true
     local ok, outcome = pcall(progress, sent, total)
-    state.in_progress_callback = false
+    state.in_progress_callback = outer
     if not ok then
       error(outcome, 0)
     end
