@@ -5,6 +5,7 @@
 local appcenter = require("appcenter")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
+local subprocess = require("spec.support.subprocess")
 
 local function shell_quote(value)
   return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
@@ -344,6 +345,54 @@ describe("async upload", function()
     assert.equals(0, open_count)
     assert.equals(0, client:pending())
     client:close()
+  end)
+
+  -- The child makes its clients, opens a connection with one of them,
+  -- and then opens /dev/null until no descriptor is left.
+  it("names the descriptor limit when none is left", function()
+    local path = make_file("no-descriptor.bin", "no descriptor")
+    local status, stdout, stderr = subprocess.run_lua([[
+      local core = require("appcenter.core")
+      local opts = { endpoint = os.getenv("EMU_URL"),
+        project_id = os.getenv("EMU_PROJECT"), token = os.getenv("EMU_TOKEN") }
+      local uploader = assert(core.new(opts))
+      local unconnected = assert(core.new(opts))
+      local result = assert(uploader:create_credential("no-descriptor.bin"))
+      local open_files = {}
+      for _ = 1, 1000 do
+        local file = io.open("/dev/null", "rb")
+        if not file then
+          break
+        end
+        open_files[#open_files + 1] = file
+      end
+      local request, upload_err = uploader:start_upload(result,
+        { path = os.getenv("UPLOAD_PATH") }, function() end)
+      local _, credential_err = unconnected:create_credential("x.bin")
+      for _, file in ipairs(open_files) do
+        file:close()
+      end
+      print(request == nil, upload_err and upload_err.kind)
+      print(upload_err and upload_err.message)
+      print(credential_err and credential_err.kind)
+      print(credential_err and credential_err.message)
+    ]], {}, directory, { EMU_URL = emu.url, EMU_PROJECT = emu.project_id,
+      EMU_TOKEN = emu.token, UPLOAD_PATH = path }, 64)
+
+    assert.equals(0, status, stderr)
+    local lines = {}
+    for line in stdout:gmatch("[^\n]+") do
+      lines[#lines + 1] = line
+    end
+    assert.equals("true\tinvalid_argument", lines[1])
+    assert.equals('cannot open file "' .. path .. '": Too many open files; '
+      .. "the process has no file descriptor left, and each upload keeps "
+      .. "its file open until it ends, so run fewer uploads at once, or "
+      .. "raise the limit (ulimit -n)", lines[2])
+    assert.equals("network", lines[3])
+    assert.matches("(opening a socket failed: Too many open files; the "
+      .. "process has no file descriptor left, so run fewer requests and "
+      .. "uploads at once, or raise its limit (ulimit -n))", lines[4], 1, true)
   end)
 
   it("reports monotonic progress ending at total", function()

@@ -791,7 +791,7 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
   } else {
     const char *text = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
     const char *hint = "";
-    char proxy[32], proxy_hint[160];
+    char proxy[32], hint_text[256];
     size_t text_len;
     /* A connection that ends during the handshake, as when a server
      * restarts, is a network failure that a retry may get past, not a
@@ -832,11 +832,21 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              "host name)";
     else if (rc == CURLE_SSL_CACERT_BADFILE)
       hint = " (ca_file must name a readable file of PEM certificates)";
-    else if (rc == CURLE_COULDNT_CONNECT && proxy[0] != '\0') {
-      snprintf(proxy_hint, sizeof proxy_hint, " (check the endpoint's host "
+    else if (rc == CURLE_COULDNT_CONNECT && t->socket_errno != 0) {
+      int no_descriptor = t->socket_errno == EMFILE
+          || t->socket_errno == ENFILE;
+
+      snprintf(hint_text, sizeof hint_text, " (opening a socket failed: "
+               "%s%s)", strerror(t->socket_errno), no_descriptor
+               ? "; the process has no file descriptor left, so run fewer "
+                 "requests and uploads at once, or raise its limit "
+                 "(ulimit -n)" : "");
+      hint = hint_text;
+    } else if (rc == CURLE_COULDNT_CONNECT && proxy[0] != '\0') {
+      snprintf(hint_text, sizeof hint_text, " (check the endpoint's host "
                "and port, and %s, through which libcurl connects unless "
                "no_proxy lists the endpoint's host)", proxy);
-      hint = proxy_hint;
+      hint = hint_text;
     } else if (rc == CURLE_COULDNT_CONNECT)
       hint = " (check the endpoint's host and port, and that the service "
              "is reachable from this machine)";

@@ -8,6 +8,7 @@
  */
 #include "transport.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -81,11 +82,13 @@ static void set_cloexec(int fd) {
 }
 
 
-/* libcurl's socket creation, with close-on-exec added and the socket
- * recorded in the client's list. */
+/* libcurl's socket creation for transport ud, with close-on-exec added
+ * and the socket recorded in the client's list. libcurl reports a
+ * failure as a failed connection, so the transport keeps its errno. */
 static curl_socket_t open_socket(void *ud, curlsocktype purpose,
                                  struct curl_sockaddr *address) {
-  ac_socket_list *list = ud;
+  ac_transport *t = ud;
+  ac_socket_list *list = t->sockets;
   ac_open_socket *entry;
   struct stat st;
   curl_socket_t fd;
@@ -96,16 +99,21 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose,
     ac_open_socket *sockets = realloc(list->sockets,
                                       cap * sizeof *sockets);
 
-    if (sockets == NULL)
+    if (sockets == NULL) {
+      t->socket_errno = ENOMEM;
       return CURL_SOCKET_BAD;
+    }
     list->sockets = sockets;
     list->cap = cap;
   }
   fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
               address->protocol);
-  if (fd == CURL_SOCKET_BAD)
+  if (fd == CURL_SOCKET_BAD) {
+    t->socket_errno = errno;
     return fd;
+  }
   if (fstat(fd, &st) != 0) {
+    t->socket_errno = errno;
     close(fd);
     return CURL_SOCKET_BAD;
   }
@@ -379,8 +387,9 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
   SET(CURLOPT_ACCEPT_ENCODING, NULL);
   SET(CURLOPT_TCP_KEEPALIVE, 1L);
   if (o->sockets != NULL) {
+    t->sockets = o->sockets;
     SET(CURLOPT_OPENSOCKETFUNCTION, open_socket);
-    SET(CURLOPT_OPENSOCKETDATA, o->sockets);
+    SET(CURLOPT_OPENSOCKETDATA, t);
     SET(CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     SET(CURLOPT_CLOSESOCKETDATA, o->sockets);
   }
@@ -459,6 +468,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
     ac_buf_clear_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
+  t->socket_errno = 0;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';
   t->etag[0] = '\0';
 

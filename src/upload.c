@@ -435,11 +435,13 @@ static void format_source_failure(const upload_call *call, char *msg) {
 static int open_file(upload_call *call, struct stat *st, char *msg) {
   const char *problem = NULL;
   char shown[AC_PATH_TEXT];
-  int fd, flags;
+  int fd, flags, open_errno = 0;
 
   /* O_NOCTTY, so that a terminal named by mistake does not become the
    * process's controlling terminal before it is rejected. */
   fd = open(call->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    open_errno = errno;
   if (fd < 0 || fstat(fd, st) != 0)
     problem = strerror(errno);
   else if (!S_ISREG(st->st_mode))
@@ -453,8 +455,15 @@ static int open_file(upload_call *call, struct stat *st, char *msg) {
   if (problem == NULL)
     return 0;
 
-  snprintf(msg, AC_MSG_SIZE, "invalid path \"%s\": %s",
-           path_text(call->path, shown), problem);
+  if (open_errno == EMFILE || open_errno == ENFILE)
+    snprintf(msg, AC_MSG_SIZE, "cannot open file \"%s\": %s; the process "
+             "has no file descriptor left, and each upload keeps its file "
+             "open until it ends, so run fewer uploads at once, or raise "
+             "the limit (ulimit -n)", path_text(call->path, shown),
+             problem);
+  else
+    snprintf(msg, AC_MSG_SIZE, "invalid path \"%s\": %s",
+             path_text(call->path, shown), problem);
   if (fd >= 0)
     close(fd);
   return -1;

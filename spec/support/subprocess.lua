@@ -54,8 +54,10 @@ end
 
 -- Runs `script` in a new Lua process with this process's module paths,
 -- the variables named in `unset` removed, HOME set to `home` and the
--- variables in `env` set. Returns the exit status, stdout and stderr.
-function subprocess.run_lua(script, unset, home, env)
+-- variables in `env` set. With `max_files`, the process may have at most
+-- that many open file descriptors (ulimit -n). Returns the exit status,
+-- stdout and stderr.
+function subprocess.run_lua(script, unset, home, env, max_files)
   local quote = subprocess.shell_quote
   local script_path = os.tmpname()
   local stderr_path = os.tmpname()
@@ -75,6 +77,9 @@ function subprocess.run_lua(script, unset, home, env)
   words[#words + 1] = quote(script_path)
   local command = ("%s 2>%s </dev/null; echo \"exit=$?\"")
     :format(table.concat(words, " "), quote(stderr_path))
+  if max_files then
+    command = ("ulimit -n %d && %s"):format(max_files, command)
+  end
 
   local pipe = assert(io.popen(command, "r"))
   local output = pipe:read("*a")
