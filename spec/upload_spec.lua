@@ -646,6 +646,9 @@ describe("upload", function()
       assert.equals("timeout", err.kind)
       assert.is_true(err.retryable)
       assert.is_true(core.monotonic() - started < 1.9)
+      assert.matches("(the limits are the upload's timeout_ms, the client's "
+        .. "connect_timeout_ms, and the client's timeout_ms for a transfer "
+        .. "slower than 1 byte per second)", err.message, 1, true)
     end)
 
     it("rounds a fractional timeout_ms up", function()
@@ -857,6 +860,20 @@ describe("upload", function()
       assert.matches("^[^:]*upload_spec%.lua:%d+: ", message)
       assert.is_table(client:create_credential("after.bin"))
       client:close()
+    end)
+
+    it("names the deadline that cut an upload", function()
+      emu:fault{ target = "obs", delay_ms = 1500, times = 1 }
+      local client = new_wrapper_client{ retry = { max_attempts = 1 } }
+      local result = credential(client, "deadline.bin")
+      local meta, err = client:upload(result, { body = "x", deadline_ms = 300 })
+      client:close()
+
+      assert.is_nil(meta)
+      assert.equals("timeout", err.kind)
+      assert.matches("(retry.deadline_ms cut this attempt's timeout to the "
+        .. "time left)", err.message, 1, true)
+      assert.is_nil(err.message:find("the limits are", 1, true), err.message)
     end)
 
     -- The blocking upload's callback polls a non-blocking upload, whose

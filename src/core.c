@@ -852,6 +852,8 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              "is reachable from this machine)";
     else if (rc == CURLE_COULDNT_RESOLVE_HOST)
       hint = " (check the endpoint or region, and the DNS setup)";
+    else if (rc == CURLE_OPERATION_TIMEDOUT && t->timeout_hint != NULL)
+      hint = t->timeout_hint;
     else if (rc == CURLE_OPERATION_TIMEDOUT)
       hint = " (the limits are timeout_ms and connect_timeout_ms)";
     else if (strstr(text, "HTTP/0.9") != NULL)

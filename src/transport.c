@@ -469,6 +469,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
   t->socket_errno = 0;
+  t->timeout_hint = NULL;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';
   t->etag[0] = '\0';
 

@@ -69,6 +69,8 @@ typedef struct ac_transport {
   char retry_after[AC_RETRY_AFTER_SIZE];
   char etag[AC_REQUEST_ID_SIZE];
   char errbuf[CURL_ERROR_SIZE];
+  const char *timeout_hint; /* for a timeout's message; NULL: the one for
+                             * create-credential calls */
   ac_socket_list *sockets;  /* the opts' list, where sockets are recorded */
   int socket_errno;         /* errno of a socket that the last transfer
                              * could not open, else 0 */

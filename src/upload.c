@@ -564,6 +564,10 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
   curl_easy_setopt(h, CURLOPT_SEEKDATA, &call->src);
   curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, call->src.total);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, call->timeout_ms);
+  t->timeout_hint = " (the limits are the upload's timeout_ms, the "
+                    "client's connect_timeout_ms, and the client's "
+                    "timeout_ms for a transfer slower than 1 byte per "
+                    "second)";
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    (c->transport_opts.timeout_ms + 999) / 1000);

@@ -163,12 +163,12 @@ end
 -- the attempt's timeout and libcurl's timer.
 local DEADLINE_SLACK_MS = 10
 
--- The hint that appcenter.core adds to a timeout's message, as a pattern.
-local CORE_TIMEOUT_HINT =
-  " %(the limits are timeout_ms and connect_timeout_ms%)"
+-- The hint that appcenter.core adds to a timeout's message, for a
+-- credential request or an upload, as a pattern.
+local CORE_TIMEOUT_HINT = " %(the limits are [^)]*%)"
 
 -- Returns `message`, a timeout's message, without the core's hint that
--- names timeout_ms, for an attempt that the deadline ended instead.
+-- names the timeouts, for an attempt that the deadline ended instead.
 function retry.drop_timeout_hint(message)
   return (message:gsub(CORE_TIMEOUT_HINT, "", 1))
 end
