@@ -99,6 +99,24 @@ describe("async upload", function()
     return result
   end
 
+  -- Runs an upload on `client`, whose max_connections is 1, that waits
+  -- while a credential request takes 2.5 s, so the date that it signed
+  -- at its start is older than the 1 s of skew the emulator then accepts.
+  -- Closes the client and returns the upload callback's arguments.
+  local function run_aged_upload(client, file_name)
+    local result = credential(client, file_name)
+    emu:config{ delay_ms = 2500, max_skew_seconds = 1 }
+    assert(client:start("slow.bin", function() end))
+    local outcome
+    assert(client:start_upload(result, { body = "aged" }, function(...)
+      outcome = { ... }
+    end))
+    drive(client)
+    client:close()
+    assert.is_table(outcome, "the callback did not run")
+    return outcome
+  end
+
   local function make_file(name, data)
     local path = directory .. "/" .. name
     write_file(path, data)
@@ -395,6 +413,21 @@ describe("async upload", function()
       .. "uploads at once, or raise its limit (ulimit -n))", lines[4], 1, true)
   end)
 
+  it("marks an upload that waited too long retryable", function()
+    local outcome = run_aged_upload(assert(core.new(emu:client_options{
+      max_connections = 1 })), "aged.bin")
+
+    assert.is_nil(outcome[1])
+    local err = outcome[2]
+    assert.equals(403, err.status)
+    assert.equals("RequestTimeTooSkewed", err.code)
+    assert.is_true(err.retryable)
+    assert.matches("(the upload was signed when it started and then waited "
+      .. "for a free connection for longer than OBS accepts; a new attempt "
+      .. "signs it again, and a higher max_connections shortens the wait)",
+      err.message, 1, true)
+  end)
+
   it("reports monotonic progress ending at total", function()
     local path = make_big_file("progress.bin", 16)
     local total = 16 * 1024 * 1024
@@ -670,6 +703,15 @@ describe("async upload", function()
       assert.equals(2, emu:stats().obs_requests)
       assert_stored(result, 300000, file_sha256(path))
       client:close()
+    end)
+
+    it("retries an upload that waited too long", function()
+      local outcome = run_aged_upload(assert(appcenter.new(emu:client_options{
+        max_connections = 1, retry = { base_delay_ms = 0 } })), "aged-retry.bin")
+
+      assert.is_table(outcome[1], tostring(outcome[2]))
+      assert.equals(2, outcome[1].attempts)
+      assert.equals(2, emu:stats().obs_requests)
     end)
 
     it("rejects cancel from progress", function()

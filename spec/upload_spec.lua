@@ -651,6 +651,21 @@ describe("upload", function()
         .. "slower than 1 byte per second)", err.message, 1, true)
     end)
 
+    -- The emulator waits before it checks the date, as a slow network
+    -- would, and the upload did not wait for a connection.
+    it("names the clock for a date too far off", function()
+      emu:config{ max_skew_seconds = 1 }
+      emu:fault{ target = "obs", delay_ms = 2500 }
+      local client = new_core_client()
+      local meta, err = client:upload(credential(client), { body = "x" })
+
+      assert.is_nil(meta)
+      assert.equals("RequestTimeTooSkewed", err.code)
+      assert.is_false(err.retryable)
+      assert.matches("(check this machine's clock: OBS accepts a date at "
+        .. "most 15 minutes from its own)", err.message, 1, true)
+    end)
+
     it("rounds a fractional timeout_ms up", function()
       emu:fault{ target = "obs", delay_ms = 2000, status = 200 }
       local client = new_core_client()

@@ -618,14 +618,27 @@ static void push_obs_error(lua_State *L, ac_transport *t,
   ac_error_info e = {0};
   ac_obs_error obs;
   char message[AC_MSG_SIZE];
-  int expired;
+  const char *hint = "";
+  int expired, skewed;
 
   memset(&obs, 0, sizeof obs);
   ac_obs_parse_error(t->body.data, t->body.len, &obs);
+  /* The date is signed when the upload starts, so a wait for a free
+   * connection ages it, and a new attempt signs it again. */
+  skewed = strcmp(obs.code, "RequestTimeTooSkewed") == 0;
+  if (skewed && t->queued)
+    hint = " (the upload was signed when it started and then waited for "
+           "a free connection for longer than OBS accepts; a new attempt "
+           "signs it again, and a higher max_connections shortens the "
+           "wait)";
+  else if (skewed)
+    hint = " (check this machine's clock: OBS accepts a date at most 15 "
+           "minutes from its own)";
   if (obs.message[0] != '\0')
-    snprintf(message, sizeof message, "OBS: %s", obs.message);
+    snprintf(message, sizeof message, "OBS: %s%s", obs.message, hint);
   else
-    snprintf(message, sizeof message, "OBS returned HTTP %ld", status);
+    snprintf(message, sizeof message, "OBS returned HTTP %ld%s", status,
+             hint);
   expired = strstr(obs.code, "Expired") != NULL
          || strstr(obs.message, "expired") != NULL
          || strstr(obs.message, "Expired") != NULL;
@@ -636,7 +649,7 @@ static void push_obs_error(lua_State *L, ac_transport *t,
   e.message = message;
   e.request_id = t->request_id[0] ? t->request_id : obs.request_id;
   e.retry_after = t->retry_after;
-  e.retryable = ac_status_retryable(status);
+  e.retryable = ac_status_retryable(status) || (skewed && t->queued);
   e.secrets = call->secrets;
   lua_pushnil(L);
   ac_push_error(L, &e);

@@ -74,7 +74,8 @@ Success is 200 with ETag "<md5 hex>" and an empty body.
                                    token of another credential ("The security
                                    token is invalid."); an expired credential
                                    ("The security token has expired...")
-    403     RequestTimeTooSkewed   date more than 15 minutes from server time
+    403     RequestTimeTooSkewed   date more than max_skew_seconds (15 minutes
+                                   by default) from server time
     403     SignatureDoesNotMatch  signature differs from the emulator's
     411     MissingContentLength   no Content-Length, or Transfer-Encoding
 
@@ -89,7 +90,9 @@ Control port (JSON in, JSON out):
                    per target
     POST /config   {"delay_ms": N} delays every API request by N ms (0 clears);
                    {"credential_ttl": S} sets the lifetime of credentials issued
-                   from now on, 0 to 86400 seconds (0 issues expired ones)
+                   from now on, 0 to 86400 seconds (0 issues expired ones);
+                   {"max_skew_seconds": S} sets how far X-Sdk-Date and
+                   x-obs-date may be from the server time, 1 to 900 seconds
     GET  /stats    {"requests", "connections", "faults_pending", "last_request",
                     "obs_requests", "last_obs_request", "objects"}
     GET  /objects/<bucket>/<percent-encoded key>
@@ -440,6 +443,7 @@ class EmulatorState:
             self.config = {
                 "delay_ms": 0,
                 "credential_ttl": self.default_credential_ttl,
+                "max_skew_seconds": SIGNATURE_MAX_SKEW_SECONDS,
             }
             self.requests = 0
             self.connections = 0
@@ -520,6 +524,10 @@ class EmulatorState:
     def delay_seconds(self):
         with self.lock:
             return self.config["delay_ms"] / 1000.0
+
+    def max_skew_seconds(self):
+        with self.lock:
+            return self.config["max_skew_seconds"]
 
     def stats(self):
         with self.lock:
@@ -755,11 +763,11 @@ def parse_fault_headers(headers):
 def parse_config(obj, max_delay_ms):
     if not isinstance(obj, dict):
         raise ValueError("config must be a JSON object, got %r" % (obj,))
-    unknown = sorted(set(obj) - {"delay_ms", "credential_ttl"})
+    unknown = sorted(set(obj) - {"delay_ms", "credential_ttl", "max_skew_seconds"})
     if unknown:
         raise ValueError(
-            "unknown config key(s) %s. Known keys: credential_ttl, delay_ms"
-            % ", ".join(unknown)
+            "unknown config key(s) %s. Known keys: credential_ttl, delay_ms, "
+            "max_skew_seconds" % ", ".join(unknown)
         )
     changes = {}
     if "delay_ms" in obj:
@@ -767,6 +775,10 @@ def parse_config(obj, max_delay_ms):
     if "credential_ttl" in obj:
         changes["credential_ttl"] = require_integer(
             obj, "credential_ttl", 0, MAX_CREDENTIAL_TTL_SECONDS
+        )
+    if "max_skew_seconds" in obj:
+        changes["max_skew_seconds"] = require_integer(
+            obj, "max_skew_seconds", 1, SIGNATURE_MAX_SKEW_SECONDS
         )
     return changes
 
@@ -1135,10 +1147,11 @@ class ApiHandler(JsonRequestHandler):
         skew = abs(
             (datetime.datetime.now(datetime.timezone.utc) - signed_at).total_seconds()
         )
-        if skew > SIGNATURE_MAX_SKEW_SECONDS:
+        max_skew = state.max_skew_seconds()
+        if skew > max_skew:
             reject(
                 "X-Sdk-Date %s is %d seconds from the server time, more than %d"
-                % (sdk_date, skew, SIGNATURE_MAX_SKEW_SECONDS)
+                % (sdk_date, skew, max_skew)
             )
 
         secret_key = state.key_pairs.get(access_key)
@@ -1618,7 +1631,7 @@ class ObsHandler(JsonRequestHandler):
         skew = abs(
             (datetime.datetime.now(datetime.timezone.utc) - signed_at).total_seconds()
         )
-        if skew > SIGNATURE_MAX_SKEW_SECONDS:
+        if skew > self.server.state.max_skew_seconds():
             raise ObsError(
                 403,
                 "RequestTimeTooSkewed",

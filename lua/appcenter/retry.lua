@@ -41,12 +41,20 @@ local MONTHS = {
 }
 
 
+-- A new attempt signs an upload again, so a date that a wait for a free
+-- connection made too old is the one 403 worth retrying. The core marks
+-- OBS's RequestTimeTooSkewed retryable only after such a wait.
+local function is_aged_signature(err)
+  return err.status == 403 and err.code == "RequestTimeTooSkewed"
+end
+
 -- Returns whether a failed attempt may be tried again.
 function retry.is_retryable(err)
   if type(err) ~= "table" or err.retryable ~= true then
     return false
   end
-  if FINAL_KINDS[err.kind] or FINAL_STATUSES[err.status] then
+  if FINAL_KINDS[err.kind]
+      or (FINAL_STATUSES[err.status] and not is_aged_signature(err)) then
     return false
   end
   return true
