@@ -189,8 +189,24 @@ static void check_url(const ac_obs_request *r, const ac_buf *url) {
 }
 
 
+/* Appends s without the spaces and tabs around it, the value that a
+ * server reads from a header; returns its length. */
+static size_t add_stripped(ac_buf *b, const char *s) {
+  size_t n = strlen(s);
+
+  while (n > 0 && (*s == ' ' || *s == '\t')) {
+    s++;
+    n--;
+  }
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+    n--;
+  ac_buf_add(b, s, n);
+  return n;
+}
+
+
 static void check_signature(const ac_obs_request *r) {
-  ac_buf to_sign = {0}, auth = {0}, expected = {0};
+  ac_buf to_sign = {0}, auth = {0}, expected = {0}, token = {0};
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned char encoded[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
   unsigned int mac_len = 0;
@@ -200,12 +216,17 @@ static void check_signature(const ac_obs_request *r) {
   ac_buf_adds(&expected, "PUT\n");
   ac_buf_adds(&expected, r->content_md5);
   ac_buf_adds(&expected, "\n");
-  ac_buf_adds(&expected, r->content_type);
+  add_stripped(&expected, r->content_type);
   ac_buf_adds(&expected, "\n\nx-obs-date:");
   ac_buf_adds(&expected, r->date);
-  ac_buf_adds(&expected, "\nx-obs-security-token:");
-  ac_buf_adds(&expected, r->security_token);
-  ac_buf_adds(&expected, "\n/");
+  ac_buf_adds(&expected, "\n");
+  /* A blank token is not sent, so its line is left out. */
+  if (add_stripped(&token, r->security_token) > 0) {
+    ac_buf_adds(&expected, "x-obs-security-token:");
+    ac_buf_add(&expected, token.data, token.len);
+    ac_buf_adds(&expected, "\n");
+  }
+  ac_buf_adds(&expected, "/");
   ac_buf_adds(&expected, r->bucket);
   ac_buf_adds(&expected, "/");
   n = expected.len;
@@ -230,6 +251,7 @@ static void check_signature(const ac_obs_request *r) {
   ac_buf_free(&to_sign);
   ac_buf_free(&auth);
   ac_buf_free(&expected);
+  ac_buf_free(&token);
 }
 
 
