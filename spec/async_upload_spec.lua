@@ -422,10 +422,35 @@ describe("async upload", function()
     assert.equals(403, err.status)
     assert.equals("RequestTimeTooSkewed", err.code)
     assert.is_true(err.retryable)
-    assert.matches("(the upload was signed when it started and then waited "
-      .. "for a free connection for longer than OBS accepts; a new attempt "
-      .. "signs it again, and a higher max_connections shortens the wait)",
-      err.message, 1, true)
+    local sent_after_ms = tonumber(err.message:match(
+      "%(the upload was signed when it started and sent (%d+) ms later, "
+      .. "after a wait for a connection; a new attempt signs it again, and "
+      .. "a higher max_connections shortens a wait for a free one%)"))
+    assert.is_number(sent_after_ms, err.message)
+    assert.is_true(sent_after_ms >= 2000, err.message)
+  end)
+
+  -- The upload waits a moment behind a fast credential request, and the
+  -- emulator's own delay before it checks the date plays the part of a
+  -- wrong clock.
+  it("blames the clock after a short wait", function()
+    local client = assert(core.new(emu:client_options{ max_connections = 1 }))
+    local result = credential(client, "clock.bin")
+    emu:config{ max_skew_seconds = 1 }
+    emu:fault{ target = "obs", delay_ms = 2500 }
+    assert(client:start("fast.bin", function() end))
+    local outcome
+    assert(client:start_upload(result, { body = "clock" }, function(...)
+      outcome = { ... }
+    end))
+    drive(client)
+    client:close()
+
+    assert.is_table(outcome, "the callback did not run")
+    local err = outcome[2]
+    assert.equals("RequestTimeTooSkewed", err.code)
+    assert.is_false(err.retryable)
+    assert.matches("(check this machine's clock", err.message, 1, true)
   end)
 
   it("reports monotonic progress ending at total", function()

@@ -833,16 +833,18 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
     else if (rc == CURLE_SSL_CACERT_BADFILE)
       hint = " (ca_file must name a readable file of PEM certificates)";
     else if (rc == CURLE_COULDNT_CONNECT && t->socket_errno != 0) {
-      int no_descriptor = t->socket_errno == EMFILE
-          || t->socket_errno == ENFILE;
-
       snprintf(hint_text, sizeof hint_text, " (opening a socket failed: "
-               "%s%s)", strerror(t->socket_errno), no_descriptor
-               ? "; the process has no file descriptor left, so run fewer "
-                 "requests and uploads at once, or raise its limit "
-                 "(ulimit -n)" : "");
+               "%s; the process has no file descriptor left, so run fewer "
+               "requests and uploads at once, or raise its limit "
+               "(ulimit -n))", strerror(t->socket_errno));
       hint = hint_text;
-    } else if (rc == CURLE_COULDNT_CONNECT && proxy[0] != '\0') {
+    } else if (rc == CURLE_COULDNT_RESOLVE_HOST
+               && strstr(text, "thread failed to start") != NULL)
+      hint = " (libcurl could not start its thread to look up the name: "
+             "the process may have no file descriptor or thread left; run "
+             "fewer requests and uploads at once, or raise its limits "
+             "(ulimit -n, ulimit -u))";
+    else if (rc == CURLE_COULDNT_CONNECT && proxy[0] != '\0') {
       snprintf(hint_text, sizeof hint_text, " (check the endpoint's host "
                "and port, and %s, through which libcurl connects unless "
                "no_proxy lists the endpoint's host)", proxy);

@@ -82,9 +82,17 @@ static void set_cloexec(int fd) {
 }
 
 
+/* Keeps in t an errno that means the process has no descriptor left,
+ * because libcurl reports any socket failure as a failed connection.
+ * Other failures, such as an unsupported address family, are routine. */
+static void note_socket_errno(ac_transport *t, int err) {
+  if (err == EMFILE || err == ENFILE)
+    t->socket_errno = err;
+}
+
+
 /* libcurl's socket creation for transport ud, with close-on-exec added
- * and the socket recorded in the client's list. libcurl reports a
- * failure as a failed connection, so the transport keeps its errno. */
+ * and the socket recorded in the client's list. */
 static curl_socket_t open_socket(void *ud, curlsocktype purpose,
                                  struct curl_sockaddr *address) {
   ac_transport *t = ud;
@@ -99,21 +107,18 @@ static curl_socket_t open_socket(void *ud, curlsocktype purpose,
     ac_open_socket *sockets = realloc(list->sockets,
                                       cap * sizeof *sockets);
 
-    if (sockets == NULL) {
-      t->socket_errno = ENOMEM;
+    if (sockets == NULL)
       return CURL_SOCKET_BAD;
-    }
     list->sockets = sockets;
     list->cap = cap;
   }
   fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
               address->protocol);
   if (fd == CURL_SOCKET_BAD) {
-    t->socket_errno = errno;
+    note_socket_errno(t, errno);
     return fd;
   }
   if (fstat(fd, &st) != 0) {
-    t->socket_errno = errno;
     close(fd);
     return CURL_SOCKET_BAD;
   }

@@ -72,8 +72,9 @@ typedef struct ac_transport {
   const char *timeout_hint; /* for a timeout's message; NULL: the one for
                              * create-credential calls */
   ac_socket_list *sockets;  /* the opts' list, where sockets are recorded */
-  int socket_errno;         /* errno of a socket that the last transfer
-                             * could not open, else 0 */
+  int socket_errno;         /* EMFILE or ENFILE when the last transfer
+                             * could not open a socket for lack of
+                             * descriptors, else 0 */
 } ac_transport;
 
 /* Initialises libcurl for the process; safe to call from many threads

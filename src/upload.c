@@ -118,6 +118,7 @@ static double clock_ms(void) {
 }
 
 
+
 /* Returns the state to run the progress callback on, or NULL when no
  * call may run now. A non-blocking upload's callback runs only while
  * poll() hands sockets to libcurl or finishes the upload. */
@@ -545,6 +546,22 @@ static struct curl_slist *upload_headers(upload_call *call,
 }
 
 
+#if LIBCURL_VERSION_NUM >= 0x075000
+/* Notes when libcurl sends the request, once it has a connection. */
+static int on_request_sent(void *data, char *primary_ip, char *local_ip,
+                           int primary_port, int local_port) {
+  upload_call *call = data;
+
+  (void)primary_ip;
+  (void)local_ip;
+  (void)primary_port;
+  (void)local_port;
+  call->sent_ms = clock_ms();
+  return CURL_PREREQFUNC_OK;
+}
+#endif
+
+
 void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
   CURL *h = t->curl;
 
@@ -568,6 +585,10 @@ void ac_upload_setup(ac_client *c, ac_upload *call, ac_transport *t) {
                     "client's connect_timeout_ms, and the client's "
                     "timeout_ms for a transfer slower than 1 byte per "
                     "second)";
+#if LIBCURL_VERSION_NUM >= 0x075000  /* CURLOPT_PREREQFUNCTION: 7.80.0 */
+  curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_request_sent);
+  curl_easy_setopt(h, CURLOPT_PREREQDATA, call);
+#endif
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    (c->transport_opts.timeout_ms + 999) / 1000);
@@ -617,23 +638,30 @@ static void push_obs_error(lua_State *L, ac_transport *t,
                            upload_call *call, long status) {
   ac_error_info e = {0};
   ac_obs_error obs;
-  char message[AC_MSG_SIZE];
-  const char *hint = "";
-  int expired, skewed;
+  char message[AC_MSG_SIZE], hint[AC_MSG_SIZE / 2] = "";
+  double sent_after_ms = call->sent_ms - call->signed_ms;
+  int expired, skewed, aged;
 
   memset(&obs, 0, sizeof obs);
   ac_obs_parse_error(t->body.data, t->body.len, &obs);
-  /* The date is signed when the upload starts, so a wait for a free
-   * connection ages it, and a new attempt signs it again. */
+  /* The date is signed when the upload starts, so a wait for a
+   * connection ages it, and a new attempt signs it again. A wait under
+   * the date's resolution of 1 s leaves the clock to blame. Without the
+   * time of sending (libcurl before 7.80), a wait in the queue is. */
   skewed = strcmp(obs.code, "RequestTimeTooSkewed") == 0;
-  if (skewed && t->queued)
-    hint = " (the upload was signed when it started and then waited for "
-           "a free connection for longer than OBS accepts; a new attempt "
-           "signs it again, and a higher max_connections shortens the "
-           "wait)";
+  aged = skewed && (call->sent_ms > 0 ? sent_after_ms >= 1000 : t->queued);
+  if (aged && call->sent_ms > 0)
+    snprintf(hint, sizeof hint, " (the upload was signed when it started "
+             "and sent %.0f ms later, after a wait for a connection; a new "
+             "attempt signs it again, and a higher max_connections "
+             "shortens a wait for a free one)", sent_after_ms);
+  else if (aged)
+    snprintf(hint, sizeof hint, " (the upload was signed when it started "
+             "and then waited for a free connection; a new attempt signs "
+             "it again, and a higher max_connections shortens the wait)");
   else if (skewed)
-    hint = " (check this machine's clock: OBS accepts a date at most 15 "
-           "minutes from its own)";
+    snprintf(hint, sizeof hint, " (check this machine's clock: OBS "
+             "accepts a date at most 15 minutes from its own)");
   if (obs.message[0] != '\0')
     snprintf(message, sizeof message, "OBS: %s%s", obs.message, hint);
   else
@@ -649,7 +677,7 @@ static void push_obs_error(lua_State *L, ac_transport *t,
   e.message = message;
   e.request_id = t->request_id[0] ? t->request_id : obs.request_id;
   e.retry_after = t->retry_after;
-  e.retryable = ac_status_retryable(status) || (skewed && t->queued);
+  e.retryable = ac_status_retryable(status) || aged;
   e.secrets = call->secrets;
   lua_pushnil(L);
   ac_push_error(L, &e);
@@ -685,6 +713,8 @@ static int sign_request(upload_call *call) {
   int failed;
 
   ac_http_date(time(NULL), call->date);
+  call->signed_ms = clock_ms();
+  call->sent_ms = 0;
   call->req.date = call->date;
   failed = ac_obs_url(&call->req, &call->url) != 0
         || ac_obs_authorization(&call->req, &auth) != 0

@@ -46,6 +46,8 @@ typedef struct ac_upload {
   ac_upload_source src;
   ac_upload_progress progress;
   char date[AC_HTTP_DATE_SIZE];
+  double signed_ms;            /* monotonic time at which date was made */
+  double sent_ms;              /* monotonic time of sending, 0: unknown */
   char md5[AC_MD5_BASE64_SIZE];
   const char *path;
   long timeout_ms;
