@@ -288,6 +288,21 @@ describe("upload", function()
       assert_stored(result, 10, file_sha256(make_file("path-style.bin", "path style")))
     end)
 
+    -- A small body goes out at once; a large one waits for OBS to check
+    -- the signature first.
+    it("waits for 100 Continue for large bodies only", function()
+      local client = new_core_client()
+      for _, case in ipairs({ { 5, nil }, { 1024 * 1024 - 1, nil },
+          { 1024 * 1024, "100-continue" } }) do
+        local meta, err = client:upload(credential(client, "expect.bin"),
+          { body = ("e"):rep(case[1]) })
+
+        assert.is_table(meta, tostring(err))
+        assert.equals(case[2], emu:stats().last_obs_request.headers.expect,
+          case[1] .. " bytes")
+      end
+    end)
+
     it("uses the given content type", function()
       local client = new_core_client()
       local result = credential(client, "replay.bin")

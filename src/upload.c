@@ -110,6 +110,11 @@ static int seek_body(void *ud, curl_off_t offset, int origin) {
 }
 
 
+/* Bodies from this size on wait for OBS's 100 Continue, the threshold
+ * that libcurl 7.69 and later use for POST. */
+#define AC_EXPECT_CONTINUE_BYTES (1024 * 1024)
+
+
 static double clock_ms(void) {
   struct timespec ts;
 
@@ -542,6 +547,19 @@ static struct curl_slist *upload_headers(upload_call *call,
     list = grown;
   }
   ac_buf_clear_free(&line);
+
+  /* libcurl 7.88 sends Expect: 100-continue before any PUT body, which
+   * costs a round trip, or a second where no 100 comes. Only a large
+   * body is worth keeping back until OBS has checked the signature. */
+  if (list != NULL && call->src.total < AC_EXPECT_CONTINUE_BYTES) {
+    struct curl_slist *grown = curl_slist_append(list, "Expect:");
+
+    if (grown == NULL) {
+      ac_free_secret_headers(list);
+      return NULL;
+    }
+    list = grown;
+  }
   return list;
 }
 
