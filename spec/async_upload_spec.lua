@@ -100,12 +100,14 @@ describe("async upload", function()
   end
 
   -- Runs an upload on `client`, whose max_connections is 1, that waits
-  -- while a credential request takes 2.5 s, so the date that it signed
-  -- at its start is older than the 1 s of skew the emulator then accepts.
-  -- Closes the client and returns the upload callback's arguments.
+  -- while a credential request takes 3.5 s, so the date that it signed
+  -- at its start is older than the 2 s of skew the emulator then accepts.
+  -- The date has whole seconds, so a fresh one may already look up to
+  -- 1 s old, and 2 s leave a retry room. Closes the client and returns
+  -- the upload callback's arguments.
   local function run_aged_upload(client, file_name)
     local result = credential(client, file_name)
-    emu:config{ delay_ms = 2500, max_skew_seconds = 1 }
+    emu:config{ delay_ms = 3500, max_skew_seconds = 2 }
     assert(client:start("slow.bin", function() end))
     local outcome
     assert(client:start_upload(result, { body = "aged" }, function(...)
@@ -427,7 +429,7 @@ describe("async upload", function()
       .. "after a wait for a connection; a new attempt signs it again, and "
       .. "a higher max_connections shortens a wait for a free one%)"))
     assert.is_number(sent_after_ms, err.message)
-    assert.is_true(sent_after_ms >= 2000, err.message)
+    assert.is_true(sent_after_ms >= 3000, err.message)
   end)
 
   -- The upload waits a moment behind a fast credential request, and the
@@ -436,8 +438,8 @@ describe("async upload", function()
   it("blames the clock after a short wait", function()
     local client = assert(core.new(emu:client_options{ max_connections = 1 }))
     local result = credential(client, "clock.bin")
-    emu:config{ max_skew_seconds = 1 }
-    emu:fault{ target = "obs", delay_ms = 2500 }
+    emu:config{ max_skew_seconds = 2 }
+    emu:fault{ target = "obs", delay_ms = 3500 }
     assert(client:start("fast.bin", function() end))
     local outcome
     assert(client:start_upload(result, { body = "clock" }, function(...)

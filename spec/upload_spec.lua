@@ -669,8 +669,8 @@ describe("upload", function()
     -- The emulator waits before it checks the date, as a slow network
     -- would, and the upload did not wait for a connection.
     it("names the clock for a date too far off", function()
-      emu:config{ max_skew_seconds = 1 }
-      emu:fault{ target = "obs", delay_ms = 2500 }
+      emu:config{ max_skew_seconds = 2 }
+      emu:fault{ target = "obs", delay_ms = 3500 }
       local client = new_core_client()
       local meta, err = client:upload(credential(client), { body = "x" })
 
