@@ -6,6 +6,7 @@
 local appcenter = require("appcenter")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
+local poll_until = require("spec.support.poll").until_done
 
 local has_ffi, ffi = pcall(require, "ffi")
 if has_ffi then
@@ -44,6 +45,16 @@ local function fork_run(child_fn, parent_fn)
   file:close()
   os.remove(path)
   return parent_result, child_text
+end
+
+-- Forks, and in both processes polls `client` until `read()` returns a
+-- value. Returns the parent's value and the child's.
+local function fork_until(client, read)
+  local function wait()
+    poll_until(client, read)
+    return read()
+  end
+  return fork_run(wait, wait)
 end
 
 -- Makes `count` calls for files named after `process` and returns how
@@ -133,8 +144,6 @@ describe("fork", function()
     assert.equals(1, emu:stats().connections)
     client:close()
   end)
-
-  local poll_until = require("spec.support.poll").until_done
 
   -- Returns a text for a callback's arguments: "result PATH" or
   -- "KIND: MESSAGE".
@@ -258,13 +267,9 @@ describe("fork", function()
     end)
     assert.equals("waiting", request:status())
 
-    local function wait()
-      poll_until(client, function()
-        return outcome
-      end)
+    local parent, child = fork_until(client, function()
       return outcome
-    end
-    local parent, child = fork_run(wait, wait)
+    end)
 
     assert.matches("^result .*retried%.bin$", parent)
     assert.equals("cancelled: the process forked while the request waited "
@@ -282,13 +287,9 @@ describe("fork", function()
     end)
     client:poll(50)
 
-    local function wait()
-      poll_until(client, function()
-        return outcome
-      end)
+    local parent, child = fork_until(client, function()
       return outcome
-    end
-    local parent, child = fork_run(wait, wait)
+    end)
 
     assert.matches("in%-flight%.bin$", parent)
     assert.equals("cancelled: the process forked while the request was in "

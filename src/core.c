@@ -1014,12 +1014,8 @@ static int perform(lua_State *L, ac_client *c, const char *file_name,
 
   rc = ac_transport_post(&c->transport, c->url.data, headers, c->body.data,
                          c->body.len, timeout_ms, &status);
-  outcome.client = c;
-  outcome.transport = &c->transport;
-  outcome.upload = NULL;
-  outcome.rc = rc;
-  outcome.status = status;
-  outcome.cancel_reason = NULL;
+  outcome = (ac_outcome){.client = c, .transport = &c->transport,
+                         .rc = rc, .status = status};
   n = ac_push_outcome(L, &outcome);
   return n < 0 ? lua_error(L) : n;
 }

@@ -284,15 +284,11 @@ static int reserve_call(lua_State *L, int n) {
 static int complete(lua_State *L, int client_idx, ac_request *r,
                     CURLcode rc, const char *cancel_reason,
                     int *progress_error) {
-  ac_outcome o;
+  ac_outcome o = {.client = r->client, .transport = &r->transport,
+                  .upload = r->upload, .rc = rc,
+                  .cancel_reason = cancel_reason};
   int top, n;
 
-  o.client = r->client;
-  o.transport = &r->transport;
-  o.upload = r->upload;
-  o.rc = rc;
-  o.status = 0;
-  o.cancel_reason = cancel_reason;
   curl_easy_getinfo(r->transport.curl, CURLINFO_RESPONSE_CODE, &o.status);
   if (cancel_reason == NULL)
     *progress_error = finish_progress(L, o.client, r, rc, o.status);

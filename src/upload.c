@@ -565,7 +565,7 @@ static struct curl_slist *upload_headers(upload_call *call,
 
 
 #if LIBCURL_VERSION_NUM >= 0x075000
-/* Notes when libcurl sends the request, once it has a connection. */
+/* Records when libcurl sends the request, once it has a connection. */
 static int on_request_sent(void *data, char *primary_ip, char *local_ip,
                            int primary_port, int local_port) {
   upload_call *call = data;
@@ -665,7 +665,8 @@ static void push_obs_error(lua_State *L, ac_transport *t,
   /* The date is signed when the upload starts, so a wait for a
    * connection ages it, and a new attempt signs it again. A wait under
    * the date's resolution of 1 s leaves the clock to blame. Without the
-   * time of sending (libcurl before 7.80), a wait in the queue is. */
+   * time of sending (libcurl before 7.80), starting behind
+   * max_connections counts as such a wait. */
   skewed = strcmp(obs.code, "RequestTimeTooSkewed") == 0;
   aged = skewed && (call->sent_ms > 0 ? sent_after_ms >= 1000 : t->queued);
   if (aged && call->sent_ms > 0)
@@ -881,12 +882,8 @@ static int send_upload(lua_State *L, ac_client *c, upload_call *call) {
   }
   /* OBS's error body and the secrets that errors are redacted of are
    * client memory, which a finalizer's close() must not free. */
-  outcome.client = c;
-  outcome.transport = &c->upload;
-  outcome.upload = call;
-  outcome.rc = rc;
-  outcome.status = status;
-  outcome.cancel_reason = NULL;
+  outcome = (ac_outcome){.client = c, .transport = &c->upload,
+                         .upload = call, .rc = rc, .status = status};
   n = ac_push_outcome(L, &outcome);
   return n < 0 ? -2 : n;
 }

@@ -464,6 +464,26 @@ function async.check_client_open(client, level)
   end
 end
 
+-- Turns `fields`, the fields that one kind of request adds, into a
+-- request of `client` that retries under `policy` and calls `callback`
+-- once, and returns it.
+local function new_request(client, state, policy, callback, fields)
+  fields.client = client
+  fields.async_state = state
+  fields.callback = callback
+  fields.call = retry.new_call(policy)
+  fields.stage = "new"
+  -- Set by the core callback; created here so that it allocates nothing
+  -- there.
+  fields.attempt_ended = false
+  fields.ended_result = false
+  fields.ended_info = false
+  fields.handling = false
+  fields.due = 0
+  fields.sequence = 0
+  return setmetatable(fields, Request)
+end
+
 -- Starts a request for an upload credential for `file_name` and returns
 -- its handle. `callback(result, meta)` or `callback(nil, err)` runs once,
 -- from poll, perform, cancel or close, with the same values as
@@ -482,23 +502,10 @@ function async.start(client, file_name, callback)
   local state = state_of(client)
   check_open(state, 2)
 
-  return start_request(setmetatable({
-    client = client,
-    async_state = state,
+  return start_request(new_request(client, state, client.policy, callback, {
     file_name = file_name,
     start_attempt = start_credential_attempt,
-    callback = callback,
-    call = retry.new_call(client.policy),
-    stage = "new",
-    -- Set by the core callback; created here so that it allocates
-    -- nothing there.
-    attempt_ended = false,
-    ended_result = false,
-    ended_info = false,
-    handling = false,
-    due = 0,
-    sequence = 0,
-  }, Request))
+  }))
 end
 
 -- Starts an upload of `result` with `call_opts` (the core upload's
@@ -512,26 +519,13 @@ function async.start_upload(client, result, call_opts, policy, callback)
   local state = state_of(client)
   check_open(state, 2)
 
-  return start_request(setmetatable({
-    client = client,
-    async_state = state,
+  return start_request(new_request(client, state, policy, callback, {
     result = result,
     call_opts = call_opts,
     timeout_ms = call_opts.timeout_ms,
     start_attempt = start_upload_attempt,
     meta_only = true,
-    callback = callback,
-    call = retry.new_call(policy),
-    stage = "new",
-    -- Set by the core callback; created here so that it allocates
-    -- nothing there.
-    attempt_ended = false,
-    ended_result = false,
-    ended_info = false,
-    handling = false,
-    due = 0,
-    sequence = 0,
-  }, Request))
+  }))
 end
 
 local function poll_loop(client, state, timeout_ms)
