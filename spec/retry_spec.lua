@@ -223,9 +223,13 @@ describe("retry", function()
     end)
 
     it("no retry when flagged final", function()
-      local err = { kind = "http", status = 404, retryable = true }
+      local err = { kind = "invalid_response", retryable = true }
 
       assert.is_false(retry.is_retryable(err))
+      assert.is_false(retry.is_retryable{ kind = "http", status = 404,
+        retryable = false })
+      assert.is_true(retry.is_retryable{ kind = "http", status = 403,
+        code = "RequestTimeTooSkewed", retryable = true })
       assert.is_false(retry.is_retryable{ kind = "network" })
       assert.is_true(retry.is_retryable{ kind = "network", retryable = true })
     end)

@@ -27,9 +27,6 @@ retry.DEFAULTS = {
 -- Errors that are never retried, whatever their `retryable` field contains,
 -- because the same request would fail the same way again.
 local FINAL_KINDS = { invalid_argument = true, invalid_response = true }
-local FINAL_STATUSES = {
-  [400] = true, [401] = true, [403] = true, [404] = true, [405] = true,
-}
 
 -- Statuses whose Retry-After header is honoured: 503 (RFC 9110 section
 -- 10.2.3) and 429 (RFC 6585 section 4).
@@ -41,23 +38,14 @@ local MONTHS = {
 }
 
 
--- A new attempt signs an upload again, so a date that a wait for a free
--- connection made too old is the one 403 worth retrying. The core marks
--- OBS's RequestTimeTooSkewed retryable only after such a wait.
-local function is_aged_signature(err)
-  return err.status == 403 and err.code == "RequestTimeTooSkewed"
-end
-
--- Returns whether a failed attempt may be tried again.
+-- Returns whether a failed attempt may be tried again. appcenter.core
+-- decides for each HTTP status: it marks no 4xx retryable but 429, and
+-- an upload's RequestTimeTooSkewed after a wait that aged its signature.
 function retry.is_retryable(err)
   if type(err) ~= "table" or err.retryable ~= true then
     return false
   end
-  if FINAL_KINDS[err.kind]
-      or (FINAL_STATUSES[err.status] and not is_aged_signature(err)) then
-    return false
-  end
-  return true
+  return not FINAL_KINDS[err.kind]
 end
 
 
