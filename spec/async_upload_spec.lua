@@ -369,7 +369,7 @@ describe("async upload", function()
 
   -- The child makes its clients, opens a connection with one of them,
   -- and then opens /dev/null until no descriptor is left.
-  it("names the descriptor limit when none is left", function()
+  it("names the descriptor limit", function()
     local path = make_file("no-descriptor.bin", "no descriptor")
     local status, stdout, stderr = subprocess.run_lua([[
       local core = require("appcenter.core")
@@ -415,7 +415,7 @@ describe("async upload", function()
       .. "uploads at once, or raise its limit (ulimit -n))", lines[4], 1, true)
   end)
 
-  it("marks an upload that waited too long retryable", function()
+  it("marks an aged upload retryable", function()
     local outcome = run_aged_upload(assert(core.new(emu:client_options{
       max_connections = 1 })), "aged.bin")
 
@@ -732,7 +732,7 @@ describe("async upload", function()
       client:close()
     end)
 
-    it("retries an upload that waited too long", function()
+    it("retries an aged upload", function()
       local outcome = run_aged_upload(assert(appcenter.new(emu:client_options{
         max_connections = 1, retry = { base_delay_ms = 0 } })), "aged-retry.bin")
 

@@ -288,9 +288,9 @@ describe("upload", function()
       assert_stored(result, 10, file_sha256(make_file("path-style.bin", "path style")))
     end)
 
-    -- A small body goes out at once; a large one waits for OBS to check
-    -- the signature first.
-    it("waits for 100 Continue for large bodies only", function()
+    -- A small body goes out at once, and a large one waits for OBS to
+    -- check the signature first.
+    it("waits for 100 Continue from 1 MiB", function()
       local client = new_core_client()
       for _, case in ipairs({ { 5, nil }, { 1024 * 1024 - 1, nil },
           { 1024 * 1024, "100-continue" } }) do
@@ -313,7 +313,7 @@ describe("upload", function()
 
     -- A server strips the white space around a header value before it
     -- checks the signature, so the signature covers the value without it.
-    it("signs header values as the server reads them", function()
+    it("signs header values without white space", function()
       local client = new_core_client()
       for _, content_type in ipairs({ "text/plain ", " text/plain", "\ttext/plain\t" }) do
         local result = credential(client, "spaced.txt")
@@ -908,7 +908,7 @@ describe("upload", function()
 
     -- The blocking upload's callback polls a non-blocking upload, whose
     -- own progress callback runs and returns inside it.
-    it("refuses close after a nested progress callback", function()
+    it("rejects close after nested progress callbacks", function()
       local client = new_wrapper_client()
       local result = credential(client, "nested.bin")
       local close_ok, close_message
