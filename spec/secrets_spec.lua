@@ -229,6 +229,17 @@ describe("secrets", function()
       end)
     end
 
+    it("hides a token given with blanks around it", function()
+      local client = assert(core.new(token_options{ token = "\t" .. TOKEN .. " " }))
+      emu:fault{ status = 401, body = cjson.encode{ error_msg = "bad token " .. TOKEN } }
+
+      local result, err = client:create_credential("setup.exe")
+
+      assert_clean_error(result, err, "padded token")
+      assert.equals("bad token ***", err.message)
+      client:close()
+    end)
+
     it("hides the returned secret when the answer is invalid", function()
       local client = assert(core.new(token_options()))
       emu:fault{ status = 200, body = cjson.encode{
@@ -484,6 +495,21 @@ describe("secrets", function()
         client:close()
       end)
     end
+
+    -- Headers carry a value without the spaces and tabs around it, so
+    -- that is the form a server can echo.
+    it("hides a security token given with blanks around it", function()
+      local client = assert(core.new(token_options()))
+      local server = obs_error_server(RETURNED_SECURITY_TOKEN .. " " .. RETURNED_SECRET)
+      local result = credential_result("127.0.0.1:" .. server.port)
+      result.credential.security_token = " \t" .. RETURNED_SECURITY_TOKEN .. "  "
+
+      local meta, err = client:upload(result, { body = "data", path_style = true })
+
+      assert_clean_error(meta, err, "OBS error")
+      assert.equals(403, err.status)
+      client:close()
+    end)
 
     it("hides secrets of an OBS error over max_body_bytes", function()
       local client = assert(core.new(token_options{ max_body_bytes = 256 }))

@@ -73,6 +73,16 @@ void ac_buf_free(ac_buf *b) {
 }
 
 
+void ac_trim_blanks(const char **s, size_t *n) {
+  while (*n > 0 && (**s == ' ' || **s == '\t')) {
+    (*s)++;
+    (*n)--;
+  }
+  while (*n > 0 && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t'))
+    (*n)--;
+}
+
+
 void ac_wipe(void *p, size_t n) {
   if (p != NULL)
     OPENSSL_cleanse(p, n);

@@ -32,6 +32,11 @@ static inline int ac_buf_addc(ac_buf *b, char c) {
   return ac_buf_add(b, &c, 1);
 }
 
+/* Drops the spaces and tabs around the *n bytes at *s, moving *s and
+ * shortening *n. HTTP receivers read a header value without them
+ * (RFC 9110 section 5.5), so signatures cover the value without them. */
+void ac_trim_blanks(const char **s, size_t *n);
+
 void ac_buf_reset(ac_buf *b);
 void ac_buf_free(ac_buf *b);
 

@@ -72,13 +72,9 @@ int ac_obs_url(const ac_obs_request *r, ac_buf *url) {
 
 
 size_t ac_obs_header_value(const char *s, const char **start) {
-  size_t n;
+  size_t n = strlen(s);
 
-  while (*s == ' ' || *s == '\t')
-    s++;
-  n = strlen(s);
-  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
-    n--;
+  ac_trim_blanks(&s, &n);
   *start = s;
   return n;
 }

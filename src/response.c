@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "buf.h"
 #include "compat.h"
 #include "error.h"
 
@@ -108,20 +109,32 @@ static void redact_cut_secret(char *s, const char *secret, size_t n) {
 }
 
 
+/* The first place in s where the n bytes at secret occur, or NULL. */
+static char *find_secret(char *s, const char *secret, size_t n) {
+  for (; (s = strchr(s, secret[0])) != NULL; s++) {
+    if (strncmp(s, secret, n) == 0)
+      return s;
+  }
+  return NULL;
+}
+
+
 void ac_redact(char *s, const char *const *secrets) {
   const char *const *sec;
 
   for (sec = secrets; sec != NULL && *sec != NULL; sec++) {
-    size_t n = strlen(*sec);
+    const char *secret = *sec;
+    size_t n = strlen(secret);
     char *hit;
 
+    ac_trim_blanks(&secret, &n);
     if (n < 4)
       continue;
-    while ((hit = strstr(s, *sec)) != NULL) {
+    while ((hit = find_secret(s, secret, n)) != NULL) {
       memcpy(hit, "***", 3);
       memmove(hit + 3, hit + n, strlen(hit + n) + 1);
     }
-    redact_cut_secret(s, *sec, n);
+    redact_cut_secret(s, secret, n);
   }
 }
 

@@ -34,8 +34,10 @@ int ac_push_response(lua_State *L, const ac_response *r);
 
 /* Replaces every occurrence of each secret in s with "***", and a tail of
  * s that is the first AC_REDACT_MIN_TAIL or more bytes of a secret, which
- * is what remains when a message was cut inside the secret. Secrets
- * shorter than 4 bytes are left alone, since they would match too much. */
+ * is what remains when a message was cut inside the secret. A secret is
+ * matched without the spaces and tabs around it, since a header carries
+ * it without them. Secrets shorter than 4 bytes are left alone, since
+ * they would match too much. */
 void ac_redact(char *s, const char *const *secrets);
 
 #endif

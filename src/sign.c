@@ -313,23 +313,6 @@ static int add_canonical_query(ac_buf *b, const char *q, size_t n) {
 }
 
 
-static int is_blank(char c) {
-  return c == ' ' || c == '\t';
-}
-
-
-/* Drops spaces and tabs around a header value. HTTP receivers strip them
- * (RFC 9110 section 5.5), so the gateway checks the value without them. */
-static void trim_blanks(const char **v, size_t *n) {
-  while (*n > 0 && is_blank(**v)) {
-    (*v)++;
-    (*n)--;
-  }
-  while (*n > 0 && is_blank((*v)[*n - 1]))
-    (*n)--;
-}
-
-
 typedef struct lower_header {
   char name[128];
   const char *value;
@@ -362,7 +345,7 @@ static int add_canonical_headers(ac_buf *b, ac_buf *names,
       sorted[i].name[j] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
     sorted[i].name[j] = '\0';
-    trim_blanks(&v, &n);
+    ac_trim_blanks(&v, &n);
     sorted[i].value = v;
     sorted[i].value_len = n;
   }
@@ -454,7 +437,7 @@ static int find_content_sha256(const ac_sign_input *in, const char **value,
     if (h->name_len != sizeof name - 1
         || strncasecmp(h->name, name, sizeof name - 1) != 0)
       continue;
-    trim_blanks(&v, &n);
+    ac_trim_blanks(&v, &n);
     *value = v;
     *len = n;
     return 1;
