@@ -225,6 +225,18 @@ describe("core.sign", function()
       assert.are.equal("/a%20b/~%3A/c%3Ad/", uri)
     end)
 
+    it("reads a URL without a scheme as a path", function()
+      local lines = canonical({ url = "/v1/p/x?next=https://a.example/b" })
+      assert.are.equal("/v1/p/x/", lines[2])
+      assert.are.equal("next=https%3A%2F%2Fa.example%2Fb", lines[3])
+    end)
+
+    it("finds the scheme only at the start", function()
+      local lines = canonical({ url = "https://h.example/v1/p/x?next=https://a.example/b" })
+      assert.are.equal("/v1/p/x/", lines[2])
+      assert.are.equal("next=https%3A%2F%2Fa.example%2Fb", lines[3])
+    end)
+
     it("keeps a plus sign in the query", function()
       assert.are.equal("a=b%2Bc", canonical({ url = "https://h.example.com/?a=b+c" })[3])
     end)
@@ -304,8 +316,20 @@ describe("core.sign", function()
 
     it("rejects a malformed date", function()
       assert.has_error(sign_with({ date = "2020-06-08" }),
-        "appcenter.core.sign: field 'date' must look like 20060102T150405Z, "
+        "appcenter.core.sign: field 'date' must look like 20060102T150405Z (UTC), "
           .. "got '2020-06-08'")
+    end)
+
+    it("rejects a date of the right length", function()
+      for _, date in ipairs{ "20200608T0239\r\nZ", "20200608T023900\0", "2020-06-08T02:39" } do
+        assert.has_error(sign_with({ date = date }))
+      end
+    end)
+
+    it("hides a date with control characters", function()
+      assert.has_error(sign_with({ date = "20200608T0239\r\nZ" }),
+        "appcenter.core.sign: field 'date' must look like 20060102T150405Z (UTC), "
+          .. "got a 16-byte string that has control characters or is too long to show")
     end)
 
     it("formats numeric dates in UTC", function()

@@ -30,10 +30,28 @@ typedef struct url_parts {
 } url_parts;
 
 
-static void split_url(const char *url, size_t len, url_parts *u) {
-  const char *end = url + len, *p = strstr(url, "://"), *q;
+/* Returns the length of the "scheme://" that starts url (RFC 3986
+ * section 3.1), or 0 when it starts with none. */
+static size_t scheme_length(const char *url, size_t len) {
+  size_t i = 0;
 
-  p = p ? p + 3 : url;
+  if (len == 0 || !((url[0] >= 'a' && url[0] <= 'z')
+                    || (url[0] >= 'A' && url[0] <= 'Z')))
+    return 0;
+  while (i < len && ((url[i] >= 'a' && url[i] <= 'z')
+                     || (url[i] >= 'A' && url[i] <= 'Z')
+                     || (url[i] >= '0' && url[i] <= '9')
+                     || url[i] == '+' || url[i] == '-' || url[i] == '.'))
+    i++;
+  return len - i >= 3 && memcmp(url + i, "://", 3) == 0 ? i + 3 : 0;
+}
+
+
+/* Splits url into path and query. Without a scheme, whatever comes
+ * before the first '/', '?' or '#' is read as the authority. */
+static void split_url(const char *url, size_t len, url_parts *u) {
+  const char *end = url + len, *p = url + scheme_length(url, len), *q;
+
   while (p < end && *p != '/' && *p != '?' && *p != '#')
     p++;
 
@@ -79,6 +97,35 @@ static const char *field_string(lua_State *L, const char *key,
 }
 
 
+/* Reports whether s has the form of an X-Sdk-Date, 20060102T150405Z. */
+static int is_sdk_date(const char *s, size_t len) {
+  size_t i;
+
+  if (len != AC_SDK_DATE_SIZE - 1 || s[8] != 'T' || s[15] != 'Z')
+    return 0;
+  for (i = 0; i < 15; i++) {
+    if (i != 8 && !(s[i] >= '0' && s[i] <= '9'))
+      return 0;
+  }
+  return 1;
+}
+
+
+/* Reports whether s is at most 40 bytes of printable ASCII, which an
+ * error message can show. */
+static int is_short_text(const char *s, size_t len) {
+  size_t i;
+
+  if (len > 40)
+    return 0;
+  for (i = 0; i < len; i++) {
+    if (s[i] < 0x20 || s[i] >= 0x7F)
+      return 0;
+  }
+  return 1;
+}
+
+
 /* Reads `date`: an X-Sdk-Date string, or seconds since the epoch, or
  * nil for now. */
 static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
@@ -87,9 +134,14 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
   lua_getfield(L, 1, "date");
   if (lua_type(L, -1) == LUA_TSTRING) {
     const char *s = lua_tolstring(L, -1, &len);
-    if (len != AC_SDK_DATE_SIZE - 1)
+
+    if (!is_sdk_date(s, len) && is_short_text(s, len))
       luaL_error(L, "appcenter.core.sign: field 'date' must look like "
-                 "20060102T150405Z, got '%s'", s);
+                 "20060102T150405Z (UTC), got '%s'", s);
+    if (!is_sdk_date(s, len))
+      luaL_error(L, "appcenter.core.sign: field 'date' must look like "
+                 "20060102T150405Z (UTC), got a %d-byte string that has "
+                 "control characters or is too long to show", (int)len);
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Number t = lua_tonumber(L, -1);
