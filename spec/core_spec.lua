@@ -599,6 +599,20 @@ describe("appcenter.core", function()
       assert.equals("nested", err.message)
     end)
 
+    it("writes a numeric code as an integer", function()
+      emu:fault({ status = 400, body = '{"error_code":400,"error_msg":null}' })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals("400", err.code)
+      assert.equals("HTTP 400 without a message", err.message)
+    end)
+
+    it("writes other numeric codes with tostring", function()
+      emu:fault({ status = 400, body = '{"error_code":1.5,"error_msg":1e300}' })
+      local _, err = new_client():create_credential("a.txt")
+      assert.equals(tostring(1.5), err.code)
+      assert.equals(tostring(1e300), err.message)
+    end)
+
     it("summarises an HTML 502 page", function()
       emu:fault({ status = 502, body = "<html><head><title>502 Bad Gateway"
         .. "</title></head><body><h1>502 Bad Gateway</h1></body></html>" })
@@ -705,6 +719,12 @@ describe("appcenter.core", function()
       assert.equals("invalid_response", err.kind)
       assert.matches("server_end_point is missing", err.message, 1, true)
       assert.matches("(the body is an error: WKS.0001: quota exceeded)", err.message, 1, true)
+    end)
+
+    it("takes the code of a 200 error body", function()
+      local _, err = shaped(error_body("APIGW.0301", "Incorrect IAM authentication information"))
+      assert.equals("invalid_response", err.kind)
+      assert.equals("APIGW.0301", err.code)
     end)
 
     it("names a wrongly typed field by path", function()

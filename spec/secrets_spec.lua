@@ -274,6 +274,32 @@ describe("secrets", function()
       client:close()
     end)
 
+    it("hides a credential past the search limits", function()
+      local client = assert(core.new(token_options()))
+      local credential = { secret = RETURNED_SECRET, security_token = RETURNED_SECURITY_TOKEN }
+      local siblings = {}
+      for i = 1, 2000 do
+        siblings["k" .. i] = { i }
+      end
+      siblings.credential = credential
+      local echo = { error_code = "E2 " .. RETURNED_SECRET, error_msg = "echo " .. RETURNED_SECURITY_TOKEN }
+      local faults = {
+        { status = 401, body = cjson.encode{ error_code = echo.error_code, error_msg = echo.error_msg,
+          a = { b = { c = { d = { e = { credential = credential } } } } } } },
+        { status = 401, body = cjson.encode{ error_code = echo.error_code, error_msg = echo.error_msg,
+          a = siblings } },
+        { status = 200, body = cjson.encode{ error_code = echo.error_code, error_msg = echo.error_msg,
+          a = siblings } },
+      }
+      for index, fault in ipairs(faults) do
+        emu:fault(fault)
+        local result, err = client:create_credential("setup.exe")
+        assert_clean_error(result, err, "credential past the limits " .. index)
+        assert.equal(fault.status, err.status)
+      end
+      client:close()
+    end)
+
     it("hides a credential in an error body over max_body_bytes", function()
       local client = assert(core.new(token_options{ max_body_bytes = 4096 }))
       emu:fault{ status = 500, body = cjson.encode{ credential = RETURNED_SECRET,

@@ -7,8 +7,9 @@
  * strings. The policy fields must be present but may be null; action
  * and resource must be arrays of strings.
  *
- * Caveats: numbers in error codes are converted with Lua's tostring, so
- * a code sent as 1.0 reads "1.0".
+ * A whole number in an error code or message reads as an integer ("400",
+ * also when sent as 400.0). Other numbers read as Lua's tostring writes
+ * them.
  */
 #include "response.h"
 
@@ -473,6 +474,29 @@ static int shape_result(shape *s, int idx) {
  * Failure: the error table
  * ------------------------------------------------------------------- */
 
+/* Copies the string or number at idx into out (AC_TEXT_SIZE bytes), at
+ * most max bytes (a whole number has at most 17). lua-cjson decodes every number as a float, which Lua
+ * 5.4 writes as "400.0", so a whole number is written without a
+ * fraction. */
+static void copy_error_text(lua_State *L, int idx, char *out, size_t max) {
+  const char *v;
+  size_t len;
+
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    lua_Number d = lua_tonumber(L, idx);
+
+    /* 2^53: past it a double is no longer exact in every integer. */
+    if (d > -9007199254740992.0 && d < 9007199254740992.0
+        && d == (lua_Number)(long long)d) {
+      snprintf(out, AC_TEXT_SIZE, "%lld", (long long)d);
+      return;
+    }
+  }
+  if ((v = lua_tolstring(L, idx, &len)) != NULL)
+    clean_text(out, v, len, max, 0);
+}
+
+
 /* Looks for one of the code/message key pairs the official SDKs accept
  * in the table at idx; copies them into code and message. */
 static int find_error_pair(lua_State *L, int idx, char *code,
@@ -482,17 +506,14 @@ static int find_error_pair(lua_State *L, int idx, char *code,
     {"errorCode", "errorMsg"},
     {"code", "message"},
   };
-  size_t i, len;
-  const char *v;
+  size_t i;
 
   for (i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
     lua_getfield(L, idx, pairs[i][0]);
     lua_getfield(L, idx, pairs[i][1]);
     if (lua_isstring(L, -2) || lua_isstring(L, -1)) {
-      if ((v = lua_tolstring(L, -2, &len)) != NULL)
-        clean_text(code, v, len, 64, 0);
-      if ((v = lua_tolstring(L, -1, &len)) != NULL)
-        clean_text(message, v, len, AC_TEXT_SIZE, 0);
+      copy_error_text(L, -2, code, 64);
+      copy_error_text(L, -1, message, AC_TEXT_SIZE);
       lua_pop(L, 2);
       return 1;
     }
@@ -552,31 +573,44 @@ static int secret_key(lua_State *L, int idx) {
 }
 
 
+/* The state of a search for the secrets that a body returns. */
+typedef struct secret_search {
+  const char **list;  /* where found strings are added, at n */
+  int n, max;
+  int budget;         /* entries left to visit */
+  int complete;       /* cleared when a limit stopped the search */
+} secret_search;
+
+
 /* Walks the decoded body at idx, to a depth of AC_SECRET_DEPTH and for
- * at most *budget entries, and adds to list, at *n, up to max strings
- * that secret_key names. With in_secret, every string below idx is one.
- * A gateway that reports an error may echo, at any depth, the response
+ * at most AC_SECRET_BUDGET entries, and adds to the list the strings that
+ * secret_key names. With in_secret, every string below idx is one. A
+ * gateway that reports an error may echo, at any depth, the response
  * that carried them. The strings belong to the body. */
-static void add_returned_secrets(lua_State *L, int idx, const char **list,
-                                 int *n, int max, int depth, int in_secret,
-                                 int *budget) {
-  if (!lua_istable(L, idx) || depth > AC_SECRET_DEPTH
-      || !lua_checkstack(L, 3))
+static void add_returned_secrets(lua_State *L, int idx, secret_search *s,
+                                 int depth, int in_secret) {
+  if (!lua_istable(L, idx))
     return;
+  if (depth > AC_SECRET_DEPTH || !lua_checkstack(L, 3)) {
+    s->complete = 0;
+    return;
+  }
   lua_pushnil(L);
-  while (*n < max && *budget > 0 && lua_next(L, idx) != 0) {
+  while (s->n < s->max && s->budget > 0 && lua_next(L, idx) != 0) {
     int kind = secret_key(L, -2);
 
-    (*budget)--;
+    s->budget--;
     if (lua_type(L, -1) == LUA_TTABLE)
-      add_returned_secrets(L, lua_gettop(L), list, n, max, depth + 1,
-                           in_secret || kind == AC_SECRET_VALUE, budget);
+      add_returned_secrets(L, lua_gettop(L), s, depth + 1,
+                           in_secret || kind == AC_SECRET_VALUE);
     else if (lua_type(L, -1) == LUA_TSTRING && (in_secret || kind != 0))
-      list[(*n)++] = lua_tostring(L, -1);
+      s->list[s->n++] = lua_tostring(L, -1);
     lua_pop(L, 1);
   }
-  if (*n >= max || *budget <= 0)
+  if (s->n >= s->max || s->budget <= 0) {
     lua_pop(L, 1);  /* the key that lua_next left */
+    s->complete = 0;
+  }
 }
 
 
@@ -599,19 +633,24 @@ static int mentions_credential(const char *body, size_t len) {
 
 /* Fills list (AC_SECRET_LIST entries) with the request's secrets and
  * those that the decoded body at idx (0: none) returns, then NULL. The
- * body must stay on the stack while the list is in use. */
-static void list_secrets(lua_State *L, const ac_response *r, int idx,
-                         const char **list) {
-  int n = 0, budget = AC_SECRET_BUDGET;
+ * body must stay on the stack while the list is in use. Returns 1, or 0
+ * when a limit stopped the search in a body that names a credential
+ * field: a returned secret may then be missing from the list, so no text
+ * of the body may be quoted. */
+static int list_secrets(lua_State *L, const ac_response *r, int idx,
+                        const char **list) {
+  secret_search s = {.list = list, .max = AC_SECRET_LIST - 1,
+                     .budget = AC_SECRET_BUDGET, .complete = 1};
 
-  while (r->secrets != NULL && r->secrets[n] != NULL && n < AC_MAX_SECRETS) {
-    list[n] = r->secrets[n];
-    n++;
+  while (r->secrets != NULL && r->secrets[s.n] != NULL
+         && s.n < AC_MAX_SECRETS) {
+    list[s.n] = r->secrets[s.n];
+    s.n++;
   }
   if (idx != 0)
-    add_returned_secrets(L, idx, list, &n, AC_SECRET_LIST - 1, 0, 0,
-                         &budget);
-  list[n] = NULL;
+    add_returned_secrets(L, idx, &s, 0, 0);
+  list[s.n] = NULL;
+  return s.complete || !mentions_credential(r->body, r->body_len);
 }
 
 
@@ -647,11 +686,11 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   if (!r->body_cut && r->body_len > 0
       && decode_json(L, r->body, r->body_len) == 0) {
     decoded = 1;
-    find_error_fields(L, top + 1, code, found);
   } else {
     lua_settop(L, top);
   }
-  list_secrets(L, r, decoded ? top + 1 : 0, secrets);
+  if (list_secrets(L, r, decoded ? top + 1 : 0, secrets) && decoded)
+    find_error_fields(L, top + 1, code, found);
 
   /* The start of a body cannot be decoded, so the secrets it may return
    * are unknown, and it is not quoted. */
@@ -698,15 +737,16 @@ static void push_http_error(lua_State *L, const ac_response *r) {
 }
 
 
-/* Pushes nil and an invalid_response error. secrets may be NULL for the
- * request's own. */
+/* Pushes nil and an invalid_response error. code may be "" for the
+ * status, and secrets NULL for the request's own. */
 static void push_invalid_response(lua_State *L, const ac_response *r,
-                                  const char *message,
+                                  const char *code, const char *message,
                                   const char *const *secrets) {
   ac_error_info e = {0};
 
   e.kind = AC_KIND_INVALID_RESPONSE;
   e.status = r->status;
+  e.code = code;
   e.message = message;
   e.request_id = r->request_id;
   e.secrets = secrets ? secrets : r->secrets;
@@ -724,8 +764,8 @@ static void push_unshaped(lua_State *L, const ac_response *r, int idx,
   char message[AC_TEXT_SIZE];
   const char *secrets[AC_SECRET_LIST];
 
-  list_secrets(L, r, idx, secrets);
-  find_error_fields(L, idx, code, found);
+  if (list_secrets(L, r, idx, secrets))
+    find_error_fields(L, idx, code, found);
   cut_and_redact(code, 64, secrets);
   cut_and_redact(found, 200, secrets);
   if (code[0] != '\0' || found[0] != '\0')
@@ -734,7 +774,7 @@ static void push_unshaped(lua_State *L, const ac_response *r, int idx,
              found);
   else
     snprintf(message, sizeof message, "%s", s->msg);
-  push_invalid_response(L, r, message, secrets);
+  push_invalid_response(L, r, code, message, secrets);
 }
 
 
@@ -769,14 +809,15 @@ int ac_push_response(lua_State *L, const ac_response *r) {
   }
 
   if (r->body_len == 0) {
-    push_invalid_response(L, r, "invalid response: the body is empty", NULL);
+    push_invalid_response(L, r, "", "invalid response: the body is empty",
+                          NULL);
     return 2;
   }
   if (decode_json(L, r->body, r->body_len) != 0) {
     snprintf(message, sizeof message, "invalid response: the body is "
              "not valid JSON (%s)", lua_tostring(L, -1));
     lua_settop(L, top);
-    push_invalid_response(L, r, message, NULL);
+    push_invalid_response(L, r, "", message, NULL);
     return 2;
   }
 
