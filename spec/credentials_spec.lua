@@ -255,6 +255,27 @@ describe("credentials", function()
       assert.same({ value = "value", line = 5 }, sections.other.key)
     end)
 
+    it("parses long runs of blanks", function()
+      -- Runs of blanks inside lines, 1 MB in all. A trim that backtracks
+      -- over each run takes about ten minutes on them (estimated from 9.6 s
+      -- for one run of 60,000 blanks), so the process gets a minute.
+      local script = [[
+        local credentials = require("appcenter.credentials")
+        local run = (" \t"):rep(100 * 1000)
+        local text = "[basic]\n# note" .. run .. "x\nak = A" .. run .. "B" .. run
+          .. "\n[ s" .. run .. "t ]\nk" .. run .. "y = v\n"
+        local sections = assert(credentials.parse_profile(text, "P"))
+        assert(sections.basic.ak.value == "A" .. run .. "B")
+        assert(sections["s" .. run .. "t"]["k" .. run .. "y"].value == "v")
+        io.write("parsed")
+      ]]
+
+      local status, stdout, stderr = subprocess.run_lua(script, SOURCE_VARIABLES, home, nil, nil, 60)
+
+      assert.equal(0, status, stderr)
+      assert.equal("parsed", stdout)
+    end)
+
     it("missing default file counts as empty", function()
       local opts, err = credentials.resolve({ project_id = "p" })
 

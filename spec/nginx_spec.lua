@@ -427,6 +427,18 @@ describe("nginx integration", function()
       assert.is_truthy(body:find('"resource":[]', 1, true), body)
     end)
 
+    it("keeps a string like the empty-list marker", function()
+      local answer = cjson.decode(emulator.EMPTY_LISTS_BODY)
+      answer.bucket_name = "\1empty array"
+      emu:fault{ status = 200, body = cjson.encode(answer) }
+
+      local status, body = nginx:get("/credential?file_name=marker.bin")
+
+      assert.are.equal(200, status, body)
+      assert.are.equal("\1empty array", cjson.decode(body).bucket_name)
+      assert.is_truthy(body:find('"action":[]', 1, true), body)
+    end)
+
     it("rejects too many query arguments", function()
       local args = {}
       for i = 1, 100 do

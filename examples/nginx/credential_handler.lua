@@ -39,7 +39,10 @@ local function read_token_file(path)
     return nil, ("cannot read APPCENTER_TOKEN_FILE %s: %s"):format(path,
       read_error)
   end
-  token = token and token:match("^%s*(.-)%s*$")
+  -- Trimmed by finding its first and last byte that is not white space,
+  -- in linear time.
+  local first = token and token:find("%S")
+  token = first and token:match(".*%S", first)
   if not token or token == "" then
     return nil, ("APPCENTER_TOKEN_FILE %s is empty"):format(path)
   end
@@ -113,6 +116,8 @@ end
 -- lua-cjson 2.1.0 encodes every empty table as {}, but the statement's
 -- action and resource are arrays, so an empty one is swapped for this
 -- string, which cjson escapes as "\u0001empty array", and then for [].
+-- Only the value of an "action" or "resource" key is swapped back, so a
+-- server's string with the same text stays a string.
 local EMPTY_ARRAY = "\1empty array"
 
 local function mark_empty_arrays(result)
@@ -134,7 +139,9 @@ local function send_json(status, value)
   -- The body contains a secret key, which no cache may keep.
   ngx.header["Cache-Control"] = "no-store"
   mark_empty_arrays(value)
-  local body = cjson.encode(value):gsub('"\\u0001empty array"', "[]")
+  local body = cjson.encode(value)
+    :gsub('"action":"\\u0001empty array"', '"action":[]')
+    :gsub('"resource":"\\u0001empty array"', '"resource":[]')
   ngx.say(body)
   -- The status went out with the body, so the request only needs to end.
   return ngx.exit(ngx.HTTP_OK)

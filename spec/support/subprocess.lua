@@ -55,15 +55,19 @@ end
 -- Runs `script` in a new Lua process with this process's module paths,
 -- the variables named in `unset` removed, HOME set to `home` and the
 -- variables in `env` set. With `max_files`, the process may have at most
--- that many open file descriptors (ulimit -n). Returns the exit status,
--- stdout and stderr.
-function subprocess.run_lua(script, unset, home, env, max_files)
+-- that many open file descriptors (ulimit -n). With `timeout_s`, it is
+-- stopped after that many seconds and the status is 124. Returns the exit
+-- status, stdout and stderr.
+function subprocess.run_lua(script, unset, home, env, max_files, timeout_s)
   local quote = subprocess.shell_quote
   local script_path = os.tmpname()
   local stderr_path = os.tmpname()
   subprocess.write_file(script_path, script)
 
   local words = { "env" }
+  if timeout_s then
+    words = { "timeout", ("%d"):format(timeout_s), "env" }
+  end
   for _, name in ipairs(unset) do
     words[#words + 1] = "-u " .. name
   end
