@@ -289,6 +289,17 @@ describe("appcenter-credential", function()
         emu:stats().last_request.headers["x-project-id"])
     end)
 
+    it("names the variable of a rejected project id", function()
+      local status, _, stderr = run_tool({ "--endpoint", emu.url,
+        "replay.bin" }, nil, key_variables({
+          HUAWEICLOUD_SDK_PROJECT_ID = "a b",
+        }))
+
+      assert.equal(2, status)
+      assert.matches("invalid project_id: .*%(the value comes from HUAWEICLOUD_SDK_PROJECT_ID%)", stderr)
+      assert.equal(0, emu:stats().requests)
+    end)
+
     it("reads temporary keys from environment", function()
       local _, first = run_tool(endpoint_args("first.bin"), nil,
         key_variables())

@@ -668,6 +668,38 @@ describe("credentials", function()
         emu:stats().last_request.headers["x-security-token"])
     end)
 
+    it("names the variable of a rejected value", function()
+      env.HUAWEICLOUD_SDK_PROJECT_ID = "a b"
+
+      local client, err = appcenter.new({ endpoint = emu.url, token = "fake-token" })
+
+      assert.is_nil(client)
+      assert.equal("invalid_argument", err.kind)
+      assert.matches("^invalid project_id: .*%(the value comes from HUAWEICLOUD_SDK_PROJECT_ID%)$", err.message)
+      assert.matches("HUAWEICLOUD_SDK_PROJECT_ID", tostring(err), 1, true)
+    end)
+
+    it("names the file line of a rejected value", function()
+      write_profile("[basic]\nak = A,B\nsk = " .. FAKE_SK .. "\n")
+
+      local _, err = appcenter.new({ endpoint = emu.url, project_id = emu.project_id })
+
+      assert.equal("invalid_argument", err.kind)
+      assert.matches("^invalid ak: ", err.message)
+      assert.matches("(the value comes from credentials file " .. profile_path .. ", line 2)",
+        err.message, 1, true)
+    end)
+
+    it("adds no origin to a value passed as an option", function()
+      env.HUAWEICLOUD_SDK_AK = FAKE_AK
+      env.HUAWEICLOUD_SDK_SK = FAKE_SK
+
+      local _, err = appcenter.new({ endpoint = emu.url, project_id = "a b" })
+
+      assert.matches("^invalid project_id: ", err.message)
+      assert.no_match("comes from", err.message, 1, true)
+    end)
+
     it("invalid source sends nothing", function()
       write_profile("[basic]\nak = " .. emu.ak .. "\n")
 

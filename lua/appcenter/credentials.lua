@@ -281,6 +281,9 @@ local function environment_source(getenv)
     label = function(field)
       return variables[field]
     end,
+    origin = function(field)
+      return variables[field]
+    end,
     fail = function(_, text)
       return "invalid environment: " .. text
     end,
@@ -295,6 +298,9 @@ local function profile_source(path, entries)
   local source = {
     label = function(field)
       return field
+    end,
+    origin = function(field)
+      return ("credentials file %s, line %d"):format(path, entries[field].line)
     end,
     fail = function(field, text)
       return ("invalid credentials file %s, line %d: %s")
@@ -358,9 +364,10 @@ local function check_keys(source)
   return nil
 end
 
--- Copies the keys of `source` into `resolved` when it sets them. Returns
--- whether it did, or nil and an error.
-local function take_keys(resolved, source)
+-- Copies the keys of `source` into `resolved`, and where each came from
+-- into `origins`, when it sets them. Returns whether it did, or nil and an
+-- error.
+local function take_keys(resolved, origins, source)
   local message = check_keys(source)
   if message then
     return nil, invalid(message)
@@ -370,13 +377,15 @@ local function take_keys(resolved, source)
   end
   for _, field in ipairs(KEY_FIELDS) do
     resolved[field] = source[field]
+    origins[field] = source[field] and source.origin(field)
   end
   return true
 end
 
--- Copies project_id of `source` into `resolved` when it sets one. Returns
--- whether it did, or nil and an error.
-local function take_project_id(resolved, source)
+-- Copies project_id of `source` into `resolved`, and where it came from
+-- into `origins`, when it sets one. Returns whether it did, or nil and an
+-- error.
+local function take_project_id(resolved, origins, source)
   if not source.project_id then
     return false
   end
@@ -385,23 +394,24 @@ local function take_project_id(resolved, source)
     return nil, invalid(message)
   end
   resolved.project_id = source.project_id
+  origins.project_id = source.origin("project_id")
   return true
 end
 
 -- Takes what `need` still lists from `source`. `need` has the boolean
 -- fields keys and project_id, and each is cleared when the source sets
 -- it. Returns true, or nil and an error.
-local function fill_from(resolved, source, need)
+local function fill_from(resolved, origins, source, need)
   local found, err
   if need.keys then
-    found, err = take_keys(resolved, source)
+    found, err = take_keys(resolved, origins, source)
     if found == nil then
       return nil, err
     end
     need.keys = not found
   end
   if need.project_id then
-    found, err = take_project_id(resolved, source)
+    found, err = take_project_id(resolved, origins, source)
     if found == nil then
       return nil, err
     end
@@ -467,7 +477,9 @@ end
 
 -- Returns a copy of `opts` (the options for core.new) with the keys and
 -- project_id filled in from the environment and the profile file, as the
--- header of this file describes, or nil and an invalid_argument error.
+-- header of this file describes, and a table that maps each option filled
+-- in to where it came from, for credentials.add_origin. Returns nil and an
+-- invalid_argument error instead when a source is invalid or incomplete.
 -- The optional table `advice` replaces the start of the "missing"
 -- messages. Its fields `credentials` and `project_id` tell how the
 -- caller's users pass those, such as "pass --project-id ID" in a
@@ -477,7 +489,7 @@ function credentials.resolve(opts, advice)
     credentials = advice and advice.credentials or DEFAULT_ADVICE.credentials,
     project_id = advice and advice.project_id or DEFAULT_ADVICE.project_id,
   }
-  local resolved = {}
+  local resolved, origins = {}, {}
   for name, value in pairs(opts) do
     resolved[name] = value
   end
@@ -490,7 +502,7 @@ function credentials.resolve(opts, advice)
   local getenv = credentials.getenv
   local ok, err
   if need.keys or need.project_id then
-    ok, err = fill_from(resolved, environment_source(getenv), need)
+    ok, err = fill_from(resolved, origins, environment_source(getenv), need)
     if not ok then
       return nil, err
     end
@@ -506,7 +518,8 @@ function credentials.resolve(opts, advice)
       return nil, note_or_err
     end
     note = note_or_err
-    ok, err = fill_from(resolved, profile_source(path, entries), need)
+    ok, err = fill_from(resolved, origins, profile_source(path, entries),
+      need)
     if not ok then
       return nil, err
     end
@@ -517,7 +530,21 @@ function credentials.resolve(opts, advice)
   elseif need.project_id then
     return nil, missing_project_id_error(path, note, advice)
   end
-  return resolved
+  return resolved, origins
+end
+
+-- Adds to the message of `err`, an invalid_argument error of core.new,
+-- the variable or the file and line that the rejected value came from,
+-- when `origins` (from credentials.resolve) has it. The caller's code does
+-- not contain such a value. Returns `err`.
+function credentials.add_origin(err, origins)
+  local field = type(err) == "table" and err.kind == "invalid_argument"
+    and type(err.message) == "string" and err.message:match("^invalid ([%w_]+)")
+  local origin = field and origins[field]
+  if origin then
+    err.message = ("%s (the value comes from %s)"):format(err.message, origin)
+  end
+  return err
 end
 
 return credentials

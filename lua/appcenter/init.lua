@@ -89,21 +89,22 @@ local function new_client(opts, caller)
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
 
-  local core_opts, err = resolve_credentials(options.core_options(opts))
+  local core_opts, origins_or_err = resolve_credentials(
+    options.core_options(opts))
   if not core_opts then
-    return nil, err
+    return nil, origins_or_err
   end
   -- Inside nginx each attempt runs on a thread pool (appcenter/ngx.lua)
   -- and the retry delays yield to the event loop.
   local in_nginx = nginx.detect()
-  local core_client
+  local core_client, err
   if in_nginx then
     core_client, err = nginx.new_client(core_opts, opts.thread_pool)
   else
     core_client, err = core.new(core_opts)
   end
   if not core_client then
-    return nil, err
+    return nil, credentials.add_origin(err, origins_or_err)
   end
 
   local clock = { now = core.monotonic, sleep = core.sleep }
