@@ -993,6 +993,52 @@ describe("retry", function()
       assert.is_not_nil(message:find(", got nan", 1, true), message)
     end)
 
+    it("checks options from __index", function()
+      local cases = {
+        { { retry = setmetatable({}, { __index = { max_attempts = 0 / 0 } }) },
+          "option 'retry.max_attempts' must be an integer >= 1, got nan" },
+        { { retry = setmetatable({}, { __index = { max_attempts = "3" } }) },
+          "option 'retry.max_attempts' must be a number, got string" },
+        { { retry = { budget = setmetatable({}, { __index = { capacity = -1 } }) } },
+          "option 'retry.budget.capacity' must be a number >= 0, got -1" },
+        { setmetatable({}, { __index = { retry = 0 } }),
+          "option 'retry' must be a table or false, got number" },
+      }
+      for _, case in ipairs(cases) do
+        local message = options_error(case[1])
+        assert.is_not_nil(message:find("appcenter.new: " .. case[2], 1, true),
+          message)
+      end
+    end)
+
+    it("reads each option once", function()
+      local reads = 0
+      local retry = setmetatable({}, { __index = function(_, name)
+        if name == "max_attempts" then
+          reads = reads + 1
+          return reads == 1 and 2 or 0 / 0
+        end
+      end })
+
+      local client = new_client(retry)
+
+      assert.equal(1, reads)
+      assert.equal(2, client.policy.max_attempts)
+      client:close()
+    end)
+
+    it("raises when now returns no finite number", function()
+      for _, case in ipairs{ { 0 / 0, "nan" }, { math.huge, "inf" }, { nil, "nil" }, { "1", "string" } } do
+        local client = new_client(nil, { now = function() return case[1] end })
+        assert.has_error(function()
+          client:create_credential("replay.bin")
+        end, "appcenter: the now option returned " .. case[2]
+          .. "; it must return seconds as a finite number")
+        client:close()
+      end
+      assert.equal(0, emu:stats().requests)
+    end)
+
     it("prints the endpoint and project", function()
       local client = new_client()
       local expected = ("appcenter.client (%s, project %s)"):format(emu.url,

@@ -84,10 +84,11 @@ local function new_client(opts, caller)
       :format(caller, caller), 3)
   end
   local one_shot = caller == "create_credential"
-  local message = options.validate(opts, one_shot)
+  local message, plain = options.validate(opts, one_shot)
   if message then
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
+  opts = plain
 
   local core_opts, origins_or_err = resolve_credentials(
     options.core_options(opts))
@@ -164,14 +165,15 @@ end
 -- Checks the options table of the upload method `name` before anything
 -- is sent. Raises at stack level `level` (the caller of that method) for
 -- a wrong type, an unknown name, a deadline_ms below 1 and inside nginx.
--- Returns an invalid_argument error for a value that appcenter.core's
--- upload rejects, and with `open_path` for a path that cannot be opened,
--- else nil.
+-- Returns a plain copy of the options (see options.validate_upload), and
+-- an invalid_argument error for a value that appcenter.core's upload
+-- rejects, and with `open_path` for a path that cannot be opened.
 local function check_upload_options(client, name, opts, open_path, level)
-  local message = options.validate_upload(opts)
+  local message, plain = options.validate_upload(opts)
   if message then
     error(name .. ": " .. message, level)
   end
+  opts = plain
   local deadline_ms = opts.deadline_ms
   if deadline_ms ~= nil and not (deadline_ms >= 1) then
     error(("bad option 'deadline_ms' to '%s' (number >= 1 expected, "
@@ -184,9 +186,9 @@ local function check_upload_options(client, name, opts, open_path, level)
 
   message = options.check_upload_values(opts, open_path)
   if message then
-    return invalid_argument(message)
+    return opts, invalid_argument(message)
   end
-  return nil
+  return opts
 end
 
 -- Checks the arguments of the upload method `name` and returns the
@@ -202,8 +204,8 @@ local function prepare_upload(client, name, result, opts)
     error(("bad argument #2 to '%s' (table expected, got %s)")
       :format(name, type(opts)), 3)
   end
-  opts = opts or {}
-  local err = check_upload_options(client, name, opts, false, 4)
+  local err
+  opts, err = check_upload_options(client, name, opts or {}, false, 4)
   if err then
     return nil, nil, err
   end
@@ -227,7 +229,6 @@ local function prepare_upload(client, name, result, opts)
   end
   policy.timeout_ms = timeout_ms
 
-  -- Read by name, so that options from an __index metamethod come along.
   local call_opts = {}
   for option in pairs(options.UPLOAD_TYPES) do
     call_opts[option] = opts[option]
@@ -292,7 +293,8 @@ function Client:create_and_upload(file_name, opts)
     error(("bad argument #2 to 'create_and_upload' (table expected, got %s)")
       :format(type(opts)), 2)
   end
-  local err = check_upload_options(self, "create_and_upload", opts, true, 3)
+  local plain, err = check_upload_options(self, "create_and_upload", opts,
+    true, 3)
   if err then
     return nil, err
   end
@@ -303,7 +305,7 @@ function Client:create_and_upload(file_name, opts)
     return nil, err
   end
   local meta
-  meta, err = self:upload(result, opts)
+  meta, err = self:upload(result, plain)
   if not meta then
     return nil, err
   end

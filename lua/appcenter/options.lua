@@ -218,6 +218,23 @@ local function check_range(name, value)
   return nil
 end
 
+-- Returns a plain copy of `tbl`. Each name in `types` is read once by
+-- indexing, so a value from an __index metamethod is checked and used
+-- like any other. The names that only pairs finds are copied too, so an
+-- unknown name is still reported.
+local function plain_copy(tbl, types)
+  local copy = {}
+  for name, value in pairs(tbl) do
+    if types[name] == nil then
+      copy[name] = value
+    end
+  end
+  for name in pairs(types) do
+    copy[name] = tbl[name]
+  end
+  return copy
+end
+
 -- Checks every entry of `tbl` against `types` ("name" = "type") and the
 -- ranges. Returns an error message or nil. `path` prefixes nested names.
 local function check_table(tbl, types, path)
@@ -238,8 +255,10 @@ end
 
 
 -- Validates the option table of appcenter.new, or of the one-shot
--- appcenter.create_credential when `with_file_name` is true. Returns nil
--- when the options are valid, else a message that names the option.
+-- appcenter.create_credential when `with_file_name` is true. Returns a
+-- message that names the option, or nil and a plain copy of the options
+-- (retry and retry.budget copied too) for the caller to use in their
+-- place, which no metamethod can change after the check.
 function options.validate(opts, with_file_name)
   if type(opts) ~= "table" then
     return ("options must be a table, got %s"):format(type(opts))
@@ -256,22 +275,40 @@ function options.validate(opts, with_file_name)
     types.file_name = "string"
   end
 
-  local message = check_table(opts, types, "")
-  if message or type(opts.retry) ~= "table" then
+  local plain = plain_copy(opts, types)
+  local message = check_table(plain, types, "")
+  if message then
     return message
   end
 
-  message = check_table(opts.retry, RETRY_TYPES, "retry.")
-  if message or type(opts.retry.budget) ~= "table" then
-    return message
+  if type(plain.retry) == "table" then
+    local settings = plain_copy(plain.retry, RETRY_TYPES)
+    plain.retry = settings
+    message = check_table(settings, RETRY_TYPES, "retry.")
+    if message then
+      return message
+    end
+    if type(settings.budget) == "table" then
+      settings.budget = plain_copy(settings.budget, BUDGET_TYPES)
+      message = check_table(settings.budget, BUDGET_TYPES, "retry.budget.")
+      if message then
+        return message
+      end
+    end
   end
-  return check_table(opts.retry.budget, BUDGET_TYPES, "retry.budget.")
+  return nil, plain
 end
 
 -- Validates the names and types of the options of an upload method.
--- Returns nil when they are valid, else a message that names the option.
+-- Returns a message that names the option, or nil and a plain copy of
+-- the options, as options.validate does.
 function options.validate_upload(opts)
-  return check_table(opts, UPLOAD_TYPES, "")
+  local plain = plain_copy(opts, UPLOAD_TYPES)
+  local message = check_table(plain, UPLOAD_TYPES, "")
+  if message then
+    return message
+  end
+  return nil, plain
 end
 
 -- Checks the values of upload options that appcenter.core's upload

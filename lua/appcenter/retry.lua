@@ -194,9 +194,18 @@ Call.__index = Call
 -- Starts the clock of one call under `policy`, which contains the fields
 -- of retry.DEFAULTS plus timeout_ms, random and now, and optionally budget
 -- (a budget.lua bucket) and on_retry. With deadline_ms nil there is no
--- deadline and no per-attempt timeout.
+-- deadline and no per-attempt timeout. Raises when now() returns anything
+-- but a finite number, before anything is sent: a NaN would turn the
+-- deadline off.
 function retry.new_call(policy)
   local started = policy.now()
+  if type(started) ~= "number" or not (started > -math.huge
+      and started < math.huge) then
+    error(("appcenter: the now option returned %s; it must return seconds "
+      .. "as a finite number"):format(type(started) ~= "number"
+      and type(started) or started ~= started and "nan" or tostring(started)),
+      0)
+  end
   local deadline
   if policy.deadline_ms then
     deadline = started + policy.deadline_ms / 1000
