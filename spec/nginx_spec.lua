@@ -1116,10 +1116,25 @@ http {
       assert.is_truthy(body:find("`thread_pool appcenter threads=N;`", 1,
         true), body)
       assert.is_truthy(body:find("retry.deadline_ms", 1, true), body)
-      assert.is_truthy(body:find("(not retried: the deadline has passed; "
-        .. "retry.deadline_ms cut this attempt's timeout to the time left)",
+      assert.is_truthy(body:find("(not retried: the deadline has passed)",
         1, true), body)
+      assert.is_falsy(body:find("cut this attempt", 1, true), body)
       -- Only /hold reached the emulator.
+      assert.are.equal(1, emu:stats().requests)
+    end)
+
+    it("blames a deadline too short to reach a thread", function()
+      local finish_hold = hold_the_thread(1000)
+
+      local status, body = nginx:get("/content?deadline_ms=5")
+      finish_hold()
+
+      assert.are.equal(200, status)
+      -- ngx.now counts whole milliseconds, so 4 ms may be left.
+      assert.matches("appcenter: timeout: retry%.deadline_ms left [45] ms for this attempt, "
+        .. 'which ended before a thread of nginx thread pool "appcenter" could start it, so '
+        .. "the attempt sent nothing; raise retry%.deadline_ms", body)
+      assert.is_falsy(body:find("threads=N", 1, true), body)
       assert.are.equal(1, emu:stats().requests)
     end)
 

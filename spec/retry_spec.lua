@@ -993,6 +993,15 @@ describe("retry", function()
       assert.is_not_nil(message:find(", got nan", 1, true), message)
     end)
 
+    it("rejects a thread pool name nginx.conf cannot have", function()
+      for _, name in ipairs{ "", "two words", "pool;" } do
+        local message = options_error{ thread_pool = name }
+        assert.is_not_nil(message:find("appcenter.new: option 'thread_pool' must be the name in a "
+          .. "`thread_pool NAME threads=N;` line of nginx.conf, got " .. ("%q"):format(name), 1, true),
+          message)
+      end
+    end)
+
     it("checks options from __index", function()
       local cases = {
         { { retry = setmetatable({}, { __index = { max_attempts = 0 / 0 } }) },

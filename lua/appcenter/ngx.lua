@@ -362,22 +362,38 @@ function glue.new_client(core_opts, thread_pool)
   }, ThreadClient)
 end
 
+-- With less than this left at posting, the deadline is too short for any
+-- pool: handing an attempt to a free thread takes up to about a
+-- millisecond (an estimate).
+local SHORT_WAIT_MS = 10
+
 -- Returns the timeout error of an attempt that waited in the queue of
 -- thread pool `pool` from `posted` until `started` (core.monotonic), which
--- is after the call's deadline. The fields are those of appcenter.core's
--- timeout errors.
-local function queued_past_deadline_error(pool, posted, started)
+-- is after the call's deadline, `left_ms` after posting. The fields are
+-- those of appcenter.core's timeout errors.
+local function queued_past_deadline_error(pool, posted, started, left_ms)
   local waited_ms = math.floor((started - posted) * 1000 + 0.5)
-  return restore_error_metatable({
-    kind = "timeout",
-    code = "timeout",
+  local message
+  if left_ms < SHORT_WAIT_MS then
+    message = ("retry.deadline_ms left %d ms for this attempt, which ended "
+      .. "before a thread of nginx thread pool %q could start it, so the "
+      .. "attempt sent nothing; raise retry.deadline_ms")
+      :format(math.floor(left_ms + 0.5), pool)
+  else
     message = ("waited %d ms for a thread of nginx thread pool %q, until "
       .. "after the deadline, so the attempt sent nothing; raise N in the "
       .. "`thread_pool %s threads=N;` line of nginx.conf, or raise "
-      .. "retry.deadline_ms"):format(waited_ms, pool, pool),
+      .. "retry.deadline_ms"):format(waited_ms, pool, pool)
+  end
+  local err = restore_error_metatable({
+    kind = "timeout",
+    code = "timeout",
+    message = message,
     retryable = true,
     attempts = 1,
   })
+  retry.unsent[err] = true
+  return err
 end
 
 -- Interval in seconds at which the keeper thread checks that its attempt
@@ -458,7 +474,8 @@ function ThreadClient:create_credential(file_name, call_opts,
     end
     return nil, restore_error_metatable(first)
   elseif status == "deadline_passed" then
-    return nil, queued_past_deadline_error(self.thread_pool, posted, first)
+    return nil, queued_past_deadline_error(self.thread_pool, posted, first,
+      deadline_left_ms)
   end
   error(first, 0)
 end

@@ -159,6 +159,12 @@ end
 -- the attempt's timeout and libcurl's timer.
 local DEADLINE_SLACK_MS = 10
 
+-- Errors of attempts that sent nothing because the deadline passed before
+-- they started, such as one that waited for a thread of an nginx thread
+-- pool. Such an error gets no note about a cut timeout. Weak keys, so a
+-- marked error is collected like any other.
+retry.unsent = setmetatable({}, { __mode = "k" })
+
 -- The hint that appcenter.core adds to a timeout's message, for a
 -- credential request or an upload, as a pattern.
 local CORE_TIMEOUT_HINT = " %(the limits are [^)]*%)"
@@ -274,7 +280,7 @@ function Call:complete(result, info)
   -- it came at the deadline: connect_timeout_ms may have ended it earlier.
   -- The core's hint names timeout_ms, which did not end such an attempt.
   local cut_off = err.kind == "timeout" and self.cut_to_deadline
-    and left_ms < DEADLINE_SLACK_MS
+    and left_ms < DEADLINE_SLACK_MS and not retry.unsent[err]
   local cut_note = "retry.deadline_ms cut this attempt's timeout to the "
     .. "time left"
   if cut_off then
