@@ -169,7 +169,8 @@ describe("appcenter-credential", function()
 
   it("reads token from file", function()
     local token_path = os.tmpname()
-    write_file(token_path, emu.token .. "\n")
+    -- With the byte order mark that some Windows editors write.
+    write_file(token_path, "\239\187\191" .. emu.token .. "\n")
 
     local args = endpoint_args("replay.bin")
     table.insert(args, 1, token_path)

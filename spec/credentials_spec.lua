@@ -463,7 +463,54 @@ describe("credentials", function()
           .. "comments after a value, so put the comment on a line of its own" },
       { "space inside a key", "[basic]\nak = FAKE AK\nsk = " .. FAKE_SK
           .. "\n", 2, "ak contains white space; remove it" },
+      { "quoted key", "[basic]\nak = " .. FAKE_AK .. "\nsk = '" .. FAKE_SK .. "'\n", 3,
+        "sk is in quotes; remove them, since the value is used as written" },
     }
+
+    for _, case in ipairs{
+      { "UTF-16 text", "\255\254[\0b\0]\0\n\0", "it contains NUL bytes, as UTF-16 text does; "
+        .. "save it as UTF-8" },
+      { "CR line ends", "[basic]\rak = A\rsk = B\r", "its lines end in CR alone; save it with "
+        .. "LF or CR LF line ends" },
+    } do
+      it(case[1] .. " is named", function()
+        write_profile(case[2])
+
+        local _, err = credentials.resolve({})
+
+        assert.equal("invalid_argument", err.kind)
+        assert.equal(("invalid credentials file %s: %s"):format(profile_path, case[3]), err.message)
+      end)
+    end
+
+    it("names the variable of an unreadable file", function()
+      env.HUAWEICLOUD_SDK_CREDENTIALS_FILE = home
+
+      local _, err = credentials.resolve({})
+
+      assert.equal("invalid_argument", err.kind)
+      assert.matches("^cannot read credentials file " .. home:gsub("%p", "%%%0")
+        .. " named by HUAWEICLOUD_SDK_CREDENTIALS_FILE: ", err.message)
+    end)
+
+    it("names a quoted project id", function()
+      write_profile(basic_profile('project_id = "p"\n'))
+
+      local _, err = credentials.resolve({})
+
+      assert.equal(("invalid credentials file %s, line 4: project_id is in quotes; remove them, "
+        .. "since the value is used as written"):format(profile_path), err.message)
+    end)
+
+    it("names a quoted variable", function()
+      env.HUAWEICLOUD_SDK_AK = '"' .. FAKE_AK .. '"'
+      env.HUAWEICLOUD_SDK_SK = FAKE_SK
+
+      local _, err = credentials.resolve({ project_id = "p" })
+
+      assert.equal("invalid environment: HUAWEICLOUD_SDK_AK is in quotes; remove them, since "
+        .. "the value is used as written", err.message)
+    end)
 
     for _, case in ipairs(cases) do
       local name, text, line, expected = case[1], case[2], case[3], case[4]

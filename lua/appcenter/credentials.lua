@@ -136,6 +136,17 @@ function credentials.parse_profile(text, path)
       :format(path, line_number, problem)
   end
 
+  -- UTF-16 text, as some Windows editors save, has a NUL in every ASCII
+  -- character, and text with lines that end in CR alone is one line here.
+  if text:find("%z") then
+    return nil, ("invalid credentials file %s: it contains NUL bytes, as "
+      .. "UTF-16 text does; save it as UTF-8"):format(path)
+  end
+  if text:find("\r[^\n]") and not text:find("\n", 1, true) then
+    return nil, ("invalid credentials file %s: its lines end in CR alone; "
+      .. "save it with LF or CR LF line ends"):format(path)
+  end
+
   -- A UTF-8 byte order mark, as some Windows editors write.
   text = text:gsub("^\239\187\191", "")
   for raw in (text .. "\n"):gmatch("([^\n]*)\n") do
@@ -239,8 +250,9 @@ local function read_profile(path, named)
   text, message = file:read(credentials.MAX_FILE_BYTES + 1)
   file:close()
   if message then
-    return nil, invalid(("cannot read credentials file %s: %s")
-      :format(path, strip_path_prefix(message, path)))
+    local origin = named and (" named by " .. credentials.ENV_FILE) or ""
+    return nil, invalid(("cannot read credentials file %s%s: %s")
+      :format(path, origin, strip_path_prefix(message, path)))
   end
   text = text or ""
   if #text > credentials.MAX_FILE_BYTES then
@@ -317,11 +329,17 @@ local function profile_source(path, entries)
 end
 
 -- Returns an error message when `field` of the source contains a control
--- character.
+-- character or is in quotes. Neither source strips quotes, so a quoted
+-- key would be sent with them and fail to sign.
 local function check_value(source, field)
-  if has_control_character(source[field]) then
+  local value = source[field]
+  if has_control_character(value) then
     return source.fail(field, ("%s contains a control character such as a"
       .. " line break; remove it"):format(source.label(field)))
+  end
+  if #value >= 2 and value:find("^([\"']).*%1$") then
+    return source.fail(field, ("%s is in quotes; remove them, since the "
+      .. "value is used as written"):format(source.label(field)))
   end
   return nil
 end
