@@ -267,6 +267,57 @@ describe("appcenter.core", function()
         .. '"cn-north-4"', err.message)
     end)
 
+    -- C code reads a region up to its first NUL byte, which would make
+    -- "cn-north-4\0x" read as "cn-north-4". The endpoint keeps the
+    -- region from being resolved, and the region is checked anyway.
+    it("rejects a region with a NUL byte", function()
+      local client, err = core.new(options{ region = "cn-north-4\0x" })
+
+      assert.is_nil(client)
+      assert.equals("invalid_argument", err.kind)
+      assert.equals("invalid region: NUL byte at byte 11; remove NUL bytes",
+        err.message)
+    end)
+
+    it("rejects a NUL byte in string options", function()
+      local cases = {
+        { "endpoint", emu.url .. "\0x", 1 + #emu.url },
+        { "project_id", "p\0x", 2 },
+        { "token", "tok\0x", 4 },
+        { "ca_file", "/etc/ssl/certs/ca-certificates.crt\0x", 35 },
+        { "proxy", "http://127.0.0.1:1\0x", 19 },
+      }
+      for _, case in ipairs(cases) do
+        local name, value, at = case[1], case[2], case[3]
+        local client, err = core.new(options{ [name] = value })
+
+        assert.is_nil(client, name)
+        assert.equals("invalid_argument", err.kind)
+        assert.equals(("invalid %s: NUL byte at byte %d; remove NUL bytes")
+          :format(name, at), err.message)
+      end
+    end)
+
+    it("rejects a NUL byte in AK/SK options", function()
+      local cases = {
+        { "ak", "FAKEAKEXAMPLE\0x", 14 },
+        { "sk", "fake-secret\0x", 12 },
+        { "security_token", "fake-token\0x", 11 },
+      }
+      for _, case in ipairs(cases) do
+        local name, value, at = case[1], case[2], case[3]
+        local opts = options{ ak = "FAKEAKEXAMPLE", sk = "fake-secret",
+          security_token = "fake-token" }
+        opts.token = nil
+        opts[name] = value
+        local client, err = core.new(opts)
+
+        assert.is_nil(client, name)
+        assert.equals(("invalid %s: NUL byte at byte %d; remove NUL bytes")
+          :format(name, at), err.message)
+      end
+    end)
+
     it("names the byte of a bad region", function()
       local cases = {
         { "cn-north-4 ", "byte 11 is 0x20, a space" },

@@ -161,6 +161,27 @@ static const char *opt_string(lua_State *L, int idx, const char *name,
 }
 
 
+/* Reads a string option that C code handles as a NUL-terminated string,
+ * such as a path, a URL or a region id, and rejects a NUL byte in it,
+ * which would end the string early. Sets *out to NULL when the option
+ * is absent. len may be NULL. */
+static int opt_text(lua_State *L, int opts, const char *name,
+                    const char **out, size_t *len, char *msg) {
+  size_t n = 0;
+  const char *nul;
+
+  *out = opt_string(L, opts, name, &n);
+  if (len != NULL)
+    *len = n;
+  if (*out != NULL && (nul = memchr(*out, '\0', n)) != NULL) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: NUL byte at byte %lu; remove "
+             "NUL bytes", name, (unsigned long)(nul - *out) + 1);
+    return -1;
+  }
+  return 0;
+}
+
+
 static int opt_bool(lua_State *L, int idx, const char *name, int def) {
   int v;
 
@@ -268,8 +289,9 @@ static int configure_endpoint(lua_State *L, int opts, ac_client *c,
   const char *endpoint, *region;
   size_t len;
 
-  endpoint = opt_string(L, opts, "endpoint", &len);
-  region = opt_string(L, opts, "region", NULL);
+  if (opt_text(L, opts, "endpoint", &endpoint, &len, msg) != 0
+      || opt_text(L, opts, "region", &region, NULL, msg) != 0)
+    return -1;
   if (endpoint == NULL && region == NULL) {
     snprintf(msg, AC_MSG_SIZE, "missing endpoint: pass endpoint = "
              "\"https://...\" or region = \"cn-north-4\"");
@@ -443,21 +465,6 @@ static int check_proxy(ac_client *c, const char *proxy, char *msg) {
 }
 
 
-/* Reads a path or URL option without NUL bytes, which libcurl would take
- * as its end. */
-static int opt_text(lua_State *L, int opts, const char *name,
-                    const char **out, char *msg) {
-  size_t len;
-
-  *out = opt_string(L, opts, name, &len);
-  if (*out != NULL && strlen(*out) != len) {
-    snprintf(msg, AC_MSG_SIZE, "invalid %s: contains a NUL byte", name);
-    return -1;
-  }
-  return 0;
-}
-
-
 /* Checks that ca_file opens for reading and is no directory, so that
  * new() reports a wrong path instead of the first call. O_NONBLOCK keeps
  * a FIFO from blocking the open. */
@@ -488,9 +495,9 @@ static int configure_transport(lua_State *L, int opts, ac_client *c,
   const char *ca_file, *proxy;
   long max_body;
 
-  if (opt_text(L, opts, "ca_file", &ca_file, msg) != 0
+  if (opt_text(L, opts, "ca_file", &ca_file, NULL, msg) != 0
       || (ca_file != NULL && check_ca_file(ca_file, msg) != 0)
-      || opt_text(L, opts, "proxy", &proxy, msg) != 0
+      || opt_text(L, opts, "proxy", &proxy, NULL, msg) != 0
       || (proxy != NULL && check_proxy(c, proxy, msg) != 0))
     return -1;
   /* Adds the proxy password to the secrets that configure_auth listed. */
@@ -567,7 +574,8 @@ static int configure_client(lua_State *L, int opts, ac_client *c,
   if (configure_endpoint(L, opts, c, msg) != 0)
     return -1;
 
-  project_id = opt_string(L, opts, "project_id", &len);
+  if (opt_text(L, opts, "project_id", &project_id, &len, msg) != 0)
+    return -1;
   if (project_id == NULL) {
     snprintf(msg, AC_MSG_SIZE, "missing project_id: pass the project "
              "id of the region");
