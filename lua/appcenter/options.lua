@@ -328,8 +328,10 @@ function options.check_upload_values(opts, open_path)
       .. "body (a string)"
   end
 
-  if opts.path and opts.path:find("\0", 1, true) then
-    return "invalid path: contains a NUL byte"
+  local nul_at = opts.path and opts.path:find("\0", 1, true)
+  if nul_at then
+    return ("invalid path: NUL byte at byte %d; remove NUL bytes")
+      :format(nul_at)
   end
 
   local content_type = opts.content_type
