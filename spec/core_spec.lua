@@ -247,6 +247,29 @@ describe("appcenter.core", function()
       end)
     end
 
+    -- glibc writes "-nan" for the NaN that 0 / 0 makes.
+    it("writes a NaN option as nan", function()
+      for _, value in ipairs{ 0 / 0, -(0 / 0) } do
+        local client, err = core.new(options{ timeout_ms = value })
+
+        assert.is_nil(client)
+        assert.equals("invalid timeout_ms: nan is not a whole number from 1 "
+          .. "to 86400000", err.message)
+      end
+    end)
+
+    it("writes a NaN call timeout as nan", function()
+      local client = new_client()
+      local result, err = client:create_credential("a.txt",
+        { timeout_ms = 0 / 0 })
+      client:close()
+
+      assert.is_nil(result)
+      assert.equals("invalid timeout_ms: nan is not a whole number from 1 "
+        .. "to 86400000", err.message)
+      assert.equals(0, emu:stats().requests)
+    end)
+
     it("allows plain http elsewhere with allow_http", function()
       local client = core.new(options({
         endpoint = "http://app.example.com", allow_http = true,

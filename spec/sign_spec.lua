@@ -354,5 +354,14 @@ describe("core.sign", function()
       local headers = core.sign{ url = "https://h/", ak = "a", sk = "b", date = 253402300799 }
       assert.equals("99991231T235959Z", headers["X-Sdk-Date"])
     end)
+
+    -- glibc writes "-nan" for the NaN that 0 / 0 makes.
+    it("writes a NaN date as nan", function()
+      for _, date in ipairs{ 0 / 0, -(0 / 0) } do
+        assert.has_error(sign_with({ date = date }),
+          "appcenter.core.sign: field 'date' must be seconds since the epoch "
+            .. "from 0 to 253402300799 (year 9999), got nan")
+      end
+    end)
   end)
 end)

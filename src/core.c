@@ -206,8 +206,13 @@ static int opt_count(lua_State *L, int idx, const char *name, long def,
   v = lua_tonumber(L, -1);
   lua_pop(L, 1);
   if (!(v >= 1 && v <= (lua_Number)max) || floor(v) != v) {
-    snprintf(msg, AC_MSG_SIZE, "invalid %s: %.14g is not a whole number "
-             "from 1 to %ld", name, (double)v, max);
+    char shown[AC_NUMBER_TEXT_SIZE];
+
+    /* 14 significant digits, as Lua's tostring writes a float, but
+     * without the ".0" that Lua 5.4 adds to a whole number. */
+    ac_format_number(shown, (double)v, 14);
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: %s is not a whole number "
+             "from 1 to %ld", name, shown, max);
     return -1;
   }
   *out = (long)v;

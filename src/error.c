@@ -118,6 +118,14 @@ int ac_return_invalid(lua_State *L, const char *message) {
 }
 
 
+void ac_format_number(char out[AC_NUMBER_TEXT_SIZE], double v, int digits) {
+  if (v != v)
+    snprintf(out, AC_NUMBER_TEXT_SIZE, "nan");
+  else
+    snprintf(out, AC_NUMBER_TEXT_SIZE, "%.*g", digits, v);
+}
+
+
 int ac_status_retryable(long status) {
   return status == 429 || status == 500 || status == 502 || status == 503
       || status == 504;

@@ -44,6 +44,14 @@ void ac_push_error(lua_State *L, const ac_error_info *e);
  * tail calls. */
 int ac_return_invalid(lua_State *L, const char *message);
 
+/* Size of the buffer that ac_format_number fills. */
+#define AC_NUMBER_TEXT_SIZE 32
+
+/* Writes v into out as printf's %.*g writes it with `digits` significant
+ * digits, except that every NaN is "nan". glibc writes "-nan" for a NaN
+ * with the sign bit set, such as 0/0 makes on x86-64. */
+void ac_format_number(char out[AC_NUMBER_TEXT_SIZE], double v, int digits);
+
 /* Returns 1 for the statuses a client may retry: 429, 500, 502, 503
  * and 504. */
 int ac_status_retryable(long status);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "compat.h"
+#include "error.h"
 #include "sign.h"
 
 #define AC_SIGN_MAX_HEADERS 63
@@ -145,10 +146,16 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Number t = lua_tonumber(L, -1);
-    if (!(t >= 0 && t <= AC_SDK_DATE_MAX))
+    if (!(t >= 0 && t <= AC_SDK_DATE_MAX)) {
+      char shown[AC_NUMBER_TEXT_SIZE];
+
+      /* 14 significant digits, as Lua's tostring writes a float, but
+       * without the ".0" that Lua 5.4 adds to a whole number. */
+      ac_format_number(shown, (double)t, 14);
       luaL_error(L, "appcenter.core.sign: field 'date' must be seconds "
                  "since the epoch from 0 to 253402300799 (year 9999), "
-                 "got %f", t);
+                 "got %s", shown);
+    }
     ac_sdk_date((time_t)t, out);
   } else if (lua_isnil(L, -1)) {
     ac_sdk_date(time(NULL), out);

@@ -374,13 +374,9 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
     lua_Number t = lua_tonumber(L, -1);
     if (lua_type(L, -1) != LUA_TNUMBER
         || !(t >= 0 && t <= AC_MAX_UPLOAD_TIMEOUT_MS)) {
-      char shown[32];
+      char shown[AC_NUMBER_TEXT_SIZE];
 
-      /* glibc writes "-nan" for the NaN that 0/0 makes, LuaJIT "nan". */
-      if (t != t)
-        snprintf(shown, sizeof shown, "nan");
-      else
-        snprintf(shown, sizeof shown, "%.17g", (double)t);
+      ac_format_number(shown, (double)t, 17);
       snprintf(msg, AC_MSG_SIZE, "invalid upload options: timeout_ms must "
                "be a number of milliseconds from 0 (no limit) to %ld, got "
                "%s", AC_MAX_UPLOAD_TIMEOUT_MS, shown);
