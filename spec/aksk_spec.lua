@@ -163,6 +163,20 @@ describe("AK/SK", function()
         emu:stats().last_request.headers["x-security-token"])
     end)
 
+    it("sends a security token without blanks", function()
+      local issued = issue_temporary_key()
+      local opts = temporary_options(issued, true)
+      opts.security_token = " \t" .. issued.security_token .. " "
+
+      local client = assert(core.new(opts))
+      local result, meta = client:create_credential("replay.bin")
+      client:close()
+
+      assert.is_table(result, tostring(meta))
+      assert.equal(issued.security_token,
+        emu:stats().last_request.headers["x-security-token"])
+    end)
+
     it("works with security token through wrapper", function()
       local issued = issue_temporary_key()
 

@@ -270,6 +270,61 @@ describe("appcenter.core", function()
       assert.equals(0, emu:stats().requests)
     end)
 
+    -- The token goes into the X-Auth-Token header. No IAM token has white
+    -- space inside, and a blank value sends no token at all.
+    it("rejects a blank token", function()
+      for _, token in ipairs{ " ", "\t \t" } do
+        local client, err = core.new(options{ token = token })
+
+        assert.is_nil(client)
+        assert.equals("invalid_argument", err.kind)
+        assert.equals("invalid token: it contains only white space; pass "
+          .. "the token itself", err.message)
+      end
+    end)
+
+    it("rejects white space inside a token", function()
+      local cases = {
+        { "tok en", 4 },
+        { " tok\ten ", 5 },
+        { "tok\1en", 4 },
+      }
+      for _, case in ipairs(cases) do
+        local client, err = core.new(options{ token = case[1] })
+
+        assert.is_nil(client)
+        assert.equals("invalid_argument", err.kind)
+        assert.equals(("invalid token: white space or a control character "
+          .. "at byte %d; pass the token alone, with no white space inside "
+          .. "it"):format(case[2]), err.message)
+      end
+    end)
+
+    it("rejects a blank or split security_token", function()
+      local cases = {
+        { " ", "it contains only white space; pass the token itself" },
+        { "fake token", "white space or a control character at byte 5; "
+          .. "pass the token alone, with no white space inside it" },
+      }
+      for _, case in ipairs(cases) do
+        local opts = options{ ak = "FAKEAKEXAMPLE", sk = "fake-secret",
+          security_token = case[1] }
+        opts.token = nil
+        local client, err = core.new(opts)
+
+        assert.is_nil(client)
+        assert.equals("invalid security_token: " .. case[2], err.message)
+      end
+    end)
+
+    it("sends a token without the blanks around it", function()
+      local client = new_client{ token = " \t" .. emu.token .. " " }
+
+      assert.is_table(client:create_credential("a.txt"))
+      client:close()
+      assert.equals(emu.token, emu:stats().last_request.headers["x-auth-token"])
+    end)
+
     it("allows plain http elsewhere with allow_http", function()
       local client = core.new(options({
         endpoint = "http://app.example.com", allow_http = true,

@@ -372,6 +372,33 @@ static int check_ak(const char *ak, size_t len, char *msg) {
 }
 
 
+/* Rejects a token that is blank or has white space or a control
+ * character inside. No IAM token or security token contains them.
+ * Spaces and tabs around it are allowed, because configure_auth drops
+ * them, as an HTTP receiver drops them around a header value. */
+static int check_token(const char *field, const char *s, size_t len,
+                       char *msg) {
+  const char *start = s;
+  size_t n = len, i;
+
+  ac_trim_blanks(&start, &n);
+  if (n == 0) {
+    snprintf(msg, AC_MSG_SIZE, "invalid %s: it contains only white space; "
+             "pass the token itself", field);
+    return -1;
+  }
+  for (i = 0; i < n; i++)
+    if ((unsigned char)start[i] <= ' ' || start[i] == 0x7F) {
+      snprintf(msg, AC_MSG_SIZE, "invalid %s: white space or a control "
+               "character at byte %lu; pass the token alone, with no white "
+               "space inside it", field,
+               (unsigned long)(start - s) + i + 1);
+      return -1;
+    }
+  return 0;
+}
+
+
 static int configure_auth(lua_State *L, int opts, ac_client *c,
                           char *msg) {
   size_t token_len = 0, ak_len = 0, sk_len = 0, st_len = 0;
@@ -389,12 +416,18 @@ static int configure_auth(lua_State *L, int opts, ac_client *c,
     return -1;
   }
   if ((token && ac_check_header_value("token", token, token_len, msg))
+      || (token && check_token("token", token, token_len, msg))
       || (ak && ac_check_header_value("ak", ak, ak_len, msg))
       || (ak && check_ak(ak, ak_len, msg))
       || (sk && ac_check_header_value("sk", sk, sk_len, msg))
-      || (st && ac_check_header_value("security_token", st, st_len, msg)))
+      || (st && ac_check_header_value("security_token", st, st_len, msg))
+      || (st && check_token("security_token", st, st_len, msg)))
     return -1;
 
+  if (token)
+    ac_trim_blanks(&token, &token_len);
+  if (st)
+    ac_trim_blanks(&st, &st_len);
   c->token = token ? copy_string(token, token_len) : NULL;
   c->ak = ak ? copy_string(ak, ak_len) : NULL;
   c->sk = sk ? copy_string(sk, sk_len) : NULL;
