@@ -872,6 +872,35 @@ describe("appcenter.core", function()
         err.message, 1, true)
     end)
 
+    it("rejects an empty required string", function()
+      local fields = {
+        { "server_end_point" }, { "bucket_name" }, { "object_path" },
+        { "credential", "access" }, { "credential", "secret" },
+        { "credential", "security_token" },
+      }
+      for _, field in ipairs(fields) do
+        local body = valid_body()
+        if field[2] then
+          body[field[1]][field[2]] = ""
+        else
+          body[field[1]] = ""
+        end
+        local name = table.concat(field, ".")
+        local result, err = shaped(cjson.encode(body))
+
+        assert.is_nil(result, name)
+        assert.equals("invalid_response", err.kind)
+        assert.equals("invalid response: " .. name .. " is empty", err.message)
+      end
+    end)
+
+    it("accepts an empty policy version", function()
+      local body = valid_body()
+      body.policy.version = ""
+      local result = shaped(cjson.encode(body))
+      assert.equals("", result.policy.version)
+    end)
+
     it("ignores extra fields and maps nulls to nil", function()
       local body = valid_body()
       body.extra = { deep = { 1, 2, 3 } }

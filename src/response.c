@@ -4,7 +4,7 @@
  * The result mirrors the wire format. Unknown fields are dropped and
  * JSON null becomes nil. The six fields an upload needs (server_end_point,
  * bucket_name, object_path and the three credential fields) must be
- * strings. The policy fields must be present but may be null; action
+ * non-empty strings. The policy fields must be present but may be null; action
  * and resource must be arrays of strings.
  *
  * A whole number in an error code or message reads as an integer ("400",
@@ -193,7 +193,7 @@ static void clean_text(char *out, const char *s, size_t len,
  * ------------------------------------------------------------------- */
 
 typedef enum field_type {
-  AC_FIELD_STRING,          /* a string */
+  AC_FIELD_STRING,          /* a non-empty string */
   AC_FIELD_STRING_OR_NULL,  /* a string or null */
   AC_FIELD_STRINGS,         /* an array of strings, or null */
   AC_FIELD_POLICY,          /* the policy object, or null */
@@ -261,6 +261,16 @@ static void shape_fail(shape *s, const char *path, const char *key,
     snprintf(s->msg, sizeof s->msg, "invalid response: %s%s%s must be "
              "%s, got %s", path, *path ? "." : "", key, expected,
              json_type_name(s->L, idx));
+}
+
+
+/* Records that the required string at path.key is empty. */
+static void shape_fail_empty(shape *s, const char *path, const char *key) {
+  if (s->failed)
+    return;
+  s->failed = 1;
+  snprintf(s->msg, sizeof s->msg, "invalid response: %s%s%s is empty",
+           path, *path ? "." : "", key);
 }
 
 
@@ -376,6 +386,8 @@ static void shape_field(shape *s, int obj, const char *path,
   case AC_FIELD_STRING_OR_NULL:
     if (lua_type(L, top) != LUA_TSTRING)
       shape_fail(s, path, f->name, "a string", top);
+    else if (f->type == AC_FIELD_STRING && lua_rawlen(L, top) == 0)
+      shape_fail_empty(s, path, f->name);
     return;
   case AC_FIELD_STRINGS:
     if (lua_istable(L, top))
