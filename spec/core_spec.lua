@@ -835,6 +835,60 @@ describe("appcenter.core", function()
       assert.equals("invalid_response", err.kind)
     end)
 
+    it("names a top-level array", function()
+      for _, body in ipairs{ "[1,2]", '[{"server_end_point":"obs.example"}]' } do
+        local result, err = shaped(body)
+
+        assert.is_nil(result, body)
+        assert.equals("invalid_response", err.kind)
+        assert.equals("invalid response: the body must be a JSON object, got "
+          .. "array", err.message)
+      end
+    end)
+
+    -- lua-cjson decodes [] and {} to the same empty table.
+    it("names an empty top-level body", function()
+      for _, body in ipairs{ "[]", "{}" } do
+        local result, err = shaped(body)
+
+        assert.is_nil(result, body)
+        assert.equals("invalid response: the body is an empty JSON object or "
+          .. "array, expected an object with server_end_point, bucket_name, "
+          .. "object_path, policy and credential", err.message)
+      end
+    end)
+
+    it("names an array in place of an object", function()
+      for _, name in ipairs{ "policy", "credential" } do
+        local body = valid_body()
+        body[name] = { "x" }
+        local result, err = shaped(cjson.encode(body))
+
+        assert.is_nil(result, name)
+        assert.equals("invalid response: " .. name .. " must be an object, "
+          .. "got array", err.message)
+      end
+    end)
+
+    it("names an empty table in place of a string", function()
+      local body = valid_body()
+      body.credential.access = "EMPTY"
+      local json = cjson.encode(body):gsub('"EMPTY"', "[]")
+      local _, err = shaped(json)
+
+      assert.equals("invalid response: credential.access must be a string, "
+        .. "got empty object or array", err.message)
+    end)
+
+    it("names a table element of a string array", function()
+      local body = valid_body()
+      body.policy.statement.action = { { a = 1 } }
+      local _, err = shaped(cjson.encode(body))
+
+      assert.equals("invalid response: policy.statement.action[1] must be a "
+        .. "string, got object", err.message)
+    end)
+
     it("names a missing field by path", function()
       local body = valid_body()
       body.credential.secret = nil

@@ -77,6 +77,18 @@ static int is_json_null(lua_State *L, int idx) {
 }
 
 
+static int is_empty_table(lua_State *L, int idx) {
+  lua_pushnil(L);
+  if (lua_next(L, idx) == 0)
+    return 1;
+  lua_pop(L, 2);
+  return 0;
+}
+
+
+/* Names the JSON type of the decoded value at idx. lua-cjson decodes an
+ * array to keys 1..n, an object to string keys, and [] and {} alike to
+ * an empty table. */
 static const char *json_type_name(lua_State *L, int idx) {
   if (is_json_null(L, idx))
     return "null";
@@ -85,7 +97,11 @@ static const char *json_type_name(lua_State *L, int idx) {
   case LUA_TBOOLEAN: return "boolean";
   case LUA_TNUMBER: return "number";
   case LUA_TSTRING: return "string";
-  case LUA_TTABLE: return "object or array";
+  case LUA_TTABLE:
+    if (lua_rawlen(L, idx) > 0)
+      return "array";
+    return is_empty_table(L, ac_absindex(L, idx)) ? "empty object or array"
+                                                   : "object";
   default: return lua_typename(L, lua_type(L, idx));
   }
 }
@@ -348,15 +364,6 @@ static int is_statement_list(lua_State *L, int idx) {
 }
 
 
-static int is_empty_table(lua_State *L, int idx) {
-  lua_pushnil(L);
-  if (lua_next(L, idx) == 0)
-    return 1;
-  lua_pop(L, 2);
-  return 0;
-}
-
-
 /* lua-cjson decodes [] and {} to the same empty table, so the message
  * covers both. */
 static void fail_empty_statement(shape *s) {
@@ -408,7 +415,7 @@ static void shape_field(shape *s, int obj, const char *path,
   case AC_FIELD_POLICY:
   case AC_FIELD_CREDENTIAL:
     /* Both sit at the top level, so the name is the path. */
-    if (lua_istable(L, top))
+    if (lua_istable(L, top) && lua_rawlen(L, top) == 0)
       shape_object(s, top, f->name, f->type == AC_FIELD_POLICY
                    ? policy_fields : credential_fields);
     else
@@ -467,9 +474,16 @@ static int shape_result(shape *s, int idx) {
   lua_State *L = s->L;
   int top = lua_gettop(L);
 
-  if (!lua_istable(L, idx)) {
+  if (!lua_istable(L, idx) || lua_rawlen(L, idx) > 0) {
     snprintf(s->msg, sizeof s->msg, "invalid response: the body must be "
              "a JSON object, got %s", json_type_name(L, idx));
+    return -1;
+  }
+  if (is_empty_table(L, idx)) {
+    snprintf(s->msg, sizeof s->msg, "invalid response: the body is an "
+             "empty JSON object or array, expected an object with "
+             "server_end_point, bucket_name, object_path, policy and "
+             "credential");
     return -1;
   }
   if (!lua_checkstack(L, 32)) {
