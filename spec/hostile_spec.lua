@@ -171,6 +171,51 @@ describe("hostile servers", function()
     assert.equals(1, #server:requests())
   end)
 
+  -- libcurl ignores a Content-Length over 2^63 - 1 and reads the body
+  -- until the server closes, so a complete credential would be accepted
+  -- and an empty body reported as empty.
+  it("rejects a Content-Length over 2^63 - 1", function()
+    local cases = {
+      { "99999999999999999999", CREDENTIAL_BODY },
+      { "99999999999999999999", "" },
+      { "9223372036854775808", CREDENTIAL_BODY },
+    }
+    for _, case in ipairs(cases) do
+      local server = start{ mode = "fixed", status = 200, body = case[2],
+        content_length = case[1], headers = { "Content-Type: application/json" } }
+      local client = new_client(server)
+
+      local result, err = timed_call(client)
+
+      assert.is_nil(result, case[1])
+      assert.equals("invalid_response", err.kind)
+      assert.equals(200, err.status)
+      assert.is_false(err.retryable)
+      assert.equals("invalid response: Content-Length " .. case[1]
+        .. " is larger than max_body_bytes (1048576 bytes)", err.message)
+    end
+  end)
+
+  it("cuts a long Content-Length in the message", function()
+    local server = start{ mode = "fixed", status = 200, body = "",
+      content_length = ("1"):rep(40) }
+
+    local _, err = timed_call(new_client(server))
+
+    assert.equals("invalid response: Content-Length " .. ("1"):rep(28)
+      .. "... is larger than max_body_bytes (1048576 bytes)", err.message)
+  end)
+
+  it("waits for the body of Content-Length 2^63 - 1", function()
+    local server = start{ mode = "fixed", status = 200, body = CREDENTIAL_BODY,
+      content_length = "9223372036854775807" }
+
+    local _, err = timed_call(new_client(server))
+
+    assert.equals("network", err.kind)
+    assert.matches("bytes remaining to read", err.message, 1, true)
+  end)
+
   it("cuts off a server that never answers", function()
     local server = start{ mode = "silent" }
     local client = new_client(server, { timeout_ms = 1000 })

@@ -810,6 +810,12 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              (unsigned long)t->max_body_bytes);
     e.kind = AC_KIND_INVALID_RESPONSE;
     e.status = status;
+  } else if (rc == CURLE_WRITE_ERROR && t->length_too_large) {
+    snprintf(message, sizeof message, "invalid response: Content-Length "
+             "%s is larger than max_body_bytes (%lu bytes)",
+             t->content_length, (unsigned long)t->max_body_bytes);
+    e.kind = AC_KIND_INVALID_RESPONSE;
+    e.status = status;
   } else if (rc == CURLE_OPERATION_TIMEDOUT && t->queued) {
     /* libcurl's text for a transfer that timed out in its queue blames
      * name resolution, so it is replaced. One that got a connection and

@@ -257,6 +257,31 @@ static void copy_value(const char *value, size_t len, char *out,
 }
 
 
+/* Reports whether the Content-Length value v[0..len) is a number larger
+ * than curl_off_t holds. libcurl 7.88 ignores such a value and reads the
+ * body until the server closes the connection, so an empty or cut body
+ * would look complete. */
+static int length_overflows(const char *v, size_t len) {
+  const unsigned long long max =
+      ((unsigned long long)1 << (sizeof(curl_off_t) * 8 - 1)) - 1;
+  unsigned long long n = 0;
+  size_t i = 0;
+
+  while (i < len && (v[i] == ' ' || v[i] == '\t'))
+    i++;
+  if (i < len && v[i] == '+')
+    i++;
+  for (; i < len && v[i] >= '0' && v[i] <= '9'; i++) {
+    unsigned digit = (unsigned)(v[i] - '0');
+
+    if (n > (max - digit) / 10)
+      return 1;
+    n = n * 10 + digit;
+  }
+  return 0;
+}
+
+
 /* Keeps the few response headers the module reports. The name length
  * picks the candidate, so most lines cost one memchr. */
 static size_t on_header(char *line, size_t size, size_t n, void *ud) {
@@ -275,6 +300,15 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   if (colon == NULL)
     return len;
   name_len = (size_t)(colon - line);
+  if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0
+      && length_overflows(colon + 1, len - name_len - 1)) {
+    copy_value(colon + 1, len - name_len - 1, t->content_length,
+               sizeof t->content_length);
+    if (strlen(t->content_length) == sizeof t->content_length - 1)
+      memcpy(t->content_length + sizeof t->content_length - 4, "...", 3);
+    t->length_too_large = 1;
+    return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
+  }
   if (name_len == 4 && strncasecmp(line, "ETag", 4) == 0) {
     out = t->etag;
     cap = sizeof t->etag;
@@ -473,6 +507,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
     ac_buf_clear_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
+  t->length_too_large = 0;
   t->socket_errno = 0;
   t->timeout_hint = NULL;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';

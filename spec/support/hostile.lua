@@ -19,9 +19,11 @@ local shell_quote = subprocess.shell_quote
 
 --- Starts a server and returns its handle once it printed its ready line.
 -- opts: mode (required, see hostile_server.py), status, body, headers (a
--- list of "Name: value" strings), rate (bytes per second for "slow"),
--- max_seconds (lifetime, default 60). Every connection is logged, so
--- server:connections() and server:requests() work in every mode.
+-- list of "Name: value" strings), content_length (the Content-Length
+-- value that "fixed" sends in place of the body's length), rate (bytes
+-- per second for "slow"), max_seconds (lifetime, default 60). Every
+-- connection is logged, so server:connections() and server:requests()
+-- work in every mode.
 function hostile.start(opts)
   local log_path = os.tmpname()
   local words = {
@@ -38,6 +40,9 @@ function hostile.start(opts)
   end
   for _, header in ipairs(opts.headers or {}) do
     words[#words + 1] = "--header " .. shell_quote(header)
+  end
+  if opts.content_length then
+    words[#words + 1] = "--content-length " .. shell_quote(opts.content_length)
   end
   if opts.rate then
     words[#words + 1] = "--rate " .. shell_quote(opts.rate)

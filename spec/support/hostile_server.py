@@ -4,9 +4,11 @@
 Usage:
     python3 spec/support/hostile_server.py MODE [--log FILE] [--max-seconds 60]
         [--status 200] [--body TEXT] [--header "Name: value" ...] [--rate 1]
+        [--content-length VALUE]
 
 Modes, each applied to every connection:
-    fixed            respond to each request with --status, --header and --body, then close
+    fixed            respond to each request with --status, --header and --body, then close;
+                     --content-length replaces the body's length in Content-Length
     slow             send a valid 200 response at --rate bytes per second
     silent           read the request, then neither respond nor close
     endless-headers  send a status line and header lines until the client leaves
@@ -149,7 +151,10 @@ class Connection:
         body = self.options.body.encode("utf-8")
         lines = ["HTTP/1.1 %d Test" % self.options.status]
         lines.extend(self.options.header if headers is None else headers)
-        lines.append("Content-Length: %d" % len(body))
+        content_length = self.options.content_length
+        if content_length is None:
+            content_length = str(len(body))
+        lines.append("Content-Length: " + content_length)
         lines.append("Connection: close")
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
@@ -255,6 +260,10 @@ def parse_arguments(argv):
     parser.add_argument(
         "--rate", type=float, default=1.0, help="slow: bytes per second (default 1)"
     )
+    parser.add_argument(
+        "--content-length",
+        help="fixed: the Content-Length value to send in place of the body's length",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.max_seconds <= 3600:
         parser.error("--max-seconds must be from 0 to 3600")
@@ -262,6 +271,10 @@ def parse_arguments(argv):
         parser.error("--rate must be positive")
     if any("\r" in value or "\n" in value for value in args.header):
         parser.error("--header values must not contain CR or LF")
+    if args.content_length is not None and (
+        "\r" in args.content_length or "\n" in args.content_length
+    ):
+        parser.error("--content-length must not contain CR or LF")
     return args
 
 
