@@ -658,12 +658,18 @@ static void push_meta(lua_State *L, ac_transport *t, upload_call *call,
 }
 
 
+/* Size of the hint of an OBS error: the room that the message has left
+ * after "OBS: " and the longest OBS message, so that the whole hint
+ * always fits. */
+#define AC_OBS_HINT_SIZE \
+  (AC_MSG_SIZE - (sizeof "OBS: " - 1) - (AC_OBS_FIELD_SIZE - 1))
+
 /* Pushes nil and the error for a non-2xx OBS response. */
 static void push_obs_error(lua_State *L, ac_transport *t,
                            upload_call *call, long status) {
   ac_error_info e = {0};
   ac_obs_error obs;
-  char message[AC_MSG_SIZE], hint[AC_MSG_SIZE / 2] = "";
+  char message[AC_MSG_SIZE], hint[AC_OBS_HINT_SIZE] = "";
   double sent_after_ms = call->sent_ms - call->signed_ms;
   int expired, skewed, aged;
 
