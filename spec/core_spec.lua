@@ -220,6 +220,10 @@ describe("appcenter.core", function()
       { "remove /v1 from the endpoint", { endpoint = "http://127.0.0.1:1/v1/" } },
       { "remove /v1 from the endpoint", { endpoint = "https://gw.example.com/api/v1" } },
       { "may contain only", { endpoint = "http://%31%32%37.0.0.1:1" } },
+      { "may not contain unescaped", { endpoint = "https://gw.example.com/a\\b" } },
+      { "may not contain unescaped", { endpoint = 'https://gw.example.com/"a"' } },
+      { "must start an escape", { endpoint = "https://gw.example.com/a%zz" } },
+      { "must start an escape", { endpoint = "https://gw.example.com/a%2" } },
       { "http:// or https://", { endpoint = "http:/127.0.0.1:1" } },
       { "token", { token = "abc\r\nX-Evil: 1" } },
       { "token", { token = "abc\n" } },
@@ -415,7 +419,7 @@ describe("appcenter.core", function()
       for _, endpoint in ipairs{ "http://[::1]:8080", "https://[2001:db8::1]",
           "https://app.example.com:8443/base", "http://LOCALHOST:8080",
           "http://localhost.:8080", "http://127.1.2.3:8080",
-          "https://app.example.com./base/.well/x" } do
+          "https://app.example.com./base/.well/x", "https://app.example.com/a%20b%2F" } do
         local client, err = core.new(options{ endpoint = endpoint })
         assert.is_nil(err, endpoint)
         client:close()

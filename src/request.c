@@ -335,6 +335,29 @@ static const char *authority_problem(const char *h, size_t n) {
 }
 
 
+static int is_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')
+      || (c >= 'A' && c <= 'F');
+}
+
+
+/* Returns why the path p[0..n) is not one that is sent and signed as
+ * written, or NULL. The signer decodes each %XX, so a '%' that starts
+ * none would be signed as %25 but sent as '%'. */
+static const char *path_problem(const char *p, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    if (strchr("\"<>\\^`{|}", p[i]) != NULL)
+      return "the path contains a character that a URL path may not "
+             "contain unescaped (\" < > \\ ^ ` { | }); write it as %XX";
+    if (p[i] == '%' && !(i + 2 < n && is_hex(p[i + 1]) && is_hex(p[i + 2])))
+      return "a '%' in the path must start an escape such as %20";
+  }
+  return NULL;
+}
+
+
 /* Returns 1 when the path p[0..n) has a "." or ".." segment. */
 static int has_dot_segment(const char *p, size_t n) {
   size_t i = 0;
@@ -433,6 +456,9 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
   if (slash != NULL && has_dot_segment(slash, len - (size_t)(slash - s)))
     return endpoint_error(msg, "the path may not contain '.' or '..' "
                           "segments", s, len);
+  if (slash != NULL
+      && (problem = path_problem(slash, len - (size_t)(slash - s))) != NULL)
+    return endpoint_error(msg, problem, s, len);
 
   /* Drop trailing slashes so that the route can be appended. */
   while (len > start + host_len && s[len - 1] == '/')
