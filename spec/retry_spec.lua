@@ -1036,6 +1036,22 @@ describe("retry", function()
       client:close()
     end)
 
+    it("ends a call when now turns NaN", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 5 }
+      local readings = 0
+      local client = new_client(nil, { now = function()
+        readings = readings + 1
+        return readings == 1 and 100 or 0 / 0
+      end })
+
+      local _, err = client:create_credential("replay.bin")
+
+      assert.equal(1, err.attempts)
+      assert.matches("(not retried: the now option returned nan, so the deadline counts as passed)",
+        err.message, 1, true)
+      client:close()
+    end)
+
     it("raises when now returns no finite number", function()
       for _, case in ipairs{ { 0 / 0, "nan" }, { math.huge, "inf" }, { nil, "nil" }, { "1", "string" } } do
         local client = new_client(nil, { now = function() return case[1] end })

@@ -175,11 +175,33 @@ function retry.drop_timeout_hint(message)
   return (message:gsub(CORE_TIMEOUT_HINT, "", 1))
 end
 
-local function time_left_ms(policy, deadline)
-  if not deadline then
+-- Returns `seconds` as messages show it, or nil when it is a finite
+-- number, the only reading of the now option that a deadline can use.
+local function reading_problem(seconds)
+  if type(seconds) ~= "number" then
+    return type(seconds)
+  elseif seconds ~= seconds then
+    return "nan"
+  elseif not (seconds > -math.huge and seconds < math.huge) then
+    return tostring(seconds)
+  end
+  return nil
+end
+
+-- Returns the milliseconds left before the call's deadline. A reading of
+-- now() that is no finite number counts as none left and is noted in
+-- self.bad_reading, so it ends the call where a NaN would turn the
+-- deadline off.
+local function time_left_ms(self)
+  if not self.deadline then
     return math.huge
   end
-  return (deadline - policy.now()) * 1000
+  local seconds = self.policy.now()
+  self.bad_reading = reading_problem(seconds)
+  if self.bad_reading then
+    return 0
+  end
+  return (self.deadline - seconds) * 1000
 end
 
 
@@ -205,12 +227,9 @@ Call.__index = Call
 -- deadline off.
 function retry.new_call(policy)
   local started = policy.now()
-  if type(started) ~= "number" or not (started > -math.huge
-      and started < math.huge) then
+  if reading_problem(started) then
     error(("appcenter: the now option returned %s; it must return seconds "
-      .. "as a finite number"):format(type(started) ~= "number"
-      and type(started) or started ~= started and "nan" or tostring(started)),
-      0)
+      .. "as a finite number"):format(reading_problem(started)), 0)
   end
   local deadline
   if policy.deadline_ms then
@@ -223,6 +242,7 @@ function retry.new_call(policy)
     attempt = 0,
     last_retry_cost = nil,
     cut_to_deadline = false,
+    bad_reading = nil,
   }, Call)
 end
 
@@ -234,7 +254,7 @@ end
 -- up the time that the delay left.
 function Call:begin_attempt()
   local policy = self.policy
-  if self.attempt > 0 and time_left_ms(policy, self.deadline) < 1 then
+  if self.attempt > 0 and time_left_ms(self) < 1 then
     return false
   end
   self.attempt = self.attempt + 1
@@ -242,7 +262,7 @@ function Call:begin_attempt()
     return true, nil
   end
 
-  local left_ms = time_left_ms(policy, self.deadline)
+  local left_ms = time_left_ms(self)
   self.cut_to_deadline = left_ms < policy.timeout_ms
   local limit_ms = math.min(policy.timeout_ms, left_ms)
   return true, math.max(1, math.floor(limit_ms)), left_ms
@@ -275,7 +295,7 @@ function Call:complete(result, info)
     return nil
   end
 
-  local left_ms = time_left_ms(policy, self.deadline)
+  local left_ms = time_left_ms(self)
   -- A timeout of an attempt cut to the deadline is the deadline only when
   -- it came at the deadline: connect_timeout_ms may have ended it earlier.
   -- The core's hint names timeout_ms, which did not end such an attempt.
@@ -298,7 +318,10 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if cut_off then
+  if self.bad_reading then
+    reason = ("the now option returned %s, so the deadline counts as "
+      .. "passed"):format(self.bad_reading)
+  elseif cut_off then
     reason = "the deadline has passed; " .. cut_note
   elseif left_ms < 1 then
     reason = "the deadline has passed"
