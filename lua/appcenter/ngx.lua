@@ -362,9 +362,9 @@ function glue.new_client(core_opts, thread_pool)
   }, ThreadClient)
 end
 
--- With less than this left at posting, the deadline is too short for any
--- pool: handing an attempt to a free thread takes up to about a
--- millisecond (an estimate).
+-- A wait for a thread shorter than this is no sign of a busy pool:
+-- handing an attempt to a free thread takes up to about a millisecond
+-- (an estimate).
 local SHORT_WAIT_MS = 10
 
 -- Returns the timeout error of an attempt that waited in the queue of
@@ -373,17 +373,16 @@ local SHORT_WAIT_MS = 10
 -- those of appcenter.core's timeout errors.
 local function queued_past_deadline_error(pool, posted, started, left_ms)
   local waited_ms = math.floor((started - posted) * 1000 + 0.5)
-  local message
-  if left_ms < SHORT_WAIT_MS then
-    message = ("retry.deadline_ms left %d ms for this attempt, which ended "
-      .. "before a thread of nginx thread pool %q could start it, so the "
-      .. "attempt sent nothing; raise retry.deadline_ms")
-      :format(math.floor(left_ms + 0.5), pool)
+  local message = ("waited %d ms for a thread of nginx thread pool %q, "
+    .. "until after the deadline, so the attempt sent nothing; ")
+    :format(waited_ms, pool)
+  if waited_ms < SHORT_WAIT_MS then
+    -- The pool was not busy: the deadline left too little time.
+    message = message .. ("retry.deadline_ms left only %d ms for the "
+      .. "attempt; raise retry.deadline_ms"):format(math.floor(left_ms))
   else
-    message = ("waited %d ms for a thread of nginx thread pool %q, until "
-      .. "after the deadline, so the attempt sent nothing; raise N in the "
-      .. "`thread_pool %s threads=N;` line of nginx.conf, or raise "
-      .. "retry.deadline_ms"):format(waited_ms, pool, pool)
+    message = message .. ("raise N in the `thread_pool %s threads=N;` line "
+      .. "of nginx.conf, or raise retry.deadline_ms"):format(pool)
   end
   local err = restore_error_metatable({
     kind = "timeout",

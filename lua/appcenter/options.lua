@@ -280,12 +280,12 @@ function options.validate(opts, with_file_name)
   if message then
     return message
   end
-  -- nginx.conf names a pool with one word: `thread_pool NAME threads=N;`.
-  if plain.thread_pool and not plain.thread_pool:find("^[^%s%c;{}\"']+$") then
-    -- Control characters shown as "?", so the message stays one line.
-    local shown = plain.thread_pool:sub(1, 40):gsub("%c", "?")
-    return ("option 'thread_pool' must be the name in a `thread_pool NAME "
-      .. "threads=N;` line of nginx.conf, got %q"):format(shown)
+  -- No `thread_pool NAME threads=N;` line of nginx.conf can define an
+  -- empty name or one with a control character.
+  if plain.thread_pool and not plain.thread_pool:find("^[^%c]+$") then
+    return "option 'thread_pool' must be the name of a `thread_pool NAME "
+      .. "threads=N;` line of nginx.conf, got an empty name or one with a "
+      .. "control character"
   end
 
   if type(plain.retry) == "table" then
