@@ -468,8 +468,8 @@ describe("credentials", function()
     }
 
     for _, case in ipairs{
-      { "UTF-16 text", "\255\254[\0b\0]\0\n\0", "it contains NUL bytes, as UTF-16 text does; "
-        .. "save it as UTF-8" },
+      { "UTF-16 text", "\255\254[\0b\0]\0\n\0", "it is UTF-16 text; save it as UTF-8" },
+      { "UTF-16 without BOM", "[\0b\0]\0\n\0", "it is UTF-16 text; save it as UTF-8" },
       { "CR line ends", "[basic]\rak = A\rsk = B\r", "its lines end in CR alone; save it with "
         .. "LF or CR LF line ends" },
     } do
@@ -482,6 +482,14 @@ describe("credentials", function()
         assert.equal(("invalid credentials file %s: %s"):format(profile_path, case[3]), err.message)
       end)
     end
+
+    it("ignores a NUL byte in another section", function()
+      write_profile(basic_profile("[other]\nnote = a\0b\n"))
+
+      local opts = assert(credentials.resolve({ project_id = "p" }))
+
+      assert.equal(FAKE_AK, opts.ak)
+    end)
 
     it("names the variable of an unreadable file", function()
       env.HUAWEICLOUD_SDK_CREDENTIALS_FILE = home

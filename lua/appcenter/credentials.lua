@@ -136,11 +136,13 @@ function credentials.parse_profile(text, path)
       :format(path, line_number, problem)
   end
 
-  -- UTF-16 text, as some Windows editors save, has a NUL in every ASCII
-  -- character, and text with lines that end in CR alone is one line here.
-  if text:find("%z") then
-    return nil, ("invalid credentials file %s: it contains NUL bytes, as "
-      .. "UTF-16 text does; save it as UTF-8"):format(path)
+  -- UTF-16 text, as some Windows editors save, starts with its byte order
+  -- mark or has a NUL in every ASCII character. Text with lines that end
+  -- in CR alone is one line here.
+  if text:find("^\255\254") or text:find("^\254\255")
+      or text:find("^[^%z]%z[^%z]%z") or text:find("^%z[^%z]%z[^%z]") then
+    return nil, ("invalid credentials file %s: it is UTF-16 text; save it "
+      .. "as UTF-8"):format(path)
   end
   if text:find("\r[^\n]") and not text:find("\n", 1, true) then
     return nil, ("invalid credentials file %s: its lines end in CR alone; "
@@ -236,12 +238,12 @@ end
 -- when the file exists without that section. Returns nil and an error
 -- when the file cannot be read or parsed.
 local function read_profile(path, named)
+  local origin = named and (" named by " .. credentials.ENV_FILE) or ""
   local file, message, errno = io.open(path, "rb")
   if not file then
     if errno == ENOENT and not named then
       return {}
     end
-    local origin = named and (" named by " .. credentials.ENV_FILE) or ""
     return nil, invalid(("cannot open credentials file %s%s: %s")
       :format(path, origin, strip_path_prefix(message, path)))
   end
@@ -250,7 +252,6 @@ local function read_profile(path, named)
   text, message = file:read(credentials.MAX_FILE_BYTES + 1)
   file:close()
   if message then
-    local origin = named and (" named by " .. credentials.ENV_FILE) or ""
     return nil, invalid(("cannot read credentials file %s%s: %s")
       :format(path, origin, strip_path_prefix(message, path)))
   end
@@ -276,9 +277,9 @@ end
 -- Sources ---------------------------------------------------------------
 
 -- A source has the fields ak, sk, security_token and project_id that it
--- sets, plus label(field), the name of a field in that source, and
--- fail(field, text), which builds an error message about a field that
--- the source sets.
+-- sets, plus label(field), the name of a field in that source,
+-- origin(field), where a field's value comes from, and fail(field, text),
+-- which builds an error message about a field that the source sets.
 
 local KEY_FIELDS = { "ak", "sk", "security_token" }
 
@@ -289,13 +290,12 @@ local function environment_source(getenv)
     security_token = credentials.ENV_SECURITY_TOKEN,
     project_id = credentials.ENV_PROJECT_ID,
   }
+  local function variable_of(field)
+    return variables[field]
+  end
   local source = {
-    label = function(field)
-      return variables[field]
-    end,
-    origin = function(field)
-      return variables[field]
-    end,
+    label = variable_of,
+    origin = variable_of,
     fail = function(_, text)
       return "invalid environment: " .. text
     end,

