@@ -19,6 +19,7 @@
 #include "fuzz.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <strings.h>
 
 #include "../src/request.h"
@@ -117,7 +118,7 @@ static int reference_project_id_ok(const char *s, size_t len) {
     return 0;
   for (i = 0; i < len; i++)
     if (s[i] <= ' ' || s[i] >= 0x7F || strchr("/?#%", s[i]) != NULL
-        || strchr("\"<>\\^`{|}", s[i]) != NULL)
+        || strchr("\"<>\\^`{|}[]", s[i]) != NULL)
       return 0;
   /* "." and ".." are dot segments, which libcurl would remove. */
   return !(len <= 2 && s[0] == '.' && s[len - 1] == '.');
@@ -270,7 +271,7 @@ static void fuzz_endpoint(const fuzz_field *v, int allow_http) {
   char msg[AC_MSG_SIZE];
   ac_endpoint ep;
   ac_buf url = {0};
-  const char *authority;
+  const char *authority, *path;
   size_t base_len, i;
   long path_at;
 
@@ -301,6 +302,12 @@ static void fuzz_endpoint(const fuzz_field *v, int allow_http) {
   if (ep.loopback)
     FUZZ_CHECK(names_loopback(ep.host),
                "a loopback host is 127.0.0.0/8, localhost or [::1]");
+  path = strchr(authority, '/');
+  for (; path != NULL && *path != '\0'; path++)
+    FUZZ_CHECK(strchr("\"<>\\^`{|}[]", *path) == NULL
+               && (*path != '%' || (isxdigit((unsigned char)path[1])
+                                    && isxdigit((unsigned char)path[2]))),
+               "the path is sent and signed as written");
 
   path_at = ac_build_url(&url, &ep, PROJECT);
   FUZZ_CHECK(path_at >= 0 && (size_t)path_at <= base_len,

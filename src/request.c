@@ -16,6 +16,10 @@
 #include <string.h>
 #include <strings.h>
 
+/* Printable characters that a URL path may not contain unescaped (RFC
+ * 3986 section 3.3), so neither a project id nor an endpoint path may. */
+#define AC_PATH_UNSAFE "\"<>\\^`{|}[]"
+
 
 /* ---------------------------------------------------------------------
  * UTF-8
@@ -141,8 +145,7 @@ int ac_check_project_id(const char *s, size_t len, char *msg) {
                "or URL", c, (unsigned long)i + 1);
       return -1;
     }
-    /* Characters that a URL path may not contain unescaped. */
-    if (strchr("\"<>\\^`{|}", c) != NULL) {
+    if (strchr(AC_PATH_UNSAFE, c) != NULL) {
       snprintf(msg, AC_MSG_SIZE, "invalid project_id: character '%c' at "
                "byte %lu is not allowed in a URL path; pass the project "
                "id of the region (IAM console, My Credentials)", c,
@@ -341,18 +344,27 @@ static int is_hex(char c) {
 }
 
 
-/* Returns why the path p[0..n) is not one that is sent and signed as
- * written, or NULL. The signer decodes each %XX, so a '%' that starts
- * none would be signed as %25 but sent as '%'. */
-static const char *path_problem(const char *p, size_t n) {
+/* Writes into why (AC_MSG_SIZE bytes) why the path p[0..n), which starts
+ * at byte `at` of the endpoint, is not one that is sent and signed as
+ * written, and returns why, or returns NULL. The signer decodes each %XX,
+ * so a '%' that starts none would be signed as %25 but sent as '%'. */
+static const char *path_problem(const char *p, size_t n, size_t at,
+                                char *why) {
   size_t i;
 
   for (i = 0; i < n; i++) {
-    if (strchr("\"<>\\^`{|}", p[i]) != NULL)
-      return "the path contains a character that a URL path may not "
-             "contain unescaped (\" < > \\ ^ ` { | }); write it as %XX";
-    if (p[i] == '%' && !(i + 2 < n && is_hex(p[i + 1]) && is_hex(p[i + 2])))
-      return "a '%' in the path must start an escape such as %20";
+    if (strchr(AC_PATH_UNSAFE, p[i]) != NULL) {
+      snprintf(why, AC_MSG_SIZE, "character '%c' at byte %lu may not be "
+               "in a URL path unescaped; write it as %%%02X", p[i],
+               (unsigned long)(at + i + 1), (unsigned char)p[i]);
+      return why;
+    }
+    if (p[i] == '%' && !(i + 2 < n && is_hex(p[i + 1]) && is_hex(p[i + 2]))) {
+      snprintf(why, AC_MSG_SIZE, "the '%%' at byte %lu starts no escape "
+               "such as %%20; write a '%%' itself as %%25",
+               (unsigned long)(at + i + 1));
+      return why;
+    }
   }
   return NULL;
 }
@@ -406,6 +418,7 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
   size_t start, host_len, i;
   int https = 1;
   const char *host, *slash, *problem;
+  char why[AC_MSG_SIZE];
 
   memset(out, 0, sizeof *out);
   if (len == 0)
@@ -457,7 +470,8 @@ int ac_parse_endpoint(const char *s, size_t len, int allow_http,
     return endpoint_error(msg, "the path may not contain '.' or '..' "
                           "segments", s, len);
   if (slash != NULL
-      && (problem = path_problem(slash, len - (size_t)(slash - s))) != NULL)
+      && (problem = path_problem(slash, len - (size_t)(slash - s),
+                                 (size_t)(slash - s), why)) != NULL)
     return endpoint_error(msg, problem, s, len);
 
   /* Drop trailing slashes so that the route can be appended. */
