@@ -1055,6 +1055,22 @@ describe("retry", function()
       client:close()
     end)
 
+    it("reads the one-shot file name once", function()
+      local reads = 0
+      local opts = setmetatable({ endpoint = emu.url, project_id = emu.project_id,
+        token = emu.token, retry = false }, { __index = function(_, name)
+          if name == "file_name" then
+            reads = reads + 1
+            return reads == 1 and "replay.bin" or 42
+          end
+        end })
+
+      local result, meta = appcenter.create_credential(opts)
+
+      assert.is_table(result, tostring(meta))
+      assert.equal(1, reads)
+    end)
+
     it("raises when now returns no finite number", function()
       for _, case in ipairs{ { 0 / 0, "nan" }, { math.huge, "inf" }, { nil, "nil" }, { "1", "string" } } do
         local client = new_client(nil, { now = function() return case[1] end })

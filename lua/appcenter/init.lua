@@ -78,7 +78,11 @@ local function resolve_credentials(core_opts)
   return credentials.resolve(core_opts)
 end
 
-local function new_client(opts, caller)
+-- Creates the client of appcenter.new, or of the one-shot call for
+-- `caller` "create_credential". Returns the client, or nil and an error,
+-- and raises for the errors that appcenter.new raises. With `checked`, a
+-- table, sets checked.opts to the options as checked.
+local function new_client(opts, caller, checked)
   if opts == appcenter then
     error(("appcenter: call %s with a dot: appcenter.%s(opts)")
       :format(caller, caller), 3)
@@ -89,6 +93,9 @@ local function new_client(opts, caller)
     error(("appcenter.%s: %s"):format(caller, message), 3)
   end
   opts = plain
+  if checked then
+    checked.opts = plain
+  end
 
   local core_opts, origins_or_err = resolve_credentials(
     options.core_options(opts))
@@ -384,16 +391,18 @@ end
 -- nil and an invalid_argument error when it is missing, and raises when
 -- it is not a string.
 function appcenter.create_credential(opts)
-  local client, err = new_client(opts, "create_credential")
+  local checked = {}
+  local client, err = new_client(opts, "create_credential", checked)
   if not client then
     return nil, err
   end
-  if opts.file_name == nil then
+  local file_name = checked.opts.file_name
+  if file_name == nil then
     client:close()
     return nil, invalid_argument("missing file_name: pass the complete "
       .. 'file name, e.g. "setup.exe"')
   end
-  local result, info = client:create_credential(opts.file_name)
+  local result, info = client:create_credential(file_name)
   client:close()
   return result, info
 end
