@@ -810,12 +810,6 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              (unsigned long)t->max_body_bytes);
     e.kind = AC_KIND_INVALID_RESPONSE;
     e.status = status;
-  } else if (rc == CURLE_WRITE_ERROR && t->length_too_large) {
-    snprintf(message, sizeof message, "invalid response: Content-Length "
-             "%s is larger than max_body_bytes (%lu bytes)",
-             t->content_length, (unsigned long)t->max_body_bytes);
-    e.kind = AC_KIND_INVALID_RESPONSE;
-    e.status = status;
   } else if (rc == CURLE_OPERATION_TIMEDOUT && t->queued) {
     /* libcurl's text for a transfer that timed out in its queue blames
      * name resolution, so it is replaced. One that got a connection and
@@ -971,6 +965,7 @@ int ac_client_push_result(lua_State *L, ac_client *c, ac_transport *t,
   curl_easy_getinfo(t->curl, CURLINFO_TOTAL_TIME_T, &total_us);
   memset(&r, 0, sizeof r);
   r.body_cut = body_cut;
+  r.max_body_bytes = t->max_body_bytes;
   r.status = status;
   r.body = t->body.data;
   r.body_len = t->body.len;

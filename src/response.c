@@ -723,7 +723,7 @@ static void push_http_error(lua_State *L, const ac_response *r) {
   if (r->body_cut) {
     snprintf(message, sizeof message, "HTTP %ld: the body is larger than "
              "max_body_bytes (%lu bytes), so it is not shown", r->status,
-             (unsigned long)r->body_len);
+             (unsigned long)r->max_body_bytes);
   } else if (is_redirect(r->status)) {
     const char *to = r->redirect_url ? r->redirect_url : "";
 

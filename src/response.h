@@ -18,6 +18,7 @@ typedef struct ac_response {
   const char *retry_after;  /* "" when the server sent none */
   const char *redirect_url; /* a 3xx's Location, or NULL */
   int body_cut;             /* body is the start of one over max_body_bytes */
+  size_t max_body_bytes;    /* the limit, for the message of a cut body */
   double elapsed_ms;
   const char *const *secrets; /* NULL-terminated; redacted from messages */
 } ac_response;

@@ -300,13 +300,11 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   if (colon == NULL)
     return len;
   name_len = (size_t)(colon - line);
+  /* Such a length is over any max_body_bytes, so the response ends as
+   * one whose body is. */
   if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0
       && length_overflows(colon + 1, len - name_len - 1)) {
-    copy_value(colon + 1, len - name_len - 1, t->content_length,
-               sizeof t->content_length);
-    if (strlen(t->content_length) == sizeof t->content_length - 1)
-      memcpy(t->content_length + sizeof t->content_length - 4, "...", 3);
-    t->length_too_large = 1;
+    t->body_too_large = 1;
     return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
   }
   if (name_len == 4 && strncasecmp(line, "ETag", 4) == 0) {
@@ -507,7 +505,6 @@ void ac_transport_prepare(ac_transport *t, const char *url,
     ac_buf_clear_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
-  t->length_too_large = 0;
   t->socket_errno = 0;
   t->timeout_hint = NULL;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';

@@ -62,10 +62,6 @@ typedef struct ac_transport {
   size_t max_body_bytes;
   ac_buf body;              /* response body of the last call */
   int body_too_large;
-  int length_too_large;     /* the response's Content-Length is more than
-                             * curl_off_t holds, so the transfer stopped
-                             * at its headers */
-  char content_length[32];  /* that Content-Length, cut to fit */
   int queued;               /* started while max_connections requests
                              * were in flight */
   int direct;               /* uses no proxy: ac_transport_go_direct */
