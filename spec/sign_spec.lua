@@ -332,7 +332,7 @@ describe("core.sign", function()
     it("hides a date with control characters", function()
       assert.has_error(sign_with({ date = "20200608T0239\r\nZ" }),
         "appcenter.core.sign: field 'date' must look like 20060102T150405Z (UTC), "
-          .. "got a 16-byte string that has control characters or is too long to show")
+          .. "got a 16-byte string that has bytes other than printable ASCII or is too long to show")
     end)
 
     it("formats numeric dates in UTC", function()

@@ -795,8 +795,8 @@ static int l_poll(lua_State *L) {
   luaL_argcheck(L, timeout_ms >= 0 && timeout_ms <= 86400000, 2,
                 "timeout_ms must be from 0 to 86400000");
   if (c->polling)
-    return luaL_error(L, "appcenter.core: poll called from a callback that poll "
-                      "runs (a request's callback or an upload's progress "
+    return luaL_error(L, "appcenter.core: poll called from a callback that "
+                      "poll runs (a request's callback or an upload's progress "
                       "callback); return from the callback instead, and "
                       "the running poll goes on with the other requests");
   lua_settop(L, 1);

@@ -501,9 +501,9 @@ static int shape_result(shape *s, int idx) {
  * ------------------------------------------------------------------- */
 
 /* Copies the string or number at idx into out (AC_TEXT_SIZE bytes), at
- * most max bytes (a whole number has at most 17). lua-cjson decodes every number as a float, which Lua
- * 5.4 writes as "400.0", so a whole number is written without a
- * fraction. */
+ * most max bytes (a whole number has at most 17). lua-cjson decodes every
+ * number as a float, which Lua 5.4 writes as "400.0", so a whole number
+ * is written without a fraction. */
 static void copy_error_text(lua_State *L, int idx, char *out, size_t max) {
   const char *v;
   size_t len;

@@ -142,7 +142,8 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
     if (!is_sdk_date(s, len))
       luaL_error(L, "appcenter.core.sign: field 'date' must look like "
                  "20060102T150405Z (UTC), got a %d-byte string that has "
-                 "control characters or is too long to show", (int)len);
+                 "bytes other than printable ASCII or is too long to show",
+                 (int)len);
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Number t = lua_tonumber(L, -1);
