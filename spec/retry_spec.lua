@@ -862,6 +862,16 @@ describe("retry", function()
       return message
     end
 
+    -- Checks that appcenter.new raises with each case's message, which
+    -- follows "appcenter.new: ", for the case's options.
+    local function assert_raises_each(cases)
+      for _, case in ipairs(cases) do
+        local message = options_error(case[1])
+        assert.is_not_nil(message:find("appcenter.new: " .. case[2], 1, true),
+          message)
+      end
+    end
+
     it("unknown top-level name raises", function()
       assert.has_error(function()
         new_client(nil, { timout_ms = 1000 })
@@ -952,11 +962,7 @@ describe("retry", function()
         { { retry = { budget = { retry_cost = "5" } } },
           "option 'retry.budget.retry_cost' must be a number, got string" },
       }
-      for _, case in ipairs(cases) do
-        local message = options_error(case[1])
-        assert.is_not_nil(message:find("appcenter.new: " .. case[2], 1, true),
-          message)
-      end
+      assert_raises_each(cases)
     end)
 
     it("out-of-range values raise", function()
@@ -1016,11 +1022,7 @@ describe("retry", function()
         { setmetatable({}, { __index = { retry = 0 } }),
           "option 'retry' must be a table or false, got number" },
       }
-      for _, case in ipairs(cases) do
-        local message = options_error(case[1])
-        assert.is_not_nil(message:find("appcenter.new: " .. case[2], 1, true),
-          message)
-      end
+      assert_raises_each(cases)
     end)
 
     it("reads each option once", function()
