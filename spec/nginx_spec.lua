@@ -994,6 +994,28 @@ http {
             }
         }
 
+        location = /close-in-delay {
+            content_by_lua_block {
+                local appcenter = require("appcenter")
+                local client = assert(appcenter.new({
+                    endpoint = os.getenv("APPCENTER_ENDPOINT"),
+                    project_id = os.getenv("APPCENTER_PROJECT_ID"),
+                    token = os.getenv("APPCENTER_TOKEN"),
+                    retry = { base_delay_ms = 5000, max_delay_ms = 5000,
+                              random = function() return 0.99 end },
+                }))
+                ngx.thread.spawn(function()
+                    ngx.sleep(0.3)
+                    client:close()
+                end)
+                ngx.update_time()
+                local started = ngx.now()
+                local _, err = client:create_credential("close.bin")
+                ngx.update_time()
+                ngx.say(("%.3f %s"):format(ngx.now() - started, tostring(err)))
+            }
+        }
+
         location = /content {
             content_by_lua_block {
                 ngx.say(timed_call("content.bin", deadline_arg(),
@@ -1095,6 +1117,22 @@ http {
       end, 5))
       return finish_hold
     end
+
+    it("cuts a retry delay short on close", function()
+      nginx = start(1)
+      emu:fault{ status = 503, body = '{"error_code":"WKS.0503","error_msg":"busy"}', times = 1 }
+
+      -- The 503 gets a delay of 4.95 s, and another light thread closes
+      -- the client 0.3 s into the call.
+      local status, body = nginx:get("/close-in-delay")
+
+      assert.are.equal(200, status)
+      local seconds = tonumber(body:match("^(%S+)"))
+      assert.is_truthy(seconds, body)
+      assert.is_true(seconds < 2, body)
+      assert.is_truthy(body:find("appcenter: cancelled: the client was closed", 1, true), body)
+      assert.are.equal(1, emu:stats().requests)
+    end)
 
     it("sends nothing after the deadline passed in the queue", function()
       local finish_hold = hold_the_thread(1000)

@@ -117,11 +117,12 @@ local function new_client(opts, caller, checked)
 
   local clock = { now = core.monotonic, sleep = core.sleep }
   if in_nginx then
-    clock = nginx.clock
+    clock = nginx.new_clock()
   end
   return setmetatable({
     core_client = core_client,
     policy = options.build_policy(opts, clock),
+    wake = clock.wake,
   }, Client)
 end
 
@@ -326,7 +327,16 @@ end
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
   check_client(self, "close")
-  async.close(self)
+  -- A callback's error, which close raises, comes after the close.
+  local closed, err = pcall(async.close, self)
+  -- Inside nginx, a call that waits before its next attempt wakes, finds
+  -- the client closed and ends with a cancelled error.
+  if self.wake then
+    self.wake()
+  end
+  if not closed then
+    error(err, 0)
+  end
 end
 
 -- Returns "appcenter.client (ENDPOINT, project ID)", or

@@ -246,6 +246,29 @@ glue.clock = {
   end,
 }
 
+-- Returns a clock for one client: glue.clock's now, a sleep that waits on
+-- a semaphore of lua-resty-core, and wake(), which ends every sleep of the
+-- client's calls at once, so that close() need not wait out a retry delay
+-- as it would with ngx.sleep.
+function glue.new_clock()
+  local semaphore = require("ngx.semaphore")
+  local sema = semaphore.new()
+  return {
+    now = glue.clock.now,
+    sleep = function(seconds)
+      -- Returns nil and "timeout" after `seconds`, unless woken.
+      sema:wait(seconds)
+    end,
+    wake = function()
+      -- A negative count is the number of waiting light threads.
+      local waiting = -sema:count()
+      if waiting > 0 then
+        sema:post(waiting)
+      end
+    end,
+  }
+end
+
 -- Metatable of appcenter.core's error tables in this VM, found through an
 -- error that core.new returns for an empty option table.
 local error_metatable
