@@ -113,6 +113,22 @@ describe("appcenter-credential", function()
     return { "--endpoint", emu.url, "--project-id", emu.project_id, file_name }
   end
 
+  it("says that --region beats APPCENTER_ENDPOINT", function()
+    -- The region's endpoint comes from its variable, so the request goes
+    -- to the emulator and not to the region's host.
+    local status, stdout, stderr = run_tool({ "--region", "cn-north-4", "--project-id",
+      emu.project_id, "replay.bin" }, emu.token, {
+        APPCENTER_ENDPOINT = "http://127.0.0.1:1",
+        HUAWEICLOUD_SDK_REGION_WORKSPACE_CN_NORTH_4 = emu.url,
+      })
+
+    assert.equal(0, status, stderr)
+    assert.is_table(cjson.decode(stdout))
+    assert.equal("appcenter-credential: note: APPCENTER_ENDPOINT is ignored because --region "
+      .. "cn-north-4 is given; pass --endpoint to choose one\n", stderr)
+    assert.equal(1, emu:stats().requests)
+  end)
+
   it("prints credential as JSON", function()
     local status, stdout, stderr = run_tool(endpoint_args("replay.bin"),
       emu.token)
