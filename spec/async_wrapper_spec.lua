@@ -896,6 +896,29 @@ describe("appcenter async wrapper", function()
         .. "other requests", message:match("appcenter: .*$"))
     end)
 
+    it("names a poll that waits in a yielding sleep", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local client = new_client{ sleep = function()
+        coroutine.yield()
+      end, retry = { base_delay_ms = 200, random = function() return 0.99 end } }
+      client:start("a.bin", function() end)
+      local task = coroutine.create(function()
+        for _ = 1, 50 do
+          client:poll(100)
+        end
+      end)
+
+      -- Polls until the retry's sleep yields.
+      assert(coroutine.resume(task))
+      local ok, message = pcall(client.poll, client, 0)
+
+      assert.is_false(ok)
+      assert.equal("appcenter: poll called while another poll of this client waits in its "
+        .. "sleep option, which yielded; poll the client from one task only",
+        message:match("appcenter: .*$"))
+      client:close()
+    end)
+
     it("allows start from a callback", function()
       local client = new_client()
       local second
@@ -1093,6 +1116,76 @@ describe("appcenter async wrapper", function()
         client:poll("10")
       end, "bad argument #1 to 'poll' (timeout_ms must be a number from 0 "
         .. "to 86400000, got string)")
+      client:close()
+    end)
+
+    it("calls back a request whose now closes the client", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 5 }
+      -- The first reading after on_retry, which schedules the retry,
+      -- closes the client.
+      local retried, closed = false, false
+      local client
+      client = new_client{ now = function()
+        if retried and not closed then
+          closed = true
+          client:close()
+        end
+        return core.monotonic()
+      end, retry = { base_delay_ms = 1, on_retry = function()
+        retried = true
+      end } }
+      local ended_err
+      client:start("a.bin", function(_, err)
+        ended_err = err
+      end)
+
+      for _ = 1, 20 do
+        if ended_err then
+          break
+        end
+        pcall(client.poll, client, 100)
+      end
+
+      assert.is_true(closed)
+      assert.is_table(ended_err)
+      assert.equal("cancelled", ended_err.kind)
+      assert.equal(0, client:pending())
+    end)
+
+    it("runs on_retry once when now raises", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
+      local retries, armed = 0, false
+      local client = new_client{ now = function()
+        if armed then
+          armed = false
+          error("fake clock failed", 0)
+        end
+        return core.monotonic()
+      end, retry = { base_delay_ms = 1, on_retry = function()
+        retries = retries + 1
+        armed = true
+      end } }
+      local ended_err
+      client:start("a.bin", function(_, err)
+        ended_err = err
+      end)
+
+      local messages = {}
+      for _ = 1, 20 do
+        if ended_err then
+          break
+        end
+        local ok, message = pcall(client.poll, client, 100)
+        if not ok then
+          messages[#messages + 1] = message
+        end
+      end
+
+      assert.equal(1, retries)
+      assert.same({ "fake clock failed" }, messages)
+      assert.is_table(ended_err)
+      assert.equal(503, ended_err.status)
+      assert.equal(1, emu:stats().requests)
       client:close()
     end)
 

@@ -73,6 +73,7 @@ local function state_of(client)
       completed = 0,      -- callbacks run since the current poll began
       sequence = 0,       -- orders retries that are due at the same time
       polling = false,
+      sleeping = false,   -- poll waits in the sleep option
       closed = false,
       first_error = nil,  -- { value = error } of the first callback error
       -- core.fork_generation() when the state was made or last checked.
@@ -178,11 +179,32 @@ local function finish(request, result, info)
   end
 end
 
--- Settles last: until the request is in `waiting`, a failure here
--- (memory, or a `now` that raises) leaves the outcome to be handled again.
+-- Settles last: until the request is in `waiting`, a memory error here
+-- leaves the outcome to be handled again. The request is in no set while
+-- now() runs, so this function handles what now() does. A close (from a
+-- finalizer, or from the option itself) cancels the request. An error,
+-- or a reading that is no finite number, ends it with `err`, as an error
+-- of on_retry does.
 local function schedule_retry(request, err, delay_ms)
   local state = request.async_state
-  local due = request.client.policy.now() + delay_ms / 1000
+  local call = request.call
+  local read, now = pcall(request.client.policy.now)
+  if state.closed then
+    call:drop_retry()
+    finish(request, nil, cancelled_error(request, "the client was closed"))
+    return
+  elseif not read or retry.reading_problem(now) then
+    call:drop_retry()
+    if read then
+      err.message = ("%s (not retried: the now option returned %s)")
+        :format(err.message, retry.reading_problem(now))
+    else
+      record_error(state, now)
+    end
+    finish(request, nil, err)
+    return
+  end
+  local due = now + delay_ms / 1000
   state.waiting[request] = true
   state.sequence = state.sequence + 1
   request.stage = "waiting"
@@ -566,7 +588,14 @@ local function poll_loop(client, state, timeout_ms)
       -- Runs on_attempt_done for every attempt that ends meanwhile.
       core_client:poll(wait_ms)
     elseif until_retry_ms and wait_ms > 0 then
-      policy.sleep(wait_ms / 1000)
+      -- A sleep option may yield to a scheduler, which may run other code
+      -- that calls poll meanwhile.
+      state.sleeping = true
+      local slept, sleep_err = pcall(policy.sleep, wait_ms / 1000)
+      state.sleeping = false
+      if not slept then
+        error(sleep_err, 0)
+      end
     elseif until_retry_ms ~= 0 then
       -- Nothing in flight, or no time left to wait for a timer.
       break
@@ -605,6 +634,11 @@ function async.poll(client, timeout_ms)
   end
   local state = state_of(client)
   check_open(state, 2)
+  if state.polling and state.sleeping then
+    error("appcenter: poll called while another poll of this client waits "
+      .. "in its sleep option, which yielded; poll the client from one "
+      .. "task only", 2)
+  end
   if state.polling then
     error("appcenter: poll called from a callback that poll runs (a "
       .. "request's callback or an upload's progress callback); return "

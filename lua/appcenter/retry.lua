@@ -177,7 +177,7 @@ end
 
 -- Returns `seconds` as messages show it, or nil when it is a finite
 -- number, the only reading of the now option that a deadline can use.
-local function reading_problem(seconds)
+function retry.reading_problem(seconds)
   if type(seconds) ~= "number" then
     return type(seconds)
   elseif seconds ~= seconds then
@@ -197,7 +197,7 @@ local function time_left_ms(self)
     return math.huge
   end
   local seconds = self.policy.now()
-  self.bad_reading = reading_problem(seconds)
+  self.bad_reading = retry.reading_problem(seconds)
   if self.bad_reading then
     return 0
   end
@@ -227,9 +227,9 @@ Call.__index = Call
 -- deadline off.
 function retry.new_call(policy)
   local started = policy.now()
-  if reading_problem(started) then
+  if retry.reading_problem(started) then
     error(("appcenter: the now option returned %s; it must return seconds "
-      .. "as a finite number"):format(reading_problem(started)), 0)
+      .. "as a finite number"):format(retry.reading_problem(started)), 0)
   end
   local deadline
   if policy.deadline_ms then
