@@ -327,16 +327,14 @@ end
 -- Garbage collection closes the connection too, without callbacks.
 function Client:close()
   check_client(self, "close")
-  -- A callback's error, which close raises, comes after the close.
-  local closed, err = pcall(async.close, self)
-  -- Inside nginx, a call that waits before its next attempt wakes, finds
-  -- the client closed and ends with a cancelled error.
+  -- Inside nginx, a call that waits before its next attempt wakes once
+  -- this light thread yields, finds the client closed and ends with a
+  -- cancelled error. async.close raises at the level of this function's
+  -- caller, so it is called last.
   if self.wake then
     self.wake()
   end
-  if not closed then
-    error(err, 0)
-  end
+  async.close(self)
 end
 
 -- Returns "appcenter.client (ENDPOINT, project ID)", or
