@@ -1152,6 +1152,51 @@ describe("appcenter async wrapper", function()
       assert.equal(0, client:pending())
     end)
 
+    for _, case in ipairs{
+      { "raises", function() error("fake clock failed", 0) end, "the now option raised an error", 0 },
+      { "returns NaN", function() return 0 / 0 end, "the now option returned nan", 0 },
+      { "raises while it waits", function() error("fake clock failed", 0) end,
+        "the now option raised an error", 1 },
+      { "returns NaN while it waits", function() return 0 / 0 end, "the now option returned nan", 1 },
+    } do
+      it("ends a request when now " .. case[1], function()
+        emu:fault{ status = 503, body = UNAVAILABLE, times = 5 }
+        -- Real readings until on_retry, then case[4] more: the first
+        -- schedules the retry, and later ones check its timer. Then bad
+        -- ones.
+        local good_left
+        local client = new_client{ now = function()
+          if good_left == 0 then
+            return case[2]()
+          elseif good_left then
+            good_left = good_left - 1
+          end
+          return core.monotonic()
+        end, retry = { base_delay_ms = 1, on_retry = function()
+          good_left = case[4]
+        end } }
+        local ended_err
+        client:start("a.bin", function(_, err)
+          ended_err = err
+        end)
+
+        local started = core.monotonic()
+        for _ = 1, 20 do
+          if ended_err then
+            break
+          end
+          pcall(client.poll, client, 100)
+        end
+
+        assert.is_true(core.monotonic() - started < 1.5)
+        assert.is_table(ended_err)
+        assert.equal(503, ended_err.status)
+        assert.matches("(not retried: " .. case[3] .. ")", ended_err.message, 1, true)
+        assert.equal(0, client:pending())
+        client:close()
+      end)
+    end
+
     it("runs on_retry once when now raises", function()
       emu:fault{ status = 503, body = UNAVAILABLE, times = 1 }
       local retries, armed = 0, false

@@ -1073,6 +1073,28 @@ describe("retry", function()
       assert.equal(1, reads)
     end)
 
+    it("names a bad reading of now after a retry delay", function()
+      emu:fault{ status = 503, body = UNAVAILABLE, times = 5 }
+      local slept = false
+      local client = new_client(nil, {
+        now = function()
+          return slept and 0 / 0 or 100
+        end,
+        sleep = function()
+          slept = true
+        end,
+      })
+
+      local _, err = client:create_credential("replay.bin")
+
+      assert.equal(1, err.attempts)
+      assert.matches("(not retried: the now option returned nan, so the deadline counts as passed)",
+        err.message, 1, true)
+      assert.equal(client.policy.budget.capacity, client.policy.budget.tokens)
+      assert.equal(1, emu:stats().requests)
+      client:close()
+    end)
+
     it("raises when now returns no finite number", function()
       for _, case in ipairs{ { 0 / 0, "nan" }, { math.huge, "inf" }, { nil, "nil" }, { "1", "string" } } do
         local client = new_client(nil, { now = function() return case[1] end })

@@ -179,29 +179,41 @@ local function finish(request, result, info)
   end
 end
 
+-- Returns a reading of now(), or nil and why there is none: the option
+-- raised, or returned something other than a finite number. With
+-- `state`, the error it raised is recorded for the enclosing poll.
+local function read_now(client, state)
+  local read, now = pcall(client.policy.now)
+  if not read then
+    if state then
+      record_error(state, now)
+    end
+    return nil, "the now option raised an error"
+  end
+  local problem = retry.reading_problem(now)
+  if problem then
+    return nil, "the now option returned " .. problem
+  end
+  return now
+end
+
 -- Settles last: until the request is in `waiting`, a memory error here
 -- leaves the outcome to be handled again. The request is in no set while
 -- now() runs, so this function handles what now() does. A close (from a
 -- finalizer, or from the option itself) cancels the request. An error,
--- or a reading that is no finite number, ends it with `err`, as an error
--- of on_retry does.
+-- which poll raises, or a reading that is no finite number ends it with
+-- `err` and the reason.
 local function schedule_retry(request, err, delay_ms)
   local state = request.async_state
   local call = request.call
-  local read, now = pcall(request.client.policy.now)
+  local now, problem = read_now(request.client, state)
   if state.closed then
     call:drop_retry()
     finish(request, nil, cancelled_error(request, "the client was closed"))
     return
-  elseif not read or retry.reading_problem(now) then
+  elseif not now then
     call:drop_retry()
-    if read then
-      err.message = ("%s (not retried: the now option returned %s)")
-        :format(err.message, retry.reading_problem(now))
-    else
-      record_error(state, now)
-    end
-    finish(request, nil, err)
+    finish(request, nil, retry.add_not_retried(err, problem))
     return
   end
   local due = now + delay_ms / 1000
@@ -373,9 +385,17 @@ local function launch(request, timeout_ms)
 end
 
 local function start_retry(request)
-  local ok, timeout_ms = request.call:begin_attempt()
-  if not ok then
+  local call = request.call
+  -- begin_attempt reads now(), which may raise while the request is in no
+  -- set.
+  local read, ok, timeout_ms = pcall(call.begin_attempt, call)
+  if not read then
+    record_error(request.async_state, ok)
+    call:drop_retry()
     finish(request, nil, request.last_err)
+    return
+  elseif not ok then
+    finish(request, nil, call:stop_before_retry(request.last_err))
     return
   end
 
@@ -430,7 +450,20 @@ local function cancel_inherited_retries(state)
 end
 
 local function start_due_retries(client, state)
-  for _, request in ipairs(waiting_requests(state, client.policy.now())) do
+  local now, problem = read_now(client, state)
+  if not now then
+    -- No retry timer can be checked, so each waiting request ends with
+    -- the error of its last attempt.
+    for _, request in ipairs(waiting_requests(state, nil)) do
+      if state.waiting[request] then
+        state.waiting[request] = nil
+        request.call:drop_retry()
+        finish(request, nil, retry.add_not_retried(request.last_err, problem))
+      end
+    end
+    return
+  end
+  for _, request in ipairs(waiting_requests(state, now)) do
     -- A callback run by an earlier retry in this loop may have cancelled
     -- this request.
     if state.waiting[request] then
@@ -452,7 +485,13 @@ local function next_retry_ms(client, state)
   if not earliest then
     return nil
   end
-  return math.max(0, math.ceil((earliest - client.policy.now()) * 1000))
+  -- Without a reading, 0 lets poll run start_due_retries, which ends the
+  -- waiting requests.
+  local now = read_now(client)
+  if not now then
+    return 0
+  end
+  return math.max(0, math.ceil((earliest - now) * 1000))
 end
 
 
@@ -555,16 +594,17 @@ local function poll_loop(client, state, timeout_ms)
   local core_client = client.core_client
 
   -- The timeout bounds real time, so it is checked on the monotonic clock
-  -- as well as on policy.now, which tests may replace.
-  local policy_deadline = policy.now() + timeout_ms / 1000
+  -- as well as on policy.now, which tests may replace. Without a reading
+  -- of now() only real time counts; start_due_retries handles the
+  -- requests that such a reading leaves waiting.
+  local start_now = read_now(client)
+  local policy_deadline = start_now and start_now + timeout_ms / 1000
   local real_deadline = core.monotonic() + timeout_ms / 1000
   local function time_left_ms()
     local real_ms = (real_deadline - core.monotonic()) * 1000
-    local policy_ms = (policy_deadline - policy.now()) * 1000
-    -- Written so that a now() that returns NaN cannot unbound the wait,
-    -- as math.min(NaN, x) would.
-    if policy_ms < real_ms then
-      return policy_ms
+    local now = policy_deadline and read_now(client)
+    if now and (policy_deadline - now) * 1000 < real_ms then
+      return (policy_deadline - now) * 1000
     end
     return real_ms
   end

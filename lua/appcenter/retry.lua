@@ -246,6 +246,32 @@ function retry.new_call(policy)
   }, Call)
 end
 
+-- Adds to the message of `err` why the call that failed with it was not
+-- retried, and returns `err`.
+function retry.add_not_retried(err, reason)
+  err.message = ("%s (not retried: %s)"):format(err.message, reason)
+  return err
+end
+
+-- Returns why a planned retry did not start: begin_attempt returned false
+-- because the deadline has passed, or because a reading of now() was no
+-- finite number.
+function Call:stop_reason()
+  if self.bad_reading then
+    return ("the now option returned %s, so the deadline counts as passed")
+      :format(self.bad_reading)
+  end
+  return "the deadline has passed"
+end
+
+-- Ends the call before the retry that Call:complete planned: gives back
+-- its retry budget and adds to `err`, the error of the last attempt, the
+-- reason from Call:stop_reason. Returns `err`.
+function Call:stop_before_retry(err)
+  self:drop_retry()
+  return retry.add_not_retried(err, self:stop_reason())
+end
+
 -- Counts the next attempt and returns true, its timeout in milliseconds
 -- and the milliseconds left before the deadline. The timeout is
 -- timeout_ms cut to the time left. Without a deadline both are nil, so
@@ -318,18 +344,15 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if self.bad_reading then
-    reason = ("the now option returned %s, so the deadline counts as "
-      .. "passed"):format(self.bad_reading)
-  elseif cut_off then
+  if cut_off and not self.bad_reading then
     reason = "the deadline has passed; " .. cut_note
   elseif left_ms < 1 then
-    reason = "the deadline has passed"
+    reason = self:stop_reason()
   else
     delay_ms, reason = plan_delay_ms(policy, err, self.attempt, left_ms)
   end
   if not delay_ms then
-    err.message = ("%s (not retried: %s)"):format(err.message, reason)
+    retry.add_not_retried(err, reason)
     return nil
   end
 
@@ -394,7 +417,7 @@ function retry.run(policy, perform, stop_error)
   while true do
     local ok, timeout_ms, deadline_left_ms = call:begin_attempt()
     if not ok then
-      return nil, info
+      return nil, call:stop_before_retry(info)
     end
 
     result, info = perform(timeout_ms, deadline_left_ms)
