@@ -198,13 +198,16 @@ describe("hostile servers", function()
 
   it("keeps the status of an error with such a length", function()
     local server = start{ mode = "fixed", status = 503, body = "",
-      content_length = ("1"):rep(40) }
+      content_length = ("1"):rep(40), headers = { "X-Request-Id: rid-1", "Retry-After: 3" } }
 
     local _, err = timed_call(new_client(server))
 
     assert.equals("http", err.kind)
     assert.equals(503, err.status)
     assert.is_true(err.retryable)
+    -- The headers after the Content-Length are kept.
+    assert.equals("rid-1", err.request_id)
+    assert.equals("3", err.retry_after)
     assert.equals("HTTP 503: the body is larger than max_body_bytes (1048576 bytes), so it is not "
       .. "shown", err.message)
   end)

@@ -295,18 +295,23 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
    * 1xx response do not belong to the final one. */
   if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
     t->etag[0] = t->retry_after[0] = t->request_id[0] = '\0';
+    t->huge_length = 0;
     return len;
+  }
+  /* The blank line that ends the head. A Content-Length over any
+   * max_body_bytes makes the response one whose body is, once the
+   * headers after it are kept too. */
+  if (colon == NULL && t->huge_length && len > 0
+      && (line[0] == '\r' || line[0] == '\n')) {
+    t->body_too_large = 1;
+    return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
   }
   if (colon == NULL)
     return len;
   name_len = (size_t)(colon - line);
-  /* Such a length is over any max_body_bytes, so the response ends as
-   * one whose body is. */
   if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0
-      && length_overflows(colon + 1, len - name_len - 1)) {
-    t->body_too_large = 1;
-    return 0;  /* makes libcurl stop with CURLE_WRITE_ERROR */
-  }
+      && length_overflows(colon + 1, len - name_len - 1))
+    t->huge_length = 1;
   if (name_len == 4 && strncasecmp(line, "ETag", 4) == 0) {
     out = t->etag;
     cap = sizeof t->etag;
@@ -505,6 +510,7 @@ void ac_transport_prepare(ac_transport *t, const char *url,
     ac_buf_clear_free(&t->body);
   ac_buf_reset(&t->body);
   t->body_too_large = 0;
+  t->huge_length = 0;
   t->socket_errno = 0;
   t->timeout_hint = NULL;
   t->request_id[0] = t->retry_after[0] = t->errbuf[0] = '\0';

@@ -62,6 +62,8 @@ typedef struct ac_transport {
   size_t max_body_bytes;
   ac_buf body;              /* response body of the last call */
   int body_too_large;
+  int huge_length;          /* the head's Content-Length is more than
+                             * curl_off_t holds, which libcurl ignores */
   int queued;               /* started while max_connections requests
                              * were in flight */
   int direct;               /* uses no proxy: ac_transport_go_direct */

@@ -8,7 +8,8 @@ Usage:
 
 Modes, each applied to every connection:
     fixed            respond to each request with --status, --header and --body, then close;
-                     --content-length replaces the body's length in Content-Length
+                     --content-length replaces the body's length in Content-Length,
+                     which then comes first
     slow             send a valid 200 response at --rate bytes per second
     silent           read the request, then neither respond nor close
     endless-headers  send a status line and header lines until the client leaves
@@ -150,11 +151,13 @@ class Connection:
     def serve_fixed(self, headers=None):
         body = self.options.body.encode("utf-8")
         lines = ["HTTP/1.1 %d Test" % self.options.status]
-        lines.extend(self.options.header if headers is None else headers)
         content_length = self.options.content_length
+        if content_length is not None:
+            # First, so that the other headers come after it.
+            lines.append("Content-Length: " + content_length)
+        lines.extend(self.options.header if headers is None else headers)
         if content_length is None:
-            content_length = str(len(body))
-        lines.append("Content-Length: " + content_length)
+            lines.append("Content-Length: %d" % len(body))
         lines.append("Connection: close")
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
