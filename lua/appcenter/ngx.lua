@@ -256,8 +256,14 @@ function glue.new_clock()
   return {
     now = glue.clock.now,
     sleep = function(seconds)
-      -- Returns nil and "timeout" after `seconds`, unless woken.
-      sema:wait(seconds)
+      -- Returns nil and "timeout" after `seconds`, unless woken. Any
+      -- other error, such as a phase that cannot wait, would turn the
+      -- delay into none.
+      local woken, err = sema:wait(seconds)
+      if not woken and err ~= "timeout" then
+        error("appcenter: cannot wait for the retry delay: " .. tostring(err),
+          0)
+      end
     end,
     wake = function()
       -- A negative count is the number of waiting light threads.
@@ -401,7 +407,8 @@ local function queued_past_deadline_error(pool, posted, started, left_ms)
   if waited_ms < SHORT_WAIT_MS then
     -- The pool was not busy: the deadline left too little time.
     message = message .. ("retry.deadline_ms left only %d ms for the "
-      .. "attempt; raise retry.deadline_ms"):format(math.floor(left_ms))
+      .. "attempt; raise retry.deadline_ms"):format(math.max(0,
+      math.floor(left_ms)))
   else
     message = message .. ("raise N in the `thread_pool %s threads=N;` line "
       .. "of nginx.conf, or raise retry.deadline_ms"):format(pool)
