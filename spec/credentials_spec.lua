@@ -470,6 +470,7 @@ describe("credentials", function()
     for _, case in ipairs{
       { "UTF-16 text", "\255\254[\0b\0]\0\n\0", "it is UTF-16 text; save it as UTF-8" },
       { "UTF-16 without BOM", "[\0b\0]\0\n\0", "it is UTF-16 text; save it as UTF-8" },
+      { "UTF-16 from a non-ASCII character", "\45\78\n\0", "it is UTF-16 text; save it as UTF-8" },
       { "CR line ends", "[basic]\rak = A\rsk = B\r", "its lines end in CR alone; save it with "
         .. "LF or CR LF line ends" },
     } do

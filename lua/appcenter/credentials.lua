@@ -137,10 +137,10 @@ function credentials.parse_profile(text, path)
   end
 
   -- UTF-16 text, as some Windows editors save, starts with its byte order
-  -- mark or has a NUL in every ASCII character. Text with lines that end
-  -- in CR alone is one line here.
+  -- mark or has a NUL in every ASCII character, so among its first two
+  -- characters. Text with lines that end in CR alone is one line here.
   if text:find("^\255\254") or text:find("^\254\255")
-      or text:find("^[^%z]%z[^%z]%z") or text:find("^%z[^%z]%z[^%z]") then
+      or text:sub(1, 4):find("%z") then
     return nil, ("invalid credentials file %s: it is UTF-16 text; save it "
       .. "as UTF-8"):format(path)
   end
