@@ -35,7 +35,7 @@ lua_pc = $(if $(filter luajit,$(1)),luajit,$(1))
 lua_cflags = $(shell pkg-config --cflags $(call lua_pc,$(1)) 2>/dev/null) \
              $(if $(filter luajit,$(1)),-DAC_LUAJIT)
 
-DEB_PACKAGES = gcc make pkg-config python3 curl valgrind \
+DEB_PACKAGES = gcc make pkg-config python3 curl valgrind strace \
                libcurl4-openssl-dev libssl-dev \
                lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
                lua5.3 liblua5.3-dev lua-cjson lua-busted lua-socket luarocks \

@@ -5,6 +5,7 @@ local appcenter = require("appcenter")
 local core = require("appcenter.core")
 local emulator = require("spec.support.emulator")
 local poll = require("spec.support.poll")
+local subprocess = require("spec.support.subprocess")
 
 local function shell_quote(value)
   return "'" .. tostring(value):gsub("'", "'\\''") .. "'"
@@ -169,6 +170,34 @@ describe("TLS", function()
     assert.matches(" (the server's certificate has expired, or this "
       .. "machine's clock is wrong)", err.message, 1, true)
     assert.is_nil(err.message:find("pass that CA's certificate", 1, true))
+  end)
+
+  -- OpenSSL looks for an issuer it lacks in a CA path by its hashed name,
+  -- so strace shows whether the system's /etc/ssl/certs is searched.
+  it("trusts only ca_file when it is given", function()
+    if not run("strace -o /dev/null true >/dev/null 2>&1") then
+      pending("strace cannot trace processes here")
+    end
+    local script, trace = os.tmpname(), os.tmpname()
+    write_file(script, ([[
+      local core = require("appcenter.core")
+      local client = assert(core.new{ endpoint = %q, project_id = %q,
+        token = %q, ca_file = %q })
+      local _, err = client:create_credential("setup.exe")
+      io.write(err and err.kind or "ok")
+    ]]):format(self_signed.url, self_signed.project_id, self_signed.token, pki .. "/ca.pem"))
+
+    local pipe = assert(io.popen(("env LUA_PATH=%s LUA_CPATH=%s strace -f -e trace=file -o %s %s %s")
+      :format(shell_quote(package.path), shell_quote(package.cpath), shell_quote(trace),
+        subprocess.interpreter(), shell_quote(script))))
+    local outcome = pipe:read("*a")
+    pipe:close()
+    local log = subprocess.read_file(trace)
+    os.remove(script)
+    os.remove(trace)
+
+    assert.equals("tls", outcome)
+    assert.is_nil(log:find("/etc/ssl/certs", 1, true), "the system store was searched")
   end)
 
   it("rejects a self-signed certificate outside ca_file", function()

@@ -436,7 +436,10 @@ static CURLcode apply_options(ac_transport *t, const ac_transport_opts *o) {
     SET(CURLOPT_CLOSESOCKETDATA, o->sockets);
   }
   if (o->ca_file != NULL) {
+    /* ca_file replaces the system store: with libcurl's default CA path
+     * left set, OpenSSL would also look for issuers there. */
     SET(CURLOPT_CAINFO, o->ca_file);
+    SET(CURLOPT_CAPATH, NULL);
   } else if (o->verify_tls && has_default_ca_file(c)) {
     /* libcurl keeps the parsed CA store between connections only
      * without a CA path, and Debian's build sets both. Without this,
