@@ -224,6 +224,19 @@ describe("TLS", function()
       .. "pass a file of PEM certificates", err.message)
   end)
 
+  it("rejects a FIFO as ca_file in new", function()
+    local path = pki .. "/fifo.pem"
+    assert(run("mkfifo " .. shell_quote(path)))
+
+    local client, err = core.new(options(good, { ca_file = path }))
+    os.remove(path)
+
+    assert.is_nil(client)
+    assert.equals("invalid_argument", err.kind)
+    assert.equals("invalid ca_file '" .. path .. "': it is not a regular file, and it is read "
+      .. "again for each new connection; pass a file of PEM certificates", err.message)
+  end)
+
   it("reports a ca_file without certificates as a TLS error", function()
     local path = pki .. "/empty.pem"
     local file = assert(io.open(path, "w"))

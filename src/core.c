@@ -503,24 +503,31 @@ static int check_proxy(ac_client *c, const char *proxy, char *msg) {
 }
 
 
-/* Checks that ca_file opens for reading and is no directory, so that
+/* Checks that ca_file opens for reading and is a regular file, so that
  * new() reports a wrong path instead of the first call. O_NONBLOCK keeps
- * a FIFO from blocking the open. */
+ * a FIFO from blocking the open. libcurl reads the file for each new
+ * connection, where a FIFO would block the call. */
 static int check_ca_file(const char *path, char *msg) {
   struct stat st;
   int fd = open(path, O_RDONLY | O_NONBLOCK);
-  int is_dir;
+  int stated;
 
   if (fd < 0) {
     snprintf(msg, AC_MSG_SIZE, "invalid ca_file '%.200s': %s; pass a "
              "readable file of PEM certificates", path, strerror(errno));
     return -1;
   }
-  is_dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+  stated = fstat(fd, &st) == 0;
   close(fd);
-  if (is_dir) {
+  if (stated && S_ISDIR(st.st_mode)) {
     snprintf(msg, AC_MSG_SIZE, "invalid ca_file '%.200s': it is a "
              "directory; pass a file of PEM certificates", path);
+    return -1;
+  }
+  if (stated && !S_ISREG(st.st_mode)) {
+    snprintf(msg, AC_MSG_SIZE, "invalid ca_file '%.200s': it is not a "
+             "regular file, and it is read again for each new connection; "
+             "pass a file of PEM certificates", path);
     return -1;
   }
   return 0;
