@@ -5,6 +5,7 @@ local core = require("appcenter.core")
 local cjson = require("cjson")
 local emulator = require("spec.support.emulator")
 local decode_hook = require("spec.support.decode_hook")
+local hostile = require("spec.support.hostile")
 local poll = require("spec.support.poll")
 local subprocess = require("spec.support.subprocess")
 
@@ -1123,6 +1124,31 @@ describe("appcenter.core", function()
         .. "endpoint's host)", output, 1, true)
       assert.equals(0, emu:stats().requests)
     end)
+
+    for _, case in ipairs{ { 407, false, "asks for credentials or rejected them; put "
+        .. "user:password@ in the proxy's URL" }, { 403, false, "refused to open a connection" },
+        { 503, true, "refused to open a connection" } } do
+      it("explains a proxy's " .. case[1] .. " to CONNECT", function()
+        local proxy = hostile.start{ mode = "fixed", status = case[1], body = "" }
+        -- An https endpoint that is not loopback, so libcurl requests a
+        -- tunnel from the proxy, which refuses, so nothing reaches it.
+        local script = ([[
+          local core = require("appcenter.core")
+          local client = assert(core.new{ endpoint = "https://0.0.0.0:1", project_id = %q,
+            token = %q, proxy = %q })
+          local _, err = client:create_credential("a.txt")
+          io.write(err.kind, " ", tostring(err.retryable), " ", err.message)
+        ]]):format(emu.project_id, emu.token, "http://127.0.0.1:" .. proxy.port)
+
+        local status, stdout, stderr = subprocess.run_lua(script, { "no_proxy", "NO_PROXY" },
+          os.getenv("HOME") or "/", {})
+        proxy:stop()
+
+        assert.equals(0, status, stderr)
+        assert.matches("^network " .. tostring(case[2]) .. " ", stdout)
+        assert.matches("(the proxy option " .. case[3], stdout, 1, true)
+      end)
+    end
 
     it("honours no_proxy with a proxy variable", function()
       local output = call_with_environment({

@@ -860,12 +860,27 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
      * would send them again. */
     int headers_too_large = rc == CURLE_RECV_ERROR
         && strstr(text, "Too large response headers") != NULL;
+    /* The status with which a proxy refused to open a tunnel (CONNECT)
+     * to an https endpoint: a retry gets past it only for a 5xx. */
+    long tunnel_status = 0;
 
+    curl_easy_getinfo(t->curl, CURLINFO_HTTP_CONNECTCODE, &tunnel_status);
+    if (tunnel_status < 400)
+      tunnel_status = 0;
     proxy_label(c, t, proxy, sizeof proxy);
 
     /* OpenSSL reports a server that replies to a handshake in plain HTTP
      * as a wrong version number. */
-    if (handshake_dropped) {
+    if (tunnel_status == 407) {
+      snprintf(hint_text, sizeof hint_text, " (%s asks for credentials or "
+               "rejected them; put user:password@ in the proxy's URL)",
+               proxy[0] ? proxy : "the proxy");
+      hint = hint_text;
+    } else if (tunnel_status != 0) {
+      snprintf(hint_text, sizeof hint_text, " (%s refused to open a "
+               "connection to the endpoint)", proxy[0] ? proxy : "the proxy");
+      hint = hint_text;
+    } else if (handshake_dropped) {
       hint = " (the server closed the connection during the TLS "
              "handshake)";
     } else if (strstr(text, "wrong version number") != NULL)
@@ -937,7 +952,8 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
            : headers_too_large ? AC_KIND_INVALID_RESPONSE : curl_kind(rc);
     /* The same URL would be malformed again. */
     e.retryable = strcmp(e.kind, AC_KIND_TLS) != 0
-               && !headers_too_large && rc != CURLE_URL_MALFORMAT;
+               && !headers_too_large && rc != CURLE_URL_MALFORMAT
+               && (tunnel_status == 0 || ac_status_retryable(tunnel_status));
   }
   e.message = message;
   e.request_id = t->request_id;
