@@ -852,10 +852,13 @@ describe("appcenter-credential", function()
     end)
 
     it("--insecure skips verification", function()
-      local status, stdout = run_tool(tls_args("--insecure"), tls_emu.token)
+      local status, stdout, stderr = run_tool(tls_args("--insecure"), tls_emu.token)
 
       assert.equal(0, status)
       assert.is_table(cjson.decode(stdout))
+      assert.equal("appcenter-credential: warning: --insecure turns TLS verification off, so "
+        .. "anyone on the network path can read the token and the credential; use --ca-file "
+        .. "for a private CA\n", stderr)
     end)
   end)
 end)
