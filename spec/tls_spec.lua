@@ -159,6 +159,9 @@ describe("TLS", function()
     local result, err = call(other, { ca_file = pki .. "/ca.pem" })
     assert.is_nil(result)
     assert_tls_error(err, "host name '127%.0%.0%.1'")
+    -- With ca_file given, the hint does not tell the caller to pass one.
+    assert.matches(" (the server's certificate must chain to a CA in ca_file, which replaces "
+      .. "the system store, and name the endpoint's host)", err.message, 1, true)
     assert.equals(0, other:stats().requests)
   end)
 

@@ -894,6 +894,11 @@ static int push_transfer_error(lua_State *L, ac_client *c, ac_transport *t,
              && strstr(text, "certificate is not yet valid") != NULL)
       hint = " (the server's certificate is not valid yet, or this "
              "machine's clock is wrong)";
+    else if (rc == CURLE_PEER_FAILED_VERIFICATION
+             && c->transport_opts.ca_file != NULL)
+      hint = " (the server's certificate must chain to a CA in ca_file, "
+             "which replaces the system store, and name the endpoint's "
+             "host)";
     else if (rc == CURLE_PEER_FAILED_VERIFICATION)
       hint = " (for a server whose certificate a private CA signed, pass "
              "that CA's certificate as ca_file; else check the endpoint's "
