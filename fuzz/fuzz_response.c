@@ -201,14 +201,14 @@ static void check_error(int err, long status) {
  * its line ending, as libcurl does, until the callback stops the
  * transfer. */
 static void feed_headers(ac_transport *t, char *block, size_t len) {
-  size_t start = 0, i, taken;
+  size_t start = 0, i, consumed;
 
   for (i = 0; i < len; i++) {
     if (block[i] != '\n' && i + 1 < len)
       continue;
-    taken = on_header(block + start, 1, i + 1 - start, t);
-    if (taken != i + 1 - start) {
-      FUZZ_CHECK(taken == 0 && t->body_too_large && t->huge_length,
+    consumed = on_header(block + start, 1, i + 1 - start, t);
+    if (consumed != i + 1 - start) {
+      FUZZ_CHECK(consumed == 0 && t->body_too_large && t->huge_length,
                  "the header callback takes every line, or stops at the "
                  "end of a head whose Content-Length overflows");
       break;

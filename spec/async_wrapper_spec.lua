@@ -77,6 +77,22 @@ describe("appcenter async wrapper", function()
     return client
   end
 
+  -- Polls `client` until ended() returns true, at most 20 polls of 100 ms,
+  -- and returns the errors that those polls raised.
+  local function poll_until_ended(client, ended)
+    local raised = {}
+    for _ = 1, 20 do
+      if ended() then
+        break
+      end
+      local ok, message = pcall(client.poll, client, 100)
+      if not ok then
+        raised[#raised + 1] = message
+      end
+    end
+    return raised
+  end
+
   -- Returns a client on a fake clock, and the clock.
   local function fake_client(retry_opts, extra)
     local clock = fake_clock()
@@ -1139,12 +1155,9 @@ describe("appcenter async wrapper", function()
         ended_err = err
       end)
 
-      for _ = 1, 20 do
-        if ended_err then
-          break
-        end
-        pcall(client.poll, client, 100)
-      end
+      poll_until_ended(client, function()
+        return ended_err
+      end)
 
       assert.is_true(closed)
       assert.is_table(ended_err)
@@ -1181,12 +1194,9 @@ describe("appcenter async wrapper", function()
         end)
 
         local started = core.monotonic()
-        for _ = 1, 20 do
-          if ended_err then
-            break
-          end
-          pcall(client.poll, client, 100)
-        end
+        poll_until_ended(client, function()
+          return ended_err
+        end)
 
         assert.is_true(core.monotonic() - started < 1.5)
         assert.is_table(ended_err)
@@ -1215,16 +1225,9 @@ describe("appcenter async wrapper", function()
         ended_err = err
       end)
 
-      local messages = {}
-      for _ = 1, 20 do
-        if ended_err then
-          break
-        end
-        local ok, message = pcall(client.poll, client, 100)
-        if not ok then
-          messages[#messages + 1] = message
-        end
-      end
+      local messages = poll_until_ended(client, function()
+        return ended_err
+      end)
 
       assert.equal(1, retries)
       assert.same({ "fake clock failed" }, messages)
@@ -1250,14 +1253,12 @@ describe("appcenter async wrapper", function()
       local started = core.monotonic()
       client:poll(100)
       local elapsed = core.monotonic() - started
-      for _ = 1, 20 do
-        if ended_err then
-          break
-        end
-        client:poll(100)
-      end
+      local raised = poll_until_ended(client, function()
+        return ended_err
+      end)
 
       assert.is_true(elapsed < 0.6, "poll(100) took " .. elapsed .. " s")
+      assert.same({}, raised)
       assert.is_table(ended_err)
       assert.equal(1, ended_err.attempts)
       assert.matches("(not retried: the now option returned nan, so the deadline counts as passed)",

@@ -168,17 +168,11 @@ static const char *opt_string(lua_State *L, int idx, const char *name,
 static int opt_text(lua_State *L, int opts, const char *name,
                     const char **out, size_t *len, char *msg) {
   size_t n = 0;
-  const char *nul;
 
   *out = opt_string(L, opts, name, &n);
   if (len != NULL)
     *len = n;
-  if (*out != NULL && (nul = memchr(*out, '\0', n)) != NULL) {
-    snprintf(msg, AC_MSG_SIZE, "invalid %s: NUL byte at byte %lu; remove "
-             "NUL bytes", name, (unsigned long)(nul - *out) + 1);
-    return -1;
-  }
-  return 0;
+  return *out != NULL ? ac_check_no_nul(name, *out, n, msg) : 0;
 }
 
 

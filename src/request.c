@@ -167,6 +167,18 @@ int ac_check_project_id(const char *s, size_t len, char *msg) {
 /* Header values must not contain CR, LF or NUL, because those would end
  * the header early or inject another one. The value itself is never put
  * into the message: it may be a secret. */
+int ac_check_no_nul(const char *field, const char *s, size_t len,
+                    char *msg) {
+  const char *nul = memchr(s, '\0', len);
+
+  if (nul == NULL)
+    return 0;
+  snprintf(msg, AC_MSG_SIZE, "invalid %s: NUL byte at byte %lu; remove NUL "
+           "bytes", field, (unsigned long)(nul - s) + 1);
+  return -1;
+}
+
+
 int ac_check_header_value(const char *field, const char *s, size_t len,
                           char *msg) {
   size_t i;
@@ -344,10 +356,10 @@ static int is_hex(char c) {
 }
 
 
-/* Writes into why (AC_MSG_SIZE bytes) why the path p[0..n), which starts
- * at byte `at` of the endpoint, is not one that is sent and signed as
- * written, and returns why, or returns NULL. The signer decodes each %XX,
- * so a '%' that starts none would be signed as %25 but sent as '%'. */
+/* Checks that the path p[0..n), at byte `at` of the endpoint, is sent and
+ * signed as written. Returns NULL, or why it is not, written into why
+ * (AC_MSG_SIZE bytes). The signer decodes each %XX, so a '%' that starts
+ * none would be signed as %25 but sent as '%'. */
 static const char *path_problem(const char *p, size_t n, size_t at,
                                 char *why) {
   size_t i;

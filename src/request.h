@@ -51,6 +51,12 @@ int ac_check_project_id(const char *s, size_t len, char *msg);
 int ac_check_header_value(const char *field, const char *s, size_t len,
                           char *msg);
 
+/* Rejects a NUL byte in the len bytes at s, which C code that reads s as
+ * a string would take as its end. Returns 0, or -1 with msg naming field
+ * and the byte. */
+int ac_check_no_nul(const char *field, const char *s, size_t len,
+                    char *msg);
+
 /* Parses and normalises an endpoint; one without a scheme gets https://.
  * Plain http is accepted only for loopback hosts unless allow_http. */
 int ac_parse_endpoint(const char *s, size_t len, int allow_http,

@@ -4,8 +4,8 @@
  * The result mirrors the wire format. Unknown fields are dropped and
  * JSON null becomes nil. The six fields an upload needs (server_end_point,
  * bucket_name, object_path and the three credential fields) must be
- * non-empty strings. The policy fields must be present but may be null; action
- * and resource must be arrays of strings.
+ * non-empty strings. The policy fields must be present but may be null,
+ * and action and resource must be arrays of strings.
  *
  * A whole number in an error code or message reads as an integer ("400",
  * also when sent as 400.0). Other numbers read as Lua's tostring writes

@@ -136,14 +136,15 @@ static void read_date(lua_State *L, char out[AC_SDK_DATE_SIZE]) {
   if (lua_type(L, -1) == LUA_TSTRING) {
     const char *s = lua_tolstring(L, -1, &len);
 
-    if (!is_sdk_date(s, len) && is_short_text(s, len))
-      luaL_error(L, "appcenter.core.sign: field 'date' must look like "
-                 "20060102T150405Z (UTC), got '%s'", s);
-    if (!is_sdk_date(s, len))
+    if (!is_sdk_date(s, len)) {
+      if (is_short_text(s, len))
+        luaL_error(L, "appcenter.core.sign: field 'date' must look like "
+                   "20060102T150405Z (UTC), got '%s'", s);
       luaL_error(L, "appcenter.core.sign: field 'date' must look like "
                  "20060102T150405Z (UTC), got a %d-byte string that has "
                  "bytes other than printable ASCII or is too long to show",
                  (int)len);
+    }
     memcpy(out, s, len + 1);
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     lua_Number t = lua_tonumber(L, -1);

@@ -223,19 +223,6 @@ static const char *required_field(lua_State *L, int t, const char *path,
 }
 
 
-/* Rejects a NUL byte in the len bytes of path, which would end the path
- * that open() reads early. */
-static int check_path_text(const char *path, size_t len, char *msg) {
-  const char *nul = memchr(path, '\0', len);
-
-  if (nul == NULL)
-    return 0;
-  snprintf(msg, AC_MSG_SIZE, "invalid path: NUL byte at byte %lu; remove "
-           "NUL bytes", (unsigned long)(nul - path) + 1);
-  return -1;
-}
-
-
 /* Computes the base64 MD5 of the body, reading the size at open of a
  * file once, as read_body sends it. A file that ends early or fails to
  * read sets src->failure. */
@@ -341,7 +328,7 @@ static int read_call(lua_State *L, ac_client *c, upload_call *call,
     return -1;
 
   call->path = field(L, 3, "path", &path_len);
-  if (call->path != NULL && check_path_text(call->path, path_len, msg) != 0)
+  if (call->path != NULL && ac_check_no_nul("path", call->path, path_len, msg) != 0)
     return -1;
   body = field(L, 3, "body", &body_len);
   if ((call->path == NULL) == (body == NULL)) {
@@ -984,7 +971,7 @@ int ac_l_check_upload_path(lua_State *L) {
 
   memset(&call, 0, sizeof call);
   call.path = luaL_checklstring(L, 1, &len);
-  failed = check_path_text(call.path, len, msg) != 0
+  failed = ac_check_no_nul("path", call.path, len, msg) != 0
         || open_source(&call, msg) != 0;
   ac_upload_free(&call);
   if (failed) {

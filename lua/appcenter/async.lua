@@ -212,8 +212,7 @@ local function schedule_retry(request, err, delay_ms)
     finish(request, nil, cancelled_error(request, "the client was closed"))
     return
   elseif not now then
-    call:drop_retry()
-    finish(request, nil, retry.add_not_retried(err, problem))
+    finish(request, nil, call:stop_before_retry(err, problem))
     return
   end
   local due = now + delay_ms / 1000
@@ -457,8 +456,8 @@ local function start_due_retries(client, state)
     for _, request in ipairs(waiting_requests(state, nil)) do
       if state.waiting[request] then
         state.waiting[request] = nil
-        request.call:drop_retry()
-        finish(request, nil, retry.add_not_retried(request.last_err, problem))
+        finish(request, nil,
+          request.call:stop_before_retry(request.last_err, problem))
       end
     end
     return

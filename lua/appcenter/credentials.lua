@@ -307,16 +307,16 @@ local function environment_source(getenv)
 end
 
 local function profile_source(path, entries)
+  local function origin(field)
+    return ("credentials file %s, line %d"):format(path, entries[field].line)
+  end
   local source = {
     label = function(field)
       return field
     end,
-    origin = function(field)
-      return ("credentials file %s, line %d"):format(path, entries[field].line)
-    end,
+    origin = origin,
     fail = function(field, text)
-      return ("invalid credentials file %s, line %d: %s")
-        :format(path, entries[field].line, text)
+      return ("invalid %s: %s"):format(origin(field), text)
     end,
   }
   for _, field in ipairs{ "ak", "sk", "security_token", "project_id" } do

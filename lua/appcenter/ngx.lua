@@ -248,8 +248,8 @@ glue.clock = {
 
 -- Returns a clock for one client: glue.clock's now, a sleep that waits on
 -- a semaphore of lua-resty-core, and wake(), which ends every sleep of the
--- client's calls at once, so that close() need not wait out a retry delay
--- as it would with ngx.sleep.
+-- client's calls at once. close() calls wake(), where ngx.sleep would make
+-- it wait out the retry delay.
 function glue.new_clock()
   local semaphore = require("ngx.semaphore")
   local sema = semaphore.new()

@@ -227,9 +227,10 @@ Call.__index = Call
 -- deadline off.
 function retry.new_call(policy)
   local started = policy.now()
-  if retry.reading_problem(started) then
+  local problem = retry.reading_problem(started)
+  if problem then
     error(("appcenter: the now option returned %s; it must return seconds "
-      .. "as a finite number"):format(retry.reading_problem(started)), 0)
+      .. "as a finite number"):format(problem), 0)
   end
   local deadline
   if policy.deadline_ms then
@@ -265,11 +266,11 @@ function Call:stop_reason()
 end
 
 -- Ends the call before the retry that Call:complete planned: gives back
--- its retry budget and adds to `err`, the error of the last attempt, the
--- reason from Call:stop_reason. Returns `err`.
-function Call:stop_before_retry(err)
+-- its retry budget and adds to `err`, the error of the last attempt,
+-- `reason`, by default the one from Call:stop_reason. Returns `err`.
+function Call:stop_before_retry(err, reason)
   self:drop_retry()
-  return retry.add_not_retried(err, self:stop_reason())
+  return retry.add_not_retried(err, reason or self:stop_reason())
 end
 
 -- Counts the next attempt and returns true, its timeout in milliseconds
@@ -326,7 +327,8 @@ function Call:complete(result, info)
   -- it came at the deadline: connect_timeout_ms may have ended it earlier.
   -- The core's hint names timeout_ms, which did not end such an attempt.
   local cut_off = err.kind == "timeout" and self.cut_to_deadline
-    and left_ms < DEADLINE_SLACK_MS and not retry.unsent[err]
+    and left_ms < DEADLINE_SLACK_MS and not self.bad_reading
+    and not retry.unsent[err]
   local cut_note = "retry.deadline_ms cut this attempt's timeout to the "
     .. "time left"
   if cut_off then
@@ -344,7 +346,7 @@ function Call:complete(result, info)
   end
 
   local delay_ms, reason
-  if cut_off and not self.bad_reading then
+  if cut_off then
     reason = "the deadline has passed; " .. cut_note
   elseif left_ms < 1 then
     reason = self:stop_reason()
